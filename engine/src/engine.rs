@@ -1,0 +1,395 @@
+//! The worker runtime: N async workers over a [`Queue`], with the retry policy applied.
+//!
+//! A handler returns `Result`. On success the key is forgotten (its failure history cleared, so a
+//! later failure starts the backoff afresh). On an error, a timeout or a panic — caught per item,
+//! the worker survives — the key is re-queued rate-limited until it has been re-queued
+//! `max_retries` times; the next failure forgets it and the [`Outcome`] says why.
+
+mod attempt;
+
+pub use attempt::{Attempt, AttemptError, Handler, Outcome, OutcomeKind};
+
+use crate::queue::{Failure, Queue, QueueConfig};
+use crate::rate_limit::{self, ExponentialBackoff, MaxOf, RateLimitError, RateLimiter, TokenBucket};
+use attempt::run_attempt;
+use std::fmt;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Default number of workers.
+pub const DEFAULT_WORKERS: usize = 4;
+/// Default retries before a failing key is forgotten, as most client-go controllers use.
+pub const DEFAULT_MAX_RETRIES: u32 = 5;
+
+/// Bad engine configuration, refused by [`EngineBuilder::build`].
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// `workers(0)`: nothing would ever run.
+    #[error("workers must be at least 1")]
+    ZeroWorkers,
+    /// A zero per-attempt timeout would fail every attempt.
+    #[error("attempt timeout must be above zero")]
+    ZeroTimeout,
+    /// `backoff(0, 0)`: use `rate_limiter(rate_limit::none())` for retries without delay.
+    #[error("backoff bounds are both zero; use rate_limit::none() for retries without delay")]
+    ZeroBackoff,
+    /// A rate-limiter parameter is invalid.
+    #[error("invalid rate limiter")]
+    RateLimit(#[source] RateLimitError),
+}
+
+type OutcomeHook<K> = Arc<dyn Fn(&Outcome<K>) + Send + Sync>;
+
+enum LimiterChoice<K> {
+    Default,
+    Params {
+        backoff: Option<(Duration, Duration)>,
+        bucket: Option<(f64, u32)>,
+    },
+    Custom(Arc<dyn RateLimiter<K>>),
+}
+
+/// Builds an [`Engine`]; every parameter is checked in [`build`](Self::build).
+pub struct EngineBuilder<K> {
+    name: String,
+    workers: usize,
+    max_retries: u32,
+    attempt_timeout: Option<Duration>,
+    metrics: bool,
+    limiter: LimiterChoice<K>,
+    on_outcome: Option<OutcomeHook<K>>,
+}
+
+impl<K> fmt::Debug for EngineBuilder<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EngineBuilder")
+            .field("name", &self.name)
+            .field("workers", &self.workers)
+            .field("max_retries", &self.max_retries)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K: Eq + Hash + Clone + Send + Sync + 'static> Default for EngineBuilder<K> {
+    fn default() -> Self {
+        Self {
+            name: crate::DEFAULT_NAME.to_owned(),
+            workers: DEFAULT_WORKERS,
+            max_retries: DEFAULT_MAX_RETRIES,
+            attempt_timeout: None,
+            metrics: true,
+            limiter: LimiterChoice::Default,
+            on_outcome: None,
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone + Send + Sync + 'static> EngineBuilder<K> {
+    /// The engine's (and its queue's) name, the `name` label of its metrics.
+    #[must_use]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// How many workers run the handler concurrently. Default [`DEFAULT_WORKERS`].
+    #[must_use]
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// Requeues allowed per key before it is forgotten: a key runs at most `max_retries + 1`
+    /// times between successes. Default [`DEFAULT_MAX_RETRIES`].
+    #[must_use]
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
+    }
+
+    /// Fails an attempt that runs longer than `timeout`. Default: no timeout.
+    #[must_use]
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = Some(timeout);
+        self
+    }
+
+    /// Whether the queue records time-based metrics. Default on.
+    #[must_use]
+    pub fn metrics(mut self, on: bool) -> Self {
+        self.metrics = on;
+        self
+    }
+
+    /// Per-key exponential backoff from `base` to `max`, combined (max-of) with the token bucket
+    /// if one is set. Checked in `build`.
+    #[must_use]
+    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.limiter = match self.limiter {
+            LimiterChoice::Params { bucket, .. } => LimiterChoice::Params {
+                backoff: Some((base, max)),
+                bucket,
+            },
+            _ => LimiterChoice::Params {
+                backoff: Some((base, max)),
+                bucket: None,
+            },
+        };
+        self
+    }
+
+    /// A global token bucket of `qps` and `burst`, combined (max-of) with the backoff if one is
+    /// set. Checked in `build`.
+    #[must_use]
+    pub fn bucket(mut self, qps: f64, burst: u32) -> Self {
+        self.limiter = match self.limiter {
+            LimiterChoice::Params { backoff, .. } => LimiterChoice::Params {
+                backoff,
+                bucket: Some((qps, burst)),
+            },
+            _ => LimiterChoice::Params {
+                backoff: None,
+                bucket: Some((qps, burst)),
+            },
+        };
+        self
+    }
+
+    /// Any rate limiter, replacing `backoff`/`bucket`. Default: client-go's default controller
+    /// limiter (exponential 5 ms..1000 s, max-of a 10 qps / 100 burst bucket).
+    #[must_use]
+    pub fn rate_limiter(mut self, limiter: impl RateLimiter<K> + 'static) -> Self {
+        self.limiter = LimiterChoice::Custom(Arc::new(limiter));
+        self
+    }
+
+    /// Called in the worker after every attempt with what became of the key.
+    #[must_use]
+    pub fn on_outcome(mut self, hook: impl Fn(&Outcome<K>) + Send + Sync + 'static) -> Self {
+        self.on_outcome = Some(Arc::new(hook));
+        self
+    }
+
+    /// Checks the configuration and builds the engine.
+    ///
+    /// # Errors
+    /// [`BuildError`] for zero workers, a zero timeout, zero or inverted backoff bounds, and a
+    /// token bucket with a non-positive rate or a zero burst.
+    pub fn build(self) -> Result<Engine<K>, BuildError> {
+        if self.workers == 0 {
+            return Err(BuildError::ZeroWorkers);
+        }
+        if self.attempt_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(BuildError::ZeroTimeout);
+        }
+        let limiter: Arc<dyn RateLimiter<K>> = match self.limiter {
+            LimiterChoice::Default => Arc::new(rate_limit::default_controller::<K>()),
+            LimiterChoice::Custom(l) => l,
+            LimiterChoice::Params { backoff, bucket } => {
+                let mut parts: Vec<Box<dyn RateLimiter<K>>> = Vec::new();
+                if let Some((base, max)) = backoff {
+                    if base.is_zero() && max.is_zero() {
+                        return Err(BuildError::ZeroBackoff);
+                    }
+                    let b = ExponentialBackoff::new(base, max).map_err(BuildError::RateLimit)?;
+                    parts.push(Box::new(b));
+                }
+                if let Some((qps, burst)) = bucket {
+                    let b = TokenBucket::new(qps, burst).map_err(BuildError::RateLimit)?;
+                    parts.push(Box::new(b));
+                }
+                Arc::new(MaxOf::try_new(parts).map_err(BuildError::RateLimit)?)
+            }
+        };
+        let queue = Queue::with_config(
+            QueueConfig::default()
+                .with_name(self.name)
+                .with_metrics(self.metrics)
+                .with_rate_limiter(limiter),
+        );
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                queue,
+                workers: self.workers,
+                max_retries: self.max_retries,
+                attempt_timeout: self.attempt_timeout,
+                on_outcome: self.on_outcome,
+            }),
+        })
+    }
+}
+
+struct Inner<K> {
+    queue: Queue<K>,
+    workers: usize,
+    max_retries: u32,
+    attempt_timeout: Option<Duration>,
+    on_outcome: Option<OutcomeHook<K>>,
+}
+
+/// Runs a handler over a work queue with N async workers.
+///
+/// # Examples
+/// ```
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use std::sync::Arc;
+/// use traceq_engine::{Attempt, Engine};
+///
+/// # tokio::runtime::Builder::new_multi_thread().enable_time().build().unwrap().block_on(async {
+/// let engine = Engine::<u32>::builder().workers(2).build().unwrap();
+/// let handle = engine.handle();
+/// for key in 0..10 {
+///     handle.add(key);
+/// }
+/// let done = Arc::new(AtomicU32::new(0));
+/// let counter = done.clone();
+/// let run = tokio::spawn(async move {
+///     engine
+///         .run(move |_attempt: Attempt<u32>| {
+///             let counter = counter.clone();
+///             async move {
+///                 counter.fetch_add(1, Ordering::Relaxed);
+///                 Ok::<(), std::io::Error>(())
+///             }
+///         })
+///         .await
+/// });
+/// handle.shutdown_with_drain_queued().await;
+/// run.await.unwrap();
+/// assert_eq!(done.load(Ordering::Relaxed), 10);
+/// # });
+/// ```
+pub struct Engine<K> {
+    inner: Arc<Inner<K>>,
+}
+
+impl<K> fmt::Debug for Engine<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("queue", &self.inner.queue)
+            .field("workers", &self.inner.workers)
+            .field("max_retries", &self.inner.max_retries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K: Eq + Hash + Clone + Send + Sync + 'static> Engine<K> {
+    /// A builder with the defaults.
+    pub fn builder() -> EngineBuilder<K> {
+        EngineBuilder::default()
+    }
+
+    /// A cheap, clonable handle for producers and for shutting the engine down.
+    pub fn handle(&self) -> EngineHandle<K> {
+        EngineHandle {
+            queue: self.inner.queue.clone(),
+        }
+    }
+
+    /// Runs the workers until the queue is shut down, then returns once every worker has
+    /// finished its current attempt. Must be called inside a tokio runtime.
+    pub async fn run<H: Handler<K>>(&self, handler: H) {
+        let handler = Arc::new(handler);
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..self.inner.workers {
+            tasks.spawn(worker(Arc::clone(&self.inner), Arc::clone(&handler)));
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+async fn worker<K, H>(inner: Arc<Inner<K>>, handler: Arc<H>)
+where
+    K: Eq + Hash + Clone + Send + Sync + 'static,
+    H: Handler<K>,
+{
+    while let Some((key, requeues)) = inner.queue.get_counted().await {
+        let number = requeues + 1;
+        let started = inner.on_outcome.as_ref().map(|_| Instant::now());
+        let attempt = Attempt::new(key.clone(), number);
+        let result = run_attempt(&*handler, attempt, inner.attempt_timeout).await;
+        let kind = match result {
+            Ok(()) => {
+                inner.queue.succeed(&key);
+                OutcomeKind::Succeeded
+            }
+            Err(error) => match inner.queue.fail(&key, inner.max_retries) {
+                Failure::Requeued { delay, .. } => OutcomeKind::Requeued { delay, error },
+                Failure::Exhausted { .. } => OutcomeKind::Exhausted { error },
+                Failure::Dropped => OutcomeKind::DroppedAtShutdown { error },
+            },
+        };
+        if let (Some(hook), Some(started)) = (&inner.on_outcome, started) {
+            hook(&Outcome {
+                key,
+                attempt: number,
+                duration: started.elapsed(),
+                kind,
+            });
+        }
+    }
+}
+
+/// A producer's handle on a running [`Engine`]: adds work and shuts the engine down.
+#[derive(Debug)]
+pub struct EngineHandle<K> {
+    queue: Queue<K>,
+}
+
+impl<K> Clone for EngineHandle<K> {
+    fn clone(&self) -> Self {
+        Self {
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone + Send + Sync + 'static> EngineHandle<K> {
+    /// See [`Queue::add`].
+    pub fn add(&self, key: K) {
+        self.queue.add(key);
+    }
+
+    /// See [`Queue::add_after`].
+    pub fn add_after(&self, key: K, delay: Duration) {
+        self.queue.add_after(key, delay);
+    }
+
+    /// See [`Queue::add_rate_limited`].
+    pub fn add_rate_limited(&self, key: K) {
+        self.queue.add_rate_limited(key);
+    }
+
+    /// The engine's queue, for everything else it offers (lengths, requeue counts, metrics).
+    pub fn queue(&self) -> &Queue<K> {
+        &self.queue
+    }
+
+    /// A snapshot of the queue's metrics.
+    pub fn metrics(&self) -> crate::QueueMetrics {
+        self.queue.metrics()
+    }
+
+    /// Stops handing out work; workers exit after their current attempt. See [`Queue::shutdown`].
+    pub fn shutdown(&self) {
+        self.queue.shutdown();
+    }
+
+    /// Stops handing out work and waits for attempts in flight. See
+    /// [`Queue::shutdown_with_drain`].
+    pub async fn shutdown_with_drain(&self) {
+        self.queue.shutdown_with_drain().await;
+    }
+
+    /// Refuses new adds, lets workers finish every queued key, then stops. See
+    /// [`Queue::shutdown_with_drain_queued`].
+    pub async fn shutdown_with_drain_queued(&self) {
+        self.queue.shutdown_with_drain_queued().await;
+    }
+}
+
+#[cfg(test)]
+mod tests;

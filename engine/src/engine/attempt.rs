@@ -1,0 +1,150 @@
+//! One attempt at a key: what the handler gets, how it is run, and what became of the key.
+
+use futures::FutureExt;
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+/// What a handler receives for one attempt at a key.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Attempt<K> {
+    /// The key to process.
+    pub key: K,
+    /// 1 for the first attempt since the key was last forgotten, 2 for the first retry, ...
+    pub number: u32,
+}
+
+impl<K> Attempt<K> {
+    pub(crate) fn new(key: K, number: u32) -> Self {
+        Self { key, number }
+    }
+
+    /// Whether this attempt retries an earlier failure.
+    pub fn is_retry(&self) -> bool {
+        self.number > 1
+    }
+}
+
+/// Processes keys. Implemented for every `Fn(Attempt<K>) -> impl Future<Output = Result<(), E>>`
+/// where `E: Display`, so a closure is a handler.
+pub trait Handler<K>: Send + Sync + 'static {
+    /// The handler's error; its `Display` text is recorded as the failure.
+    type Error: fmt::Display + Send;
+
+    /// Processes one attempt.
+    fn handle(&self, attempt: Attempt<K>) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+impl<K, F, Fut, E> Handler<K> for F
+where
+    F: Fn(Attempt<K>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send,
+    E: fmt::Display + Send,
+{
+    type Error = E;
+
+    fn handle(&self, attempt: Attempt<K>) -> impl Future<Output = Result<(), E>> + Send {
+        self(attempt)
+    }
+}
+
+/// Why an attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttemptError {
+    /// The handler returned an error; its message.
+    #[error("{0}")]
+    Failed(String),
+    /// The attempt ran past the per-attempt timeout.
+    #[error("attempt timed out after {0:?}")]
+    TimedOut(Duration),
+    /// The handler panicked; the panic message.
+    #[error("handler panicked: {0}")]
+    Panicked(String),
+}
+
+/// What became of a key after an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OutcomeKind {
+    /// The handler succeeded; the key's history is forgotten.
+    Succeeded,
+    /// The attempt failed and the key was re-queued after `delay`.
+    Requeued {
+        /// The backoff chosen by the rate limiter.
+        delay: Duration,
+        /// Why the attempt failed.
+        error: AttemptError,
+    },
+    /// The attempt failed after `max_retries` requeues: the key is forgotten.
+    Exhausted {
+        /// Why the last attempt failed.
+        error: AttemptError,
+    },
+    /// The attempt failed while the queue was shutting down, so no retry was scheduled.
+    DroppedAtShutdown {
+        /// Why the attempt failed.
+        error: AttemptError,
+    },
+}
+
+impl OutcomeKind {
+    /// The failure, unless the attempt succeeded.
+    pub fn error(&self) -> Option<&AttemptError> {
+        match self {
+            Self::Succeeded => None,
+            Self::Requeued { error, .. }
+            | Self::Exhausted { error }
+            | Self::DroppedAtShutdown { error } => Some(error),
+        }
+    }
+}
+
+/// One attempt's result, given to the engine's `on_outcome` hook.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Outcome<K> {
+    /// The key.
+    pub key: K,
+    /// The attempt's number (1 for the first).
+    pub attempt: u32,
+    /// How long the handler ran.
+    pub duration: Duration,
+    /// What became of the key.
+    pub kind: OutcomeKind,
+}
+
+/// Runs the handler once, turning an error, a timeout or a panic into an [`AttemptError`].
+pub(crate) async fn run_attempt<K, H: Handler<K>>(
+    handler: &H,
+    attempt: Attempt<K>,
+    timeout: Option<Duration>,
+) -> Result<(), AttemptError> {
+    // The handler is user code: a panic must fail this attempt, not kill the worker.
+    let fut = AssertUnwindSafe(handler.handle(attempt)).catch_unwind();
+    let result = match timeout {
+        None => fut.await,
+        Some(limit) => match tokio::time::timeout(limit, fut).await {
+            Ok(r) => r,
+            Err(_) => return Err(AttemptError::TimedOut(limit)),
+        },
+    };
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(AttemptError::Failed(e.to_string())),
+        Err(panic) => Err(AttemptError::Panicked(panic_message(&*panic))),
+    }
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}

@@ -1,0 +1,258 @@
+use super::*;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Records every outcome, per key.
+fn recorder<K: Clone + Eq + Hash + Send + 'static>(
+) -> (Arc<Mutex<Vec<Outcome<K>>>>, impl Fn(&Outcome<K>) + Send + Sync + 'static) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&log);
+    (log, move |o: &Outcome<K>| sink.lock().push(o.clone()))
+}
+
+async fn run_until_drained<K, H>(engine: Engine<K>, handler: H)
+where
+    K: Eq + Hash + Clone + Send + Sync + 'static,
+    H: Handler<K>,
+{
+    let handle = engine.handle();
+    let run = tokio::spawn(async move { engine.run(handler).await });
+    // Wait until nothing is queued, waiting or in process, then stop.
+    loop {
+        let q = handle.queue();
+        if q.len() == 0 && q.waiting_len() == 0 && q.processing_len() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    handle.shutdown_with_drain().await;
+    run.await.unwrap();
+}
+
+#[test]
+fn build_should_reject_bad_input_with_a_clear_error() {
+    let e = Engine::<u8>::builder().workers(0).build().unwrap_err();
+    assert_eq!(e, BuildError::ZeroWorkers);
+    assert_eq!(e.to_string(), "workers must be at least 1");
+    let e = Engine::<u8>::builder()
+        .backoff(Duration::ZERO, Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert_eq!(e, BuildError::ZeroBackoff);
+    let e = Engine::<u8>::builder()
+        .backoff(Duration::from_secs(2), Duration::from_secs(1))
+        .build()
+        .unwrap_err();
+    assert!(matches!(e, BuildError::RateLimit(RateLimitError::InvertedBounds { .. })));
+    let e = Engine::<u8>::builder().bucket(10.0, 0).build().unwrap_err();
+    assert_eq!(e, BuildError::RateLimit(RateLimitError::ZeroBurst));
+    let e = Engine::<u8>::builder().bucket(0.0, 1).build().unwrap_err();
+    assert!(matches!(e, BuildError::RateLimit(RateLimitError::InvalidRate(_))));
+    let e = Engine::<u8>::builder()
+        .attempt_timeout(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert_eq!(e, BuildError::ZeroTimeout);
+    assert!(Engine::<u8>::builder()
+        .backoff(Duration::from_millis(1), Duration::from_secs(1))
+        .bucket(5.0, 10)
+        .build()
+        .is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn engine_should_retry_with_backoff_then_succeed_and_forget() {
+    let (log, hook) = recorder();
+    let engine = Engine::<&str>::builder()
+        .backoff(Duration::from_millis(10), Duration::from_secs(1))
+        .on_outcome(hook)
+        .build()
+        .unwrap();
+    engine.handle().add("k");
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = Arc::clone(&calls);
+    run_until_drained(engine, move |a: Attempt<&'static str>| {
+        let c = Arc::clone(&c);
+        async move {
+            assert_eq!(a.is_retry(), a.number > 1);
+            if c.fetch_add(1, Ordering::SeqCst) < 2 {
+                Err(format!("boom {}", a.number))
+            } else {
+                Ok(())
+            }
+        }
+    })
+    .await;
+    let log = log.lock();
+    let kinds: Vec<_> = log.iter().map(|o| (o.attempt, o.kind.clone())).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (1, OutcomeKind::Requeued {
+                delay: Duration::from_millis(10),
+                error: AttemptError::Failed("boom 1".into())
+            }),
+            (2, OutcomeKind::Requeued {
+                delay: Duration::from_millis(20),
+                error: AttemptError::Failed("boom 2".into())
+            }),
+            (3, OutcomeKind::Succeeded),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn engine_should_forget_a_key_after_max_retries_and_say_why() {
+    let (log, hook) = recorder();
+    let engine = Engine::<u8>::builder()
+        .max_retries(2)
+        .rate_limiter(rate_limit::none())
+        .on_outcome(hook)
+        .build()
+        .unwrap();
+    let handle = engine.handle();
+    handle.add(1);
+    run_until_drained(engine, |_a: Attempt<u8>| async {
+        Err::<(), _>("always fails")
+    })
+    .await;
+    let log = log.lock();
+    assert_eq!(log.len(), 3, "one attempt and two retries");
+    assert_eq!(
+        log[2].kind,
+        OutcomeKind::Exhausted {
+            error: AttemptError::Failed("always fails".into())
+        }
+    );
+    assert_eq!(handle.queue().num_requeues(&1), 0, "forgotten");
+    assert_eq!(handle.metrics().exhausted_total, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn engine_should_survive_a_panicking_handler_and_record_the_message() {
+    let (log, hook) = recorder();
+    let engine = Engine::<u8>::builder()
+        .workers(1)
+        .max_retries(0)
+        .on_outcome(hook)
+        .build()
+        .unwrap();
+    let handle = engine.handle();
+    handle.add(1);
+    handle.add(2);
+    run_until_drained(engine, |a: Attempt<u8>| async move {
+        if a.key == 1 {
+            panic!("bad object {}", a.key);
+        }
+        Ok::<(), String>(())
+    })
+    .await;
+    let log = log.lock();
+    let by_key: HashMap<_, _> = log.iter().map(|o| (o.key, o.kind.clone())).collect();
+    assert_eq!(
+        by_key[&1],
+        OutcomeKind::Exhausted {
+            error: AttemptError::Panicked("bad object 1".into())
+        }
+    );
+    assert_eq!(by_key[&2], OutcomeKind::Succeeded, "the one worker lived on");
+}
+
+#[tokio::test(start_paused = true)]
+async fn engine_should_fail_an_attempt_that_times_out() {
+    let (log, hook) = recorder();
+    let engine = Engine::<u8>::builder()
+        .attempt_timeout(Duration::from_secs(1))
+        .rate_limiter(rate_limit::none())
+        .max_retries(1)
+        .on_outcome(hook)
+        .build()
+        .unwrap();
+    engine.handle().add(1);
+    run_until_drained(engine, |a: Attempt<u8>| async move {
+        if a.number == 1 {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+        Ok::<(), String>(())
+    })
+    .await;
+    let log = log.lock();
+    assert_eq!(
+        log[0].kind,
+        OutcomeKind::Requeued {
+            delay: Duration::ZERO,
+            error: AttemptError::TimedOut(Duration::from_secs(1))
+        }
+    );
+    assert_eq!(log[1].kind, OutcomeKind::Succeeded);
+}
+
+#[tokio::test(start_paused = true)]
+async fn engine_should_drop_retries_of_attempts_failing_during_shutdown() {
+    let (log, hook) = recorder();
+    let engine = Engine::<u8>::builder().on_outcome(hook).build().unwrap();
+    let handle = engine.handle();
+    handle.add(1);
+    let h = handle.clone();
+    let run = tokio::spawn(async move {
+        engine
+            .run(move |_a: Attempt<u8>| {
+                let h = h.clone();
+                async move {
+                    // Shut down while this attempt runs, then fail it.
+                    h.shutdown();
+                    Err::<(), _>("late failure")
+                }
+            })
+            .await
+    });
+    run.await.unwrap();
+    assert!(matches!(
+        log.lock()[0].kind,
+        OutcomeKind::DroppedAtShutdown { .. }
+    ));
+    assert_eq!(handle.queue().waiting_len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_should_never_run_one_key_on_two_workers() {
+    let engine = Engine::<u32>::builder()
+        .workers(8)
+        .rate_limiter(rate_limit::none())
+        .build()
+        .unwrap();
+    let handle = engine.handle();
+    let in_flight: Arc<Vec<AtomicU32>> = Arc::new((0..16).map(|_| AtomicU32::new(0)).collect());
+    let flags = Arc::clone(&in_flight);
+    let producer = {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            for i in 0..20_000u32 {
+                handle.add(i % 16);
+                if i % 64 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+    };
+    let run = tokio::spawn(async move {
+        engine
+            .run(move |a: Attempt<u32>| {
+                let flags = Arc::clone(&flags);
+                async move {
+                    let slot = &flags[a.key as usize];
+                    assert_eq!(slot.fetch_add(1, Ordering::SeqCst), 0, "key ran twice at once");
+                    tokio::task::yield_now().await;
+                    slot.fetch_sub(1, Ordering::SeqCst);
+                    Ok::<(), String>(())
+                }
+            })
+            .await
+    });
+    producer.await.unwrap();
+    handle.shutdown_with_drain_queued().await;
+    run.await.unwrap();
+    let m = handle.metrics();
+    assert_eq!(m.depth + m.processing, 0);
+}

@@ -1,0 +1,272 @@
+use super::*;
+use crate::clock::ManualClock;
+use crate::rate_limit::{ExponentialBackoff, NoDelay};
+use std::time::Duration;
+use tokio::time::timeout;
+
+fn manual_queue(clock: &ManualClock) -> Queue<&'static str> {
+    Queue::with_config(
+        QueueConfig::default()
+            .with_clock(Arc::new(clock.clone()))
+            .with_rate_limiter(
+                ExponentialBackoff::new(Duration::from_millis(10), Duration::from_secs(1)).unwrap(),
+            ),
+    )
+}
+
+#[test]
+fn queue_should_hand_out_keys_in_fifo_order_once_each() {
+    let q = Queue::<u32>::new();
+    for k in [3, 1, 2, 1, 3] {
+        q.add(k);
+    }
+    assert_eq!(q.len(), 3);
+    assert_eq!(q.try_get(), Some(3));
+    assert_eq!(q.try_get(), Some(1));
+    assert_eq!(q.try_get(), Some(2));
+    assert_eq!(q.try_get(), None);
+}
+
+#[test]
+fn queue_should_requeue_dirty_key_on_done() {
+    let q = Queue::<&str>::new();
+    q.add("a");
+    let a = q.try_get().unwrap();
+    q.add("a");
+    q.add("a");
+    assert_eq!(q.len(), 0, "a key in process is not queued again");
+    assert_eq!(q.try_get(), None, "never to two workers at once");
+    q.done(&a);
+    assert_eq!(q.len(), 1);
+    assert_eq!(q.try_get(), Some("a"));
+    q.done(&"a");
+    assert_eq!(q.try_get(), None, "done on a clean key does not requeue");
+}
+
+#[test]
+fn queue_should_ignore_done_for_unknown_key() {
+    let q = Queue::<&str>::new();
+    q.add("a");
+    q.done(&"a");
+    q.done(&"zzz");
+    assert_eq!(q.try_get(), Some("a"));
+}
+
+#[test]
+fn queue_should_let_the_earliest_delay_win_on_re_add() {
+    let clock = ManualClock::new();
+    let q = manual_queue(&clock);
+    q.add_after("a", Duration::from_secs(10));
+    q.add_after("a", Duration::from_secs(2));
+    q.add_after("a", Duration::from_secs(5));
+    assert_eq!(q.waiting_len(), 1);
+    clock.advance(Duration::from_millis(1999));
+    assert_eq!(q.try_get(), None);
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(q.try_get(), Some("a"));
+    q.done(&"a");
+    // The later deadlines were replaced, not kept: nothing fires at 5 s or 10 s.
+    clock.advance(Duration::from_secs(20));
+    assert_eq!(q.try_get(), None);
+    assert_eq!(q.waiting_len(), 0);
+}
+
+#[test]
+fn queue_should_clamp_absurd_delays() {
+    let clock = ManualClock::new();
+    let q = manual_queue(&clock);
+    q.add_after("a", Duration::MAX);
+    q.add_after("b", Duration::from_secs(u64::MAX / 2));
+    assert_eq!(q.waiting_len(), 2);
+    clock.advance(MAX_DELAY);
+    assert_eq!(q.len(), 2);
+}
+
+#[test]
+fn queue_should_keep_a_plain_add_and_the_pending_delay_of_a_waiting_key() {
+    let clock = ManualClock::new();
+    let q = manual_queue(&clock);
+    q.add_after("a", Duration::from_secs(1));
+    q.add("a");
+    assert_eq!((q.len(), q.waiting_len()), (1, 1));
+    assert_eq!(q.try_get(), Some("a"));
+    q.done(&"a");
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(q.try_get(), Some("a"), "the delayed add still fires, as in client-go");
+}
+
+#[test]
+fn queue_should_not_count_or_take_a_token_for_coalesced_rate_limited_adds() {
+    let clock = ManualClock::new();
+    let q = manual_queue(&clock);
+    q.add_rate_limited("a");
+    q.add_rate_limited("a");
+    q.add_rate_limited("a");
+    assert_eq!(q.num_requeues(&"a"), 1, "a key already waiting coalesces");
+    q.add("b");
+    q.add_rate_limited("b");
+    assert_eq!(q.num_requeues(&"b"), 0, "a key already queued coalesces");
+    clock.advance(Duration::from_millis(10));
+    assert_eq!(q.len(), 2);
+    assert_eq!(q.metrics().retries_total, 1);
+}
+
+#[test]
+fn queue_should_back_off_exponentially_per_failed_attempt() {
+    let clock = ManualClock::new();
+    let q = manual_queue(&clock);
+    let mut gaps = Vec::new();
+    for _ in 0..4 {
+        q.add_rate_limited("a");
+        let mut waited = 0;
+        while q.try_get().is_none() {
+            clock.advance(Duration::from_millis(1));
+            waited += 1;
+        }
+        q.done(&"a");
+        gaps.push(waited);
+    }
+    assert_eq!(gaps, vec![10, 20, 40, 80]);
+    assert_eq!(q.num_requeues(&"a"), 4);
+    q.forget(&"a");
+    assert_eq!(q.num_requeues(&"a"), 0);
+}
+
+#[test]
+fn queue_should_refuse_and_count_adds_after_shutdown() {
+    let q = Queue::<u8>::new();
+    q.add(1);
+    q.shutdown();
+    q.add(2);
+    q.add_after(3, Duration::from_secs(1));
+    q.add_rate_limited(4);
+    assert_eq!(q.try_get(), None, "shutdown stops handing out work");
+    assert_eq!(q.len(), 1, "the key queued before shutdown is still reported");
+    assert_eq!(q.metrics().dropped_adds_total, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn get_should_wait_for_an_add() {
+    let q = Queue::<u8>::new();
+    let getter = tokio::spawn({
+        let q = q.clone();
+        async move { q.get().await }
+    });
+    tokio::task::yield_now().await;
+    q.add(7);
+    assert_eq!(getter.await.unwrap(), Some(7));
+}
+
+#[tokio::test(start_paused = true)]
+async fn get_should_wake_for_a_delayed_key_when_its_time_comes() {
+    let q = Queue::<u8>::with_config(QueueConfig::default().with_rate_limiter(NoDelay));
+    let start = tokio::time::Instant::now();
+    let getter = tokio::spawn({
+        let q = q.clone();
+        async move { q.get().await }
+    });
+    tokio::task::yield_now().await;
+    q.add_after(1, Duration::from_secs(30));
+    q.add_after(2, Duration::from_secs(5)); // earlier: the parked getter re-arms for it
+    assert_eq!(getter.await.unwrap(), Some(2));
+    assert_eq!(start.elapsed(), Duration::from_secs(5));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_should_release_every_waiting_getter() {
+    let q = Queue::<u8>::new();
+    let getters: Vec<_> = (0..8)
+        .map(|_| {
+            let q = q.clone();
+            tokio::spawn(async move { q.get().await })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    q.shutdown();
+    for g in getters {
+        assert_eq!(timeout(Duration::from_secs(1), g).await.unwrap().unwrap(), None);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_should_wait_for_keys_in_flight_only() {
+    let q = Queue::<u8>::new();
+    q.add(1);
+    q.add(2);
+    let one = q.get().await.unwrap();
+    let drain = tokio::spawn({
+        let q = q.clone();
+        async move { q.shutdown_with_drain().await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!drain.is_finished(), "drain waits for the key in flight");
+    q.add(3);
+    q.done(&one);
+    timeout(Duration::from_secs(1), drain).await.unwrap().unwrap();
+    assert_eq!(q.len(), 1, "key 2 stays queued, key 3 was refused");
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_queued_should_hand_out_queued_and_dirty_keys_then_stop() {
+    let q = Queue::<u8>::new();
+    for k in 0..3 {
+        q.add(k);
+    }
+    let first = q.get().await.unwrap();
+    q.add(first); // dirty: must run again during the drain
+    let drain = tokio::spawn({
+        let q = q.clone();
+        async move { q.shutdown_with_drain_queued().await }
+    });
+    tokio::task::yield_now().await;
+    q.add(9); // refused
+    q.done(&first);
+    let mut seen = Vec::new();
+    while let Some(k) = q.get().await {
+        seen.push(k);
+        q.done(&k);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, vec![0, 1, 2]);
+    timeout(Duration::from_secs(1), drain).await.unwrap().unwrap();
+    assert!(q.is_shutting_down());
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_of_an_idle_queue_should_return_at_once() {
+    let q = Queue::<u8>::new();
+    timeout(Duration::from_secs(1), q.shutdown_with_drain())
+        .await
+        .unwrap();
+    timeout(Duration::from_secs(1), q.shutdown_with_drain_queued())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_get_should_take_no_key() {
+    let q = Queue::<u8>::new();
+    assert!(timeout(Duration::from_millis(10), q.get()).await.is_err());
+    q.add(1);
+    assert_eq!(q.try_get(), Some(1));
+    assert_eq!(q.shared.state.lock().getters, 0, "the cancelled getter unparked");
+}
+
+#[tokio::test(start_paused = true)]
+async fn metrics_should_measure_queue_and_work_time() {
+    let q = Queue::<u8>::with_config(QueueConfig::default().with_metrics(true).with_name("m"));
+    q.add(1);
+    tokio::time::advance(Duration::from_millis(3)).await;
+    let k = q.get().await.unwrap();
+    tokio::time::advance(Duration::from_millis(7)).await;
+    let m = q.metrics();
+    assert_eq!(m.processing, 1);
+    assert!((m.longest_running_processor_seconds - 0.007).abs() < 1e-6);
+    q.done(&k);
+    let m = q.metrics();
+    assert_eq!(m.queue_duration.count, 1);
+    assert_eq!(m.queue_duration.mean(), Duration::from_millis(3));
+    assert_eq!(m.work_duration.mean(), Duration::from_millis(7));
+    assert_eq!(m.adds_total, 1);
+    assert_eq!(m.name, "m");
+}

@@ -1,0 +1,1 @@
+//! traceq-sampler: tail sampling (work in progress in this commit).

@@ -1,0 +1,2 @@
+//! The `traceq` command line.
+fn main() {}

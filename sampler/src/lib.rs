@@ -1,1 +1,56 @@
-//! traceq-sampler: tail sampling (work in progress in this commit).
+//! traceq-sampler: tail sampling for traces, one core behind two front doors.
+//!
+//! ```text
+//!  SDK spans ──► TailSamplingProcessor::on_end ─┐            ┌─► kept? ── annotate ──► exporter
+//!                                               ├─► TailSampler (sharded buffer per trace id)
+//!  OTLP spans ─► collector receiver (later) ────┘      │ decide when: root ended + quiet period,
+//!                                                      │ decision_wait, max spans, memory pressure,
+//!                                                      │ flush ── policies (Collector YAML syntax)
+//!                                                      └─► decision caches: late spans follow
+//! ```
+//!
+//! Spans are buffered per trace; a trace is decided when its local root span ended and
+//! `decision_wait_after_root` passed quietly, when `decision_wait` passed since its first span,
+//! when it reaches `max_spans_per_trace`, early (oldest first) when the buffer is full, or on
+//! flush. Policies use the OpenTelemetry Collector `tail_sampling` syntax and semantics: any
+//! sampling policy keeps a trace, a `drop` policy wins over all. Kept spans carry the deciding
+//! policy and the adjusted count. Traces sharing a job id are kept together once one segment was
+//! kept for an error.
+
+mod buffer;
+mod cache;
+mod clock;
+mod config;
+mod decision;
+mod error;
+mod metrics;
+mod policy;
+mod processor;
+mod sampler;
+mod span;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+#[cfg(any(test, feature = "testing"))]
+pub use clock::ManualClock;
+pub use clock::{Clock, SystemClock};
+pub use config::{
+    DecisionCacheConfig, SamplerConfig, DEFAULT_DECISION_WAIT, DEFAULT_DECISION_WAIT_AFTER_ROOT,
+    DEFAULT_JOB_CACHE_SIZE, DEFAULT_JOB_ID_KEY, DEFAULT_MAX_BUFFER_BYTES,
+    DEFAULT_MAX_SPANS_PER_TRACE, DEFAULT_NON_SAMPLED_CACHE_SIZE, DEFAULT_NUM_SHARDS,
+    DEFAULT_NUM_TRACES, DEFAULT_SAMPLED_CACHE_SIZE, DEFAULT_SAMPLING_PERCENTAGE,
+};
+pub use decision::{KeptDecision, ADJUSTED_COUNT_ATTRIBUTE, JOB_LINKAGE_POLICY, POLICY_ATTRIBUTE};
+pub use error::ConfigError;
+pub use metrics::{PolicyMetrics, SamplerMetrics};
+pub use policy::{
+    AndConfig, BooleanAttributeConfig, BytesLimitingConfig, DropConfig, LatencyConfig, NotConfig,
+    NumericAttributeConfig, PolicyConfig, PolicyType, ProbabilisticConfig, RateLimitingConfig,
+    SpanCountConfig, StatusCodeConfig, StringAttributeConfig, TraceStateConfig,
+};
+pub use processor::{
+    ProcessorConfig, TailSamplingProcessor, DEFAULT_FLUSH_TIMEOUT, DEFAULT_MAX_EXPORT_BATCH_SIZE,
+    DEFAULT_MAX_QUEUE_MESSAGES, DEFAULT_POLL_INTERVAL,
+};
+pub use sampler::TailSampler;
+pub use span::{AttrValue, SpanView, StatusKind};

@@ -1,0 +1,309 @@
+//! One shard of the trace buffer: pending traces, their deadlines, and the decision caches.
+//!
+//! Why shards: ingest runs on every thread that ends a span (or every receiver task in the
+//! collector). The buffer is split into independent shards, each behind its own short-held lock,
+//! chosen by a hash of the trace id; one trace always lives in one shard. Every bound (traces,
+//! bytes, caches) is split evenly between shards, so each shard enforces its share without
+//! looking at the others, and the sum never exceeds the configured bound.
+//!
+//! Deadlines are kept in two first-in-first-out queues instead of a timer per trace. Both are
+//! sorted by construction because the clock never goes backwards and each queue uses one fixed
+//! delay: `by_age` holds each trace's first-span time (for `decision_wait`, and to find the
+//! oldest trace under pressure); `root_due` holds "root ended or a later span came, decide at
+//! time T" items. A queue item carries the trace's generation, so items of a trace decided since
+//! (or of an older incarnation of the same trace id) are recognised as stale and skipped.
+
+use std::collections::{HashMap, VecDeque};
+use std::mem::size_of;
+use std::sync::Arc;
+
+use foldhash::fast::FixedState;
+use opentelemetry::trace::TraceId;
+
+use crate::cache::{fingerprint, BoundedMap};
+use crate::decision::KeptDecision;
+use crate::span::{AttrValue, SpanView};
+
+/// A pending trace.
+#[derive(Debug)]
+pub(crate) struct TraceEntry<S> {
+    pub(crate) spans: Vec<S>,
+    pub(crate) generation: u64,
+    pub(crate) first_seen: u64,
+    pub(crate) last_seen: u64,
+    pub(crate) root_ended: bool,
+    pub(crate) bytes: usize,
+    pub(crate) job: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct QueueItem {
+    at: u64,
+    trace_id: TraceId,
+    generation: u64,
+}
+
+/// Bookkeeping bytes charged to each trace: the entry, its map slot and its queue items.
+const TRACE_OVERHEAD: usize =
+    size_of::<TraceEntry<()>>() + size_of::<TraceId>() + 8 + 2 * size_of::<QueueItem>();
+
+/// Why a trace is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Due {
+    Root,
+    Wait,
+}
+
+/// Counters that change on every span, kept under the shard lock instead of in shared atomics.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ShardStats {
+    pub(crate) spans_received: u64,
+    pub(crate) traces_received: u64,
+    pub(crate) late_sampled: u64,
+    pub(crate) late_not_sampled: u64,
+}
+
+/// One shard: see the module docs.
+#[derive(Debug)]
+pub(crate) struct Shard<S> {
+    pub(crate) traces: HashMap<TraceId, TraceEntry<S>, FixedState>,
+    by_age: VecDeque<QueueItem>,
+    root_due: VecDeque<QueueItem>,
+    pub(crate) kept: BoundedMap<TraceId, Arc<KeptDecision>>,
+    pub(crate) dropped: BoundedMap<u64, ()>,
+    pub(crate) bytes: usize,
+    pub(crate) spans: usize,
+    next_generation: u64,
+    pub(crate) stats: ShardStats,
+}
+
+/// Folds a trace id into the 64-bit key of the dropped-decision cache.
+pub(crate) fn fold(trace_id: TraceId) -> u64 {
+    let v = u128::from_be_bytes(trace_id.to_bytes());
+    (v >> 64) as u64 ^ v as u64
+}
+
+impl<S: SpanView> Shard<S> {
+    pub(crate) fn new(kept_cache: usize, dropped_cache: usize, expected_traces: usize) -> Self {
+        Self {
+            traces: HashMap::with_capacity_and_hasher(expected_traces, FixedState::default()),
+            by_age: VecDeque::new(),
+            root_due: VecDeque::new(),
+            kept: BoundedMap::new(kept_cache),
+            dropped: BoundedMap::new(dropped_cache),
+            bytes: 0,
+            spans: 0,
+            next_generation: 0,
+            stats: ShardStats::default(),
+        }
+    }
+
+    /// Buffers `span`; returns the trace's span count.
+    pub(crate) fn add(&mut self, span: S, now: u64, after_root: u64, job_key: &str) -> usize {
+        let trace_id = span.trace_id();
+        let size = span.size_bytes();
+        let is_root = span.is_local_root();
+        let mut created = None;
+        let entry = self.traces.entry(trace_id).or_insert_with(|| {
+            let generation = self.next_generation;
+            created = Some(generation);
+            TraceEntry {
+                spans: Vec::new(),
+                generation,
+                first_seen: now,
+                last_seen: now,
+                root_ended: false,
+                bytes: TRACE_OVERHEAD,
+                job: None,
+            }
+        });
+        if entry.job.is_none() && !job_key.is_empty() {
+            entry.job = match span.attribute(job_key) {
+                Some(AttrValue::Str(s)) => Some(fingerprint(s)),
+                Some(AttrValue::I64(i)) => Some(fingerprint(i.to_string().as_str())),
+                _ => None,
+            };
+        }
+        let old_cap = entry.spans.capacity();
+        entry.spans.push(span);
+        let delta = size + (entry.spans.capacity() - old_cap) * size_of::<S>();
+        entry.bytes += delta;
+        entry.last_seen = now;
+        entry.root_ended |= is_root;
+        let (generation, len, root_ended) = (entry.generation, entry.spans.len(), entry.root_ended);
+        self.bytes += delta;
+        self.spans += 1;
+        if let Some(generation) = created {
+            self.next_generation += 1;
+            self.bytes += TRACE_OVERHEAD;
+            self.stats.traces_received += 1;
+            self.by_age.push_back(QueueItem {
+                at: now,
+                trace_id,
+                generation,
+            });
+        }
+        if root_ended {
+            self.root_due.push_back(QueueItem {
+                at: now.saturating_add(after_root),
+                trace_id,
+                generation,
+            });
+        }
+        len
+    }
+
+    /// Takes a trace out of the buffer.
+    pub(crate) fn remove(&mut self, trace_id: TraceId) -> Option<TraceEntry<S>> {
+        let entry = self.traces.remove(&trace_id)?;
+        self.bytes -= entry.bytes;
+        self.spans -= entry.spans.len();
+        Some(entry)
+    }
+
+    fn is_live(&self, item: &QueueItem) -> bool {
+        self.traces
+            .get(&item.trace_id)
+            .is_some_and(|e| e.generation == item.generation)
+    }
+
+    /// The oldest pending trace, removed from the age queue.
+    pub(crate) fn pop_oldest(&mut self) -> Option<TraceId> {
+        while let Some(item) = self.by_age.pop_front() {
+            if self.is_live(&item) {
+                return Some(item.trace_id);
+            }
+        }
+        None
+    }
+
+    /// The next trace due at `now`, if any.
+    pub(crate) fn pop_due(
+        &mut self,
+        now: u64,
+        wait: u64,
+        after_root: u64,
+    ) -> Option<(TraceId, Due)> {
+        while let Some(item) = self.root_due.front().copied() {
+            if item.at > now {
+                break;
+            }
+            self.root_due.pop_front();
+            if let Some(e) = self.traces.get(&item.trace_id) {
+                if e.generation == item.generation && e.last_seen.saturating_add(after_root) <= now
+                {
+                    return Some((item.trace_id, Due::Root));
+                }
+            }
+        }
+        while let Some(item) = self.by_age.front().copied() {
+            if !self.is_live(&item) {
+                self.by_age.pop_front();
+                continue;
+            }
+            if item.at.saturating_add(wait) > now {
+                break;
+            }
+            self.by_age.pop_front();
+            return Some((item.trace_id, Due::Wait));
+        }
+        None
+    }
+
+    /// All pending trace ids (for flush); empties the deadline queues.
+    pub(crate) fn take_all(&mut self) -> Vec<TraceId> {
+        self.by_age.clear();
+        self.root_due.clear();
+        self.traces.keys().copied().collect()
+    }
+
+    /// Drops stale queue items once they outnumber live traces, so queues stay bounded by the
+    /// buffer's own bound even when most traces are decided before their deadlines.
+    pub(crate) fn compact(&mut self) {
+        let limit = 2 * self.traces.len() + 1024;
+        if self.by_age.len() > limit {
+            let traces = &self.traces;
+            self.by_age.retain(|i| {
+                traces
+                    .get(&i.trace_id)
+                    .is_some_and(|e| e.generation == i.generation)
+            });
+        }
+        if self.root_due.len() > limit + self.spans {
+            let traces = &self.traces;
+            self.root_due.retain(|i| {
+                traces
+                    .get(&i.trace_id)
+                    .is_some_and(|e| e.generation == i.generation)
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::TestSpan;
+    use opentelemetry_sdk::trace::SpanData;
+
+    fn shard() -> Shard<SpanData> {
+        Shard::new(10, 10, 0)
+    }
+
+    #[test]
+    fn bytes_should_return_to_zero_when_traces_are_removed() {
+        let mut s = shard();
+        s.add(TestSpan::new(1, 2).child_of(1).build(), 0, 10, "");
+        s.add(TestSpan::new(1, 1).build(), 0, 10, "");
+        s.add(TestSpan::new(2, 1).build(), 0, 10, "");
+        assert!(s.bytes > 2 * size_of::<SpanData>());
+        assert_eq!(s.spans, 3);
+        s.remove(TraceId::from(1)).unwrap();
+        s.remove(TraceId::from(2)).unwrap();
+        assert_eq!((s.bytes, s.spans), (0, 0));
+    }
+
+    #[test]
+    fn root_due_should_wait_for_quiet_after_the_root_ended() {
+        let mut s = shard();
+        s.add(TestSpan::new(1, 1).build(), 0, 10, "");
+        assert_eq!(s.pop_due(9, 100, 10), None);
+        s.add(TestSpan::new(1, 2).child_of(1).build(), 5, 10, "");
+        assert_eq!(s.pop_due(10, 100, 10), None);
+        assert_eq!(s.pop_due(15, 100, 10), Some((TraceId::from(1), Due::Root)));
+    }
+
+    #[test]
+    fn wait_due_should_fire_from_the_first_span_without_a_root() {
+        let mut s = shard();
+        s.add(TestSpan::new(1, 2).child_of(1).build(), 0, 10, "");
+        assert_eq!(s.pop_due(50, 100, 10), None);
+        assert_eq!(s.pop_due(100, 100, 10), Some((TraceId::from(1), Due::Wait)));
+    }
+
+    #[test]
+    fn stale_queue_items_should_be_skipped_and_compacted() {
+        let mut s = shard();
+        for t in 1..=3000u128 {
+            s.add(TestSpan::new(t, 1).build(), 0, 10, "");
+            s.remove(TraceId::from(t));
+        }
+        s.compact();
+        assert_eq!(s.pop_oldest(), None);
+        assert_eq!(s.pop_due(1000, 10, 10), None);
+    }
+
+    #[test]
+    fn job_id_should_be_taken_from_the_first_span_that_has_it() {
+        let mut s = shard();
+        let job = opentelemetry::KeyValue::new("job", "j-1");
+        s.add(TestSpan::new(1, 2).child_of(1).build(), 0, 10, "job");
+        s.add(
+            TestSpan::new(1, 3).child_of(1).attr(job).build(),
+            0,
+            10,
+            "job",
+        );
+        assert_eq!(s.traces[&TraceId::from(1)].job, Some(fingerprint("j-1")));
+    }
+}

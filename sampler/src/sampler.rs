@@ -1,0 +1,354 @@
+//! The tail sampler core: ingest spans, find due traces, decide, hand back kept spans.
+//!
+//! Why decide on root end: a work-queue item's trace is complete when its root span (the item,
+//! or the first span after a remote parent) ends. Waiting a short quiet period after that, not a
+//! fixed `decision_wait` from the first span, means retries and backoffs that outlive 30 s are
+//! still decided with all their spans (contrib#36291), and short items are decided in ~2 s.
+//! `decision_wait` remains the upper bound for traces whose root never ends here.
+//!
+//! The core does no I/O and owns no thread: callers ingest spans, call [`TailSampler::poll`]
+//! periodically and [`TailSampler::flush`] at the end, and export what they are handed. The
+//! [`TailSamplingProcessor`](crate::TailSamplingProcessor) does exactly that; the collector's
+//! receiver will too.
+
+use std::fmt;
+use std::hash::BuildHasher;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use foldhash::fast::FixedState;
+use opentelemetry::trace::TraceId;
+use parking_lot::Mutex;
+
+use crate::buffer::{fold, Due, Shard};
+use crate::cache::BoundedMap;
+use crate::clock::{nanos, Clock, SystemClock};
+use crate::config::SamplerConfig;
+use crate::decision::{KeptDecision, JOB_LINKAGE_POLICY};
+use crate::error::ConfigError;
+use crate::metrics::{Counters, PolicyCounters, SamplerMetrics, Trigger};
+use crate::policy::{EvalContext, Outcome, PolicySet};
+use crate::span::{SpanView, StatusKind};
+
+/// Smallest share of `num_traces` a shard gets; fewer shards are used for tiny buffers.
+const MIN_TRACES_PER_SHARD: usize = 16;
+
+/// Buffers spans per trace and decides which traces to keep.
+///
+/// Generic over the span type through [`SpanView`]; use `Box<SpanData>` for SDK spans (boxing
+/// keeps the per-trace vector small, so buffered bytes stay close to the spans' own size).
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use traceq_sampler::{testing::TestSpan, ManualClock, SamplerConfig, TailSampler};
+///
+/// let sampler = TailSampler::with_clock(SamplerConfig::default(), Arc::new(ManualClock::new()))?;
+/// let mut kept = Vec::new();
+/// sampler.ingest(Box::new(TestSpan::new(1, 2).child_of(1).error().build()), &mut kept);
+/// sampler.ingest(Box::new(TestSpan::new(1, 1).build()), &mut kept);
+/// sampler.flush(&mut kept);
+/// assert_eq!(kept.len(), 2); // the trace has an error: kept whole
+/// # Ok::<(), traceq_sampler::ConfigError>(())
+/// ```
+pub struct TailSampler<S> {
+    shards: Box<[Mutex<Shard<S>>]>,
+    shard_mask: usize,
+    hasher: FixedState,
+    policies: PolicySet,
+    policy_counters: Box<[PolicyCounters]>,
+    counters: Counters,
+    clock: Arc<dyn Clock>,
+    decision_wait: u64,
+    after_root: u64,
+    max_spans: usize,
+    shard_traces: usize,
+    shard_bytes: usize,
+    job_key: String,
+    jobs: Mutex<BoundedMap<u64, ()>>,
+    job_decision: Arc<KeptDecision>,
+    drop_pending_on_shutdown: bool,
+}
+
+impl<S> fmt::Debug for TailSampler<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TailSampler")
+            .field("shards", &self.shards.len())
+            .field("policies", &self.policies)
+            .field("shard_traces", &self.shard_traces)
+            .field("shard_bytes", &self.shard_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+fn floor_pow2(n: usize) -> usize {
+    if n == 0 {
+        1
+    } else {
+        1 << (usize::BITS - 1 - n.leading_zeros())
+    }
+}
+
+impl<S: SpanView> TailSampler<S> {
+    /// A sampler on the real clock.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when the configuration is invalid.
+    pub fn new(config: SamplerConfig) -> Result<Self, ConfigError> {
+        Self::with_clock(config, Arc::new(SystemClock::new()))
+    }
+
+    /// A sampler reading deadlines from `clock`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when the configuration is invalid.
+    pub fn with_clock(config: SamplerConfig, clock: Arc<dyn Clock>) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let policies = config.compile_policies()?;
+        let shards = floor_pow2(
+            config
+                .num_shards
+                .min(config.num_traces / MIN_TRACES_PER_SHARD)
+                .min(config.max_buffer_bytes / 4096)
+                .max(1),
+        );
+        let per = |n: usize| n.div_ceil(shards);
+        let expected = (config.expected_new_traces_per_sec
+            * config.decision_wait_after_root.as_secs().max(1) as usize)
+            .min(config.num_traces)
+            / shards;
+        let shard_list = (0..shards)
+            .map(|_| {
+                Mutex::new(Shard::new(
+                    per(config.decision_cache.sampled_cache_size),
+                    per(config.decision_cache.non_sampled_cache_size),
+                    expected,
+                ))
+            })
+            .collect();
+        let policy_counters = (0..policies.len())
+            .map(|_| PolicyCounters::default())
+            .collect();
+        Ok(Self {
+            shards: shard_list,
+            shard_mask: shards - 1,
+            hasher: FixedState::with_seed(0x5eed),
+            policies,
+            policy_counters,
+            counters: Counters::default(),
+            clock,
+            decision_wait: nanos(config.decision_wait),
+            after_root: nanos(config.decision_wait_after_root),
+            max_spans: config.max_spans_per_trace,
+            shard_traces: (config.num_traces / shards).max(1),
+            shard_bytes: (config.max_buffer_bytes / shards).max(1),
+            job_key: config.job_id_key.clone(),
+            jobs: Mutex::new(BoundedMap::new(config.job_cache_size)),
+            job_decision: Arc::new(KeptDecision::new(Arc::from(JOB_LINKAGE_POLICY), 1.0)),
+            drop_pending_on_shutdown: config.drop_pending_traces_on_shutdown,
+        })
+    }
+
+    fn shard(&self, trace_id: TraceId) -> &Mutex<Shard<S>> {
+        let h = self.hasher.hash_one(trace_id);
+        &self.shards[(h >> 32) as usize & self.shard_mask]
+    }
+
+    /// Offers one finished span. Spans of traces decided here (late spans of kept traces, traces
+    /// that reached `max_spans_per_trace`, traces decided early under pressure) that are kept are
+    /// appended to `kept`, annotated. Never blocks on I/O; holds one shard lock briefly.
+    pub fn ingest(&self, span: S, kept: &mut Vec<S>) {
+        let trace_id = span.trace_id();
+        let now = nanos(self.clock.now());
+        let mut shard = self.shard(trace_id).lock();
+        shard.stats.spans_received += 1;
+        if let Some(decision) = shard.kept.get(&trace_id).cloned() {
+            shard.stats.late_sampled += 1;
+            drop(shard);
+            let mut span = span;
+            span.annotate(&decision);
+            kept.push(span);
+            return;
+        }
+        if shard.dropped.contains(&fold(trace_id)) {
+            shard.stats.late_not_sampled += 1;
+            return;
+        }
+        let len = shard.add(span, now, self.after_root, &self.job_key);
+        if len >= self.max_spans {
+            self.decide(&mut shard, trace_id, Trigger::MaxSpans, now, kept);
+        }
+        while shard.traces.len() > self.shard_traces || shard.bytes > self.shard_bytes {
+            let Some(oldest) = shard.pop_oldest() else {
+                break;
+            };
+            self.decide(&mut shard, oldest, Trigger::Pressure, now, kept);
+        }
+        shard.compact();
+    }
+
+    /// Decides every trace whose deadline passed; kept spans are appended to `kept`.
+    /// Returns the number of traces decided.
+    pub fn poll(&self, kept: &mut Vec<S>) -> usize {
+        let now = nanos(self.clock.now());
+        let mut decided = 0;
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            while let Some((trace_id, due)) =
+                shard.pop_due(now, self.decision_wait, self.after_root)
+            {
+                let trigger = match due {
+                    Due::Root => Trigger::Root,
+                    Due::Wait => Trigger::Wait,
+                };
+                self.decide(&mut shard, trace_id, trigger, now, kept);
+                decided += 1;
+            }
+            shard.compact();
+        }
+        decided
+    }
+
+    /// Decides every pending trace now; kept spans are appended to `kept`.
+    /// Returns the number of traces decided.
+    pub fn flush(&self, kept: &mut Vec<S>) -> usize {
+        let now = nanos(self.clock.now());
+        let mut decided = 0;
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            for trace_id in shard.take_all() {
+                self.decide(&mut shard, trace_id, Trigger::Flush, now, kept);
+                decided += 1;
+            }
+        }
+        decided
+    }
+
+    /// What to do with pending traces at shutdown: [`Self::flush`] them, or, with
+    /// `drop_pending_traces_on_shutdown`, drop them undecided (counted).
+    pub fn shutdown(&self, kept: &mut Vec<S>) -> usize {
+        if !self.drop_pending_on_shutdown {
+            return self.flush(kept);
+        }
+        let mut dropped = 0;
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            for trace_id in shard.take_all() {
+                if let Some(entry) = shard.remove(trace_id) {
+                    self.counters
+                        .traces_dropped_on_shutdown
+                        .fetch_add(1, Relaxed);
+                    self.counters
+                        .spans_dropped_on_shutdown
+                        .fetch_add(entry.spans.len() as u64, Relaxed);
+                    dropped += 1;
+                }
+            }
+        }
+        dropped
+    }
+
+    fn decide(
+        &self,
+        shard: &mut Shard<S>,
+        trace_id: TraceId,
+        trigger: Trigger,
+        now: u64,
+        kept: &mut Vec<S>,
+    ) {
+        let Some(mut entry) = shard.remove(trace_id) else {
+            return;
+        };
+        let cx = EvalContext {
+            trace_id,
+            bytes: entry.bytes,
+            now_nanos: now,
+        };
+        let outcome = self
+            .policies
+            .evaluate(&entry.spans, &cx, &self.policy_counters);
+        let mut credited = None;
+        let decision = match outcome {
+            Outcome::Keep { index, probability } => {
+                credited = Some(index);
+                Some(Arc::new(KeptDecision::new(
+                    self.policies.name(index).clone(),
+                    probability,
+                )))
+            }
+            Outcome::Dropped { .. } => None,
+            Outcome::NotSampled => match entry.job {
+                Some(job) if self.jobs.lock().contains(&job) => {
+                    self.counters.job_linked.fetch_add(1, Relaxed);
+                    Some(self.job_decision.clone())
+                }
+                _ => None,
+            },
+        };
+        if let (Some(job), Some(_)) = (entry.job, &decision) {
+            if entry.spans.iter().any(|s| s.status() == StatusKind::Error) {
+                self.jobs.lock().insert(job, ());
+            }
+        }
+        let c = &self.counters;
+        c.by_trigger[trigger as usize].fetch_add(1, Relaxed);
+        c.record_latency(now.saturating_sub(entry.first_seen));
+        let spans = entry.spans.len() as u64;
+        match decision {
+            Some(decision) => {
+                c.traces_sampled.fetch_add(1, Relaxed);
+                c.spans_sampled.fetch_add(spans, Relaxed);
+                if trigger == Trigger::Pressure {
+                    c.early_sampled.fetch_add(1, Relaxed);
+                }
+                if let Some(index) = credited {
+                    self.policy_counters[index].record_credited(entry.spans.len());
+                }
+                for span in &mut entry.spans {
+                    span.annotate(&decision);
+                }
+                shard.kept.insert(trace_id, decision);
+                kept.append(&mut entry.spans);
+            }
+            None => {
+                c.traces_not_sampled.fetch_add(1, Relaxed);
+                c.spans_not_sampled.fetch_add(spans, Relaxed);
+                shard.dropped.insert(fold(trace_id), ());
+            }
+        }
+    }
+
+    /// A snapshot of every counter.
+    #[must_use]
+    pub fn metrics(&self) -> SamplerMetrics {
+        let mut m = SamplerMetrics::default();
+        for shard in self.shards.iter() {
+            let s = shard.lock();
+            m.new_trace_id_received += s.stats.traces_received;
+            m.spans_received += s.stats.spans_received;
+            m.late_spans_sampled += s.stats.late_sampled;
+            m.late_spans_not_sampled += s.stats.late_not_sampled;
+            m.sampling_traces_on_memory += s.traces.len() as u64;
+            m.spans_buffered += s.spans as u64;
+            m.bytes_buffered += s.bytes as u64;
+        }
+        m.fill_from(&self.counters);
+        m.policies = (0..self.policies.len())
+            .map(|i| self.policy_counters[i].snapshot(self.policies.name(i)))
+            .collect();
+        m
+    }
+
+    /// The largest number of bytes the buffer may hold (the sum of the shards' shares).
+    #[must_use]
+    pub fn byte_capacity(&self) -> usize {
+        self.shard_bytes * self.shards.len()
+    }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
+    }
+}

@@ -1,0 +1,140 @@
+//! Test doubles shared by unit tests, integration tests, benches and users (feature `testing`):
+//! a builder for finished SDK spans. The manual clock is [`ManualClock`](crate::ManualClock).
+
+use std::borrow::Cow;
+use std::time::{Duration, SystemTime};
+
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+
+/// Builds a finished [`SpanData`] in one expression.
+///
+/// # Examples
+///
+/// ```
+/// use traceq_sampler::testing::TestSpan;
+///
+/// let root = TestSpan::new(7, 1).build();
+/// let child = TestSpan::new(7, 2).child_of(1).error().duration_ms(30).build();
+/// assert_eq!(child.parent_span_id, opentelemetry::trace::SpanId::from(1));
+/// # let _ = root;
+/// ```
+#[derive(Debug, Clone)]
+pub struct TestSpan {
+    data: SpanData,
+}
+
+impl TestSpan {
+    /// A sampled, unparented (root) span of trace `trace_id`, lasting 1 ms from the Unix epoch.
+    #[must_use]
+    pub fn new(trace_id: u128, span_id: u64) -> Self {
+        let start = SystemTime::UNIX_EPOCH;
+        Self {
+            data: SpanData {
+                span_context: SpanContext::new(
+                    TraceId::from(trace_id),
+                    SpanId::from(span_id),
+                    TraceFlags::SAMPLED,
+                    false,
+                    TraceState::NONE,
+                ),
+                parent_span_id: SpanId::INVALID,
+                parent_span_is_remote: false,
+                span_kind: SpanKind::Internal,
+                name: Cow::Borrowed("test"),
+                start_time: start,
+                end_time: start + Duration::from_millis(1),
+                attributes: Vec::new(),
+                dropped_attributes_count: 0,
+                events: SpanEvents::default(),
+                links: SpanLinks::default(),
+                status: Status::Unset,
+                instrumentation_scope: InstrumentationScope::builder("traceq-test").build(),
+            },
+        }
+    }
+
+    /// Makes the span a child of the local span `parent`.
+    #[must_use]
+    pub fn child_of(mut self, parent: u64) -> Self {
+        self.data.parent_span_id = SpanId::from(parent);
+        self.data.parent_span_is_remote = false;
+        self
+    }
+
+    /// Makes the span a child of the remote span `parent` (so it is this process's root).
+    #[must_use]
+    pub fn remote_parent(mut self, parent: u64) -> Self {
+        self.data.parent_span_id = SpanId::from(parent);
+        self.data.parent_span_is_remote = true;
+        self
+    }
+
+    /// Sets status Error.
+    #[must_use]
+    pub fn error(mut self) -> Self {
+        self.data.status = Status::error("failed");
+        self
+    }
+
+    /// Sets status Ok.
+    #[must_use]
+    pub fn ok(mut self) -> Self {
+        self.data.status = Status::Ok;
+        self
+    }
+
+    /// Adds an attribute.
+    #[must_use]
+    pub fn attr(mut self, kv: KeyValue) -> Self {
+        self.data.attributes.push(kv);
+        self
+    }
+
+    /// Starts the span `offset_ms` after the epoch, keeping its duration.
+    #[must_use]
+    pub fn start_ms(mut self, offset_ms: u64) -> Self {
+        let d = self
+            .data
+            .end_time
+            .duration_since(self.data.start_time)
+            .unwrap_or_default();
+        self.data.start_time = SystemTime::UNIX_EPOCH + Duration::from_millis(offset_ms);
+        self.data.end_time = self.data.start_time + d;
+        self
+    }
+
+    /// Sets the span's duration.
+    #[must_use]
+    pub fn duration_ms(mut self, ms: u64) -> Self {
+        self.data.end_time = self.data.start_time + Duration::from_millis(ms);
+        self
+    }
+
+    /// Sets a tracestate entry.
+    #[must_use]
+    pub fn trace_state(mut self, key: &str, value: &str) -> Self {
+        let cx = &self.data.span_context;
+        let state = cx
+            .trace_state()
+            .insert(key.to_owned(), value.to_owned())
+            .unwrap_or_else(|_| cx.trace_state().clone());
+        self.data.span_context = SpanContext::new(
+            cx.trace_id(),
+            cx.span_id(),
+            cx.trace_flags(),
+            cx.is_remote(),
+            state,
+        );
+        self
+    }
+
+    /// The finished span.
+    #[must_use]
+    pub fn build(self) -> SpanData {
+        self.data
+    }
+}

@@ -41,11 +41,33 @@ pub const DEFAULT_SAMPLING_PERCENTAGE: f64 = 10.0;
 #[serde(deny_unknown_fields)]
 pub struct DecisionCacheConfig {
     /// Kept trace ids remembered; 0 disables the cache.
-    #[serde(default = "default_sampled")]
+    #[serde(default = "default_sampled", deserialize_with = "lenient_usize")]
     pub sampled_cache_size: usize,
     /// Dropped trace ids remembered; 0 disables the cache.
-    #[serde(default = "default_non_sampled")]
+    #[serde(default = "default_non_sampled", deserialize_with = "lenient_usize")]
     pub non_sampled_cache_size: usize,
+}
+
+/// An integer as YAML 1.1 (and so the Collector) reads it: `100000` or `100_000`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum LenientUsize {
+    Number(usize),
+    Text(String),
+}
+
+fn lenient_usize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    match LenientUsize::deserialize(d)? {
+        LenientUsize::Number(n) => Ok(n),
+        LenientUsize::Text(t) => t
+            .replace('_', "")
+            .parse()
+            .map_err(|_| serde::de::Error::custom(format!("`{t}` is not a non-negative integer"))),
+    }
+}
+
+fn lenient_opt_usize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    lenient_usize(d).map(Some)
 }
 
 fn default_sampled() -> usize {
@@ -142,13 +164,13 @@ struct RawConfig {
     decision_wait: Option<String>,
     #[serde(default)]
     decision_wait_after_root: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_opt_usize")]
     num_traces: Option<usize>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_opt_usize")]
     max_buffer_bytes: Option<usize>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_opt_usize")]
     max_spans_per_trace: Option<usize>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_opt_usize")]
     expected_new_traces_per_sec: Option<usize>,
     #[serde(default)]
     decision_cache: Option<DecisionCacheConfig>,
@@ -158,9 +180,9 @@ struct RawConfig {
     drop_pending_traces_on_shutdown: Option<bool>,
     #[serde(default)]
     job_id_key: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_opt_usize")]
     job_cache_size: Option<usize>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_opt_usize")]
     num_shards: Option<usize>,
     policies: Vec<serde_yaml::Value>,
 }
@@ -411,6 +433,17 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().starts_with("field `decision_wait`"));
+
+        let err = SamplerConfig::from_yaml("num_traces: lots\npolicies: []").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`lots` is not a non-negative integer"),
+            "{err}"
+        );
+        let cfg = SamplerConfig::from_yaml(
+            "num_traces: 1_000\npolicies: [{name: a, type: always_sample}]",
+        );
+        assert_eq!(cfg.unwrap().num_traces, 1000);
 
         let err = SamplerConfig::from_yaml("num_trace: 5\npolicies: []").unwrap_err();
         assert!(

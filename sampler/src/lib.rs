@@ -20,6 +20,8 @@
 mod buffer;
 mod cache;
 mod clock;
+#[cfg(test)]
+mod collector_example;
 mod config;
 mod decision;
 mod error;

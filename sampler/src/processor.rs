@@ -375,3 +375,6 @@ impl<E: SpanExporter> Worker<E> {
         result
     }
 }
+
+#[cfg(test)]
+mod tests;

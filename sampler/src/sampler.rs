@@ -352,3 +352,6 @@ impl<S: SpanView> TailSampler<S> {
         &self.counters
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -198,6 +198,20 @@ impl PolicyConfig {
         }
     }
 
+    /// A `span_count` policy sampling traces of at least `min_spans` spans (tests only).
+    #[cfg(test)]
+    pub(crate) fn span_count_for_test(min_spans: usize) -> Self {
+        Self {
+            name: format!("at-least-{min_spans}"),
+            kind: PolicyType::SpanCount,
+            span_count: Some(SpanCountConfig {
+                min_spans,
+                max_spans: 0,
+            }),
+            ..Self::default()
+        }
+    }
+
     /// A `probabilistic` policy keeping `percentage` percent of traces, unsalted.
     #[must_use]
     pub fn probabilistic(name: &str, percentage: f64) -> Self {

@@ -9,9 +9,20 @@ mod attempt;
 
 pub use attempt::{Attempt, AttemptError, Handler, Outcome, OutcomeKind};
 
+use crate::clock::{Clock, TokioClock};
 use crate::queue::{Failure, Queue, QueueConfig};
-use crate::rate_limit::{self, ExponentialBackoff, MaxOf, RateLimitError, RateLimiter, TokenBucket};
+use crate::rate_limit::{
+    self, ExponentialBackoff, MaxOf, RateLimitError, RateLimiter, TokenBucket,
+};
+use crate::trace::{
+    ItemTraces, JobContext, KeyFormat, TraceConfig, DEFAULT_MAX_SPANS_PER_SEGMENT,
+    DEFAULT_MAX_TRACE_AGE,
+};
 use attempt::run_attempt;
+use opentelemetry::global::BoxedTracer;
+use opentelemetry::trace::Tracer;
+use opentelemetry::Context;
+use std::any::Any;
 use std::fmt;
 use std::hash::Hash;
 use std::sync::Arc;
@@ -38,9 +49,38 @@ pub enum BuildError {
     /// A rate-limiter parameter is invalid.
     #[error("invalid rate limiter")]
     RateLimit(#[source] RateLimitError),
+    /// A zero maximum trace age would cut a new segment for every span.
+    #[error("max trace age must be above zero")]
+    ZeroTraceAge,
+    /// A segment must hold at least its item span and one attempt span.
+    #[error("max spans per segment must be at least 2")]
+    TooFewSpansPerSegment,
 }
 
 type OutcomeHook<K> = Arc<dyn Fn(&Outcome<K>) + Send + Sync>;
+type JobIdOf<K> = Arc<dyn Fn(&K) -> Option<String> + Send + Sync>;
+
+/// The tracing half of the builder; `None` until a tracer is given.
+struct TracingChoice<K> {
+    tracer: BoxedTracer,
+    key_format: KeyFormat<K>,
+}
+
+/// Boxes a tracer for the engine, without boxing twice one that is boxed already.
+fn boxed_tracer<T>(tracer: T) -> BoxedTracer
+where
+    T: Tracer + Send + Sync + 'static,
+    T::Span: Send + Sync + 'static,
+{
+    let any: Box<dyn Any> = Box::new(tracer);
+    match any.downcast::<BoxedTracer>() {
+        Ok(boxed) => *boxed,
+        Err(any) => match any.downcast::<T>() {
+            Ok(tracer) => BoxedTracer::new(tracer),
+            Err(_) => unreachable!("the box holds a T"),
+        },
+    }
+}
 
 enum LimiterChoice<K> {
     Default,
@@ -60,6 +100,11 @@ pub struct EngineBuilder<K> {
     metrics: bool,
     limiter: LimiterChoice<K>,
     on_outcome: Option<OutcomeHook<K>>,
+    tracing: Option<TracingChoice<K>>,
+    max_trace_age: Duration,
+    max_spans_per_segment: u32,
+    job_id_of: Option<JobIdOf<K>>,
+    trace_clock: Arc<dyn Clock>,
 }
 
 impl<K> fmt::Debug for EngineBuilder<K> {
@@ -69,6 +114,9 @@ impl<K> fmt::Debug for EngineBuilder<K> {
             .field("workers", &self.workers)
             .field("max_retries", &self.max_retries)
             .field("attempt_timeout", &self.attempt_timeout)
+            .field("traced", &self.tracing.is_some())
+            .field("max_trace_age", &self.max_trace_age)
+            .field("max_spans_per_segment", &self.max_spans_per_segment)
             .finish_non_exhaustive()
     }
 }
@@ -83,6 +131,11 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Default for EngineBuilder<K> 
             metrics: true,
             limiter: LimiterChoice::Default,
             on_outcome: None,
+            tracing: None,
+            max_trace_age: DEFAULT_MAX_TRACE_AGE,
+            max_spans_per_segment: DEFAULT_MAX_SPANS_PER_SEGMENT,
+            job_id_of: None,
+            trace_clock: Arc::new(TokioClock),
         }
     }
 }
@@ -173,14 +226,96 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> EngineBuilder<K> {
         self
     }
 
+    /// Traces every item with `tracer`, naming keys by their `Display` text: one trace per
+    /// key from its first add until it is forgotten, an attempt span per attempt (see the
+    /// crate's [`trace`](crate::trace) module). Without a tracer the engine does no tracing
+    /// work at all.
+    ///
+    /// Any `opentelemetry::trace::Tracer` will do: `opentelemetry::global::tracer("traceq")`,
+    /// or an SDK provider's `provider.tracer("traceq")`.
+    #[must_use]
+    pub fn tracer<T>(self, tracer: T) -> Self
+    where
+        T: Tracer + Send + Sync + 'static,
+        T::Span: Send + Sync + 'static,
+        K: fmt::Display,
+    {
+        self.tracer_with_key_format(tracer, |key: &K| key.to_string())
+    }
+
+    /// As [`tracer`](Self::tracer), for keys without `Display`: `key_format` gives the text of
+    /// a key's `traceq.item.key`.
+    #[must_use]
+    pub fn tracer_with_key_format<T>(
+        mut self,
+        tracer: T,
+        key_format: impl Fn(&K) -> String + Send + Sync + 'static,
+    ) -> Self
+    where
+        T: Tracer + Send + Sync + 'static,
+        T::Span: Send + Sync + 'static,
+    {
+        self.tracing = Some(TracingChoice {
+            tracer: boxed_tracer(tracer),
+            key_format: Arc::new(key_format),
+        });
+        self
+    }
+
+    /// How old an item's trace may grow before it continues in a new, linked trace (a
+    /// segment). Default [`DEFAULT_MAX_TRACE_AGE`](crate::trace::DEFAULT_MAX_TRACE_AGE), one
+    /// hour. Checked in `build`.
+    #[must_use]
+    pub fn max_trace_age(mut self, age: Duration) -> Self {
+        self.max_trace_age = age;
+        self
+    }
+
+    /// How many spans one segment may hold before the trace continues in a new, linked one:
+    /// the item span, the attempt spans, and one per call of [`JobContext::context`]. Default
+    /// [`DEFAULT_MAX_SPANS_PER_SEGMENT`](crate::trace::DEFAULT_MAX_SPANS_PER_SEGMENT). At least
+    /// 2, checked in `build`.
+    #[must_use]
+    pub fn max_spans_per_segment(mut self, n: u32) -> Self {
+        self.max_spans_per_segment = n;
+        self
+    }
+
+    /// Gives each key's job id (`traceq.job.id`, baggage and attribute, shared by the segments
+    /// of a long job). Without one, a job id in the producer's baggage is used; failing that, a
+    /// job that is split gets the trace id of its first segment.
+    #[must_use]
+    pub fn job_id_of(
+        mut self,
+        job_id_of: impl Fn(&K) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.job_id_of = Some(Arc::new(job_id_of));
+        self
+    }
+
+    /// The clock trace ages are measured with. Default [`TokioClock`], so a test that pauses
+    /// tokio's time controls segment cuts too.
+    #[must_use]
+    pub fn trace_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.trace_clock = clock;
+        self
+    }
+
     /// Checks the configuration and builds the engine.
     ///
     /// # Errors
-    /// [`BuildError`] for zero workers, a zero timeout, zero or inverted backoff bounds, and a
-    /// token bucket with a non-positive rate or a zero burst.
+    /// [`BuildError`] for zero workers, a zero timeout, zero or inverted backoff bounds, a
+    /// token bucket with a non-positive rate or a zero burst, a zero maximum trace age and a span
+    /// budget below 2.
     pub fn build(self) -> Result<Engine<K>, BuildError> {
         if self.workers == 0 {
             return Err(BuildError::ZeroWorkers);
+        }
+        if self.max_trace_age.is_zero() {
+            return Err(BuildError::ZeroTraceAge);
+        }
+        if self.max_spans_per_segment < 2 {
+            return Err(BuildError::TooFewSpansPerSegment);
         }
         if self.attempt_timeout.is_some_and(|t| t.is_zero()) {
             return Err(BuildError::ZeroTimeout);
@@ -204,6 +339,18 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> EngineBuilder<K> {
                 Arc::new(MaxOf::try_new(parts).map_err(BuildError::RateLimit)?)
             }
         };
+        let traces = self.tracing.map(|choice| {
+            let cfg = TraceConfig {
+                tracer: choice.tracer,
+                clock: self.trace_clock,
+                max_age: self.max_trace_age,
+                max_spans: self.max_spans_per_segment,
+                queue_name: Arc::<str>::from(self.name.as_str()).into(),
+                item_span_name: format!("item {}", self.name).into(),
+                attempt_span_name: format!("process {}", self.name).into(),
+            };
+            Arc::new(ItemTraces::new(cfg, choice.key_format, self.job_id_of))
+        });
         let queue = Queue::with_config(
             QueueConfig::default()
                 .with_name(self.name)
@@ -213,6 +360,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> EngineBuilder<K> {
         Ok(Engine {
             inner: Arc::new(Inner {
                 queue,
+                traces,
                 workers: self.workers,
                 max_retries: self.max_retries,
                 attempt_timeout: self.attempt_timeout,
@@ -224,6 +372,8 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> EngineBuilder<K> {
 
 struct Inner<K> {
     queue: Queue<K>,
+    /// Per-key traces; `None` without a tracer, so the untraced path does no tracing work.
+    traces: Option<Arc<ItemTraces<K>>>,
     workers: usize,
     max_retries: u32,
     attempt_timeout: Option<Duration>,
@@ -286,11 +436,13 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Engine<K> {
     pub fn handle(&self) -> EngineHandle<K> {
         EngineHandle {
             queue: self.inner.queue.clone(),
+            traces: self.inner.traces.clone(),
         }
     }
 
     /// Runs the workers until the queue is shut down, then returns once every worker has
-    /// finished its current attempt. Must be called inside a tokio runtime.
+    /// finished its current attempt. Must be called inside a tokio runtime. When tracing, the
+    /// traces of keys left queued or waiting end then, with outcome `dropped_at_shutdown`.
     pub async fn run<H: Handler<K>>(&self, handler: H) {
         let handler = Arc::new(handler);
         let mut tasks = tokio::task::JoinSet::new();
@@ -298,6 +450,9 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Engine<K> {
             tasks.spawn(worker(Arc::clone(&self.inner), Arc::clone(&handler)));
         }
         while tasks.join_next().await.is_some() {}
+        if let Some(traces) = &self.inner.traces {
+            traces.drop_all();
+        }
     }
 }
 
@@ -309,18 +464,18 @@ where
     while let Some((key, requeues)) = inner.queue.get_counted().await {
         let number = requeues + 1;
         let started = inner.on_outcome.as_ref().map(|_| Instant::now());
-        let attempt = Attempt::new(key.clone(), number);
-        let result = run_attempt(&*handler, attempt, inner.attempt_timeout).await;
-        let kind = match result {
-            Ok(()) => {
-                inner.queue.succeed(&key);
-                OutcomeKind::Succeeded
+        let kind = match &inner.traces {
+            None => {
+                let attempt = Attempt::new(key.clone(), number, JobContext::default());
+                let result = run_attempt(&*handler, attempt, inner.attempt_timeout).await;
+                settle(&inner, &key, result)
             }
-            Err(error) => match inner.queue.fail(&key, inner.max_retries) {
-                Failure::Requeued { delay, .. } => OutcomeKind::Requeued { delay, error },
-                Failure::Exhausted { .. } => OutcomeKind::Exhausted { error },
-                Failure::Dropped => OutcomeKind::DroppedAtShutdown { error },
-            },
+            Some(traces) => {
+                let (item, job) = traces.begin(&key, number);
+                let attempt = Attempt::new(key.clone(), number, job);
+                let result = run_attempt(&*handler, attempt, inner.attempt_timeout).await;
+                traces.settle(&key, &item, || settle(&inner, &key, result))
+            }
         };
         if let (Some(hook), Some(started)) = (&inner.on_outcome, started) {
             hook(&Outcome {
@@ -333,16 +488,40 @@ where
     }
 }
 
+/// Applies a finished attempt's result to the queue: forget on success, else requeue or forget.
+fn settle<K: Eq + Hash + Clone + Send + Sync + 'static>(
+    inner: &Inner<K>,
+    key: &K,
+    result: Result<(), AttemptError>,
+) -> OutcomeKind {
+    match result {
+        Ok(()) => {
+            inner.queue.succeed(key);
+            OutcomeKind::Succeeded
+        }
+        Err(error) => match inner.queue.fail(key, inner.max_retries) {
+            Failure::Requeued { delay, .. } => OutcomeKind::Requeued { delay, error },
+            Failure::Exhausted { .. } => OutcomeKind::Exhausted { error },
+            Failure::Dropped => OutcomeKind::DroppedAtShutdown { error },
+        },
+    }
+}
+
 /// A producer's handle on a running [`Engine`]: adds work and shuts the engine down.
+///
+/// With a tracer, the first add of a key starts its trace; later adds while the key is known
+/// (queued, waiting or in process) become `coalesced_add` events on its item span.
 #[derive(Debug)]
 pub struct EngineHandle<K> {
     queue: Queue<K>,
+    traces: Option<Arc<ItemTraces<K>>>,
 }
 
 impl<K> Clone for EngineHandle<K> {
     fn clone(&self) -> Self {
         Self {
             queue: self.queue.clone(),
+            traces: self.traces.clone(),
         }
     }
 }
@@ -350,17 +529,38 @@ impl<K> Clone for EngineHandle<K> {
 impl<K: Eq + Hash + Clone + Send + Sync + 'static> EngineHandle<K> {
     /// See [`Queue::add`].
     pub fn add(&self, key: K) {
-        self.queue.add(key);
+        match &self.traces {
+            None => self.queue.add(key),
+            Some(t) => t.add(&self.queue, key, None, |q, k| q.add(k)),
+        }
+    }
+
+    /// As [`add`](Self::add), continuing a producer's trace: the key's item span becomes a
+    /// child of `cx`'s span (for instance one extracted with
+    /// [`propagation`](crate::trace::propagation) from another service's headers), and `cx`'s
+    /// baggage travels on. If the key is already known, the add is recorded on its item span
+    /// (an event, and a link to `cx`'s span). Without a tracer, a plain add.
+    pub fn add_with_context(&self, key: K, cx: &Context) {
+        match &self.traces {
+            None => self.queue.add(key),
+            Some(t) => t.add(&self.queue, key, Some(cx), |q, k| q.add(k)),
+        }
     }
 
     /// See [`Queue::add_after`].
     pub fn add_after(&self, key: K, delay: Duration) {
-        self.queue.add_after(key, delay);
+        match &self.traces {
+            None => self.queue.add_after(key, delay),
+            Some(t) => t.add(&self.queue, key, None, |q, k| q.add_after(k, delay)),
+        }
     }
 
     /// See [`Queue::add_rate_limited`].
     pub fn add_rate_limited(&self, key: K) {
-        self.queue.add_rate_limited(key);
+        match &self.traces {
+            None => self.queue.add_rate_limited(key),
+            Some(t) => t.add(&self.queue, key, None, |q, k| q.add_rate_limited(k)),
+        }
     }
 
     /// The engine's queue, for everything else it offers (lengths, requeue counts, metrics).

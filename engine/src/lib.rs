@@ -18,12 +18,13 @@ mod engine;
 pub mod metrics;
 mod queue;
 pub mod rate_limit;
+pub mod trace;
 
 pub use engine::{
     Attempt, AttemptError, BuildError, Engine, EngineBuilder, EngineHandle, Handler, Outcome,
-    OutcomeKind,
-    DEFAULT_MAX_RETRIES, DEFAULT_WORKERS,
+    OutcomeKind, DEFAULT_MAX_RETRIES, DEFAULT_WORKERS,
 };
 pub use metrics::QueueMetrics;
 pub use queue::{Queue, QueueConfig, DEFAULT_NAME, MAX_DELAY};
 pub use rate_limit::RateLimiter;
+pub use trace::JobContext;

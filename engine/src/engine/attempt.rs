@@ -1,6 +1,8 @@
 //! One attempt at a key: what the handler gets, how it is run, and what became of the key.
 
+use crate::trace::JobContext;
 use futures::FutureExt;
+use opentelemetry::Context;
 use std::any::Any;
 use std::fmt;
 use std::future::Future;
@@ -15,16 +17,32 @@ pub struct Attempt<K> {
     pub key: K,
     /// 1 for the first attempt since the key was last forgotten, 2 for the first retry, ...
     pub number: u32,
+    job: JobContext,
 }
 
 impl<K> Attempt<K> {
-    pub(crate) fn new(key: K, number: u32) -> Self {
-        Self { key, number }
+    pub(crate) fn new(key: K, number: u32, job: JobContext) -> Self {
+        Self { key, number, job }
     }
 
     /// Whether this attempt retries an earlier failure.
     pub fn is_retry(&self) -> bool {
         self.number > 1
+    }
+
+    /// The attempt's context: start the handler's spans under it (OpenTelemetry API:
+    /// `tracer.start_with_context(name, &attempt.context())`; `tracing` with
+    /// tracing-opentelemetry: `span.set_parent(attempt.context())`). It carries the item key and
+    /// job id as baggage. Same as `self.job().context()`; `Context::current()` when the engine
+    /// has no tracer.
+    pub fn context(&self) -> Context {
+        self.job.context()
+    }
+
+    /// The handle on the item's trace, to keep for the whole attempt: in a long attempt its
+    /// [`context`](JobContext::context) follows the trace into its next segment.
+    pub fn job(&self) -> &JobContext {
+        &self.job
     }
 }
 

@@ -3,9 +3,11 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+type Log<K> = Arc<Mutex<Vec<Outcome<K>>>>;
+
 /// Records every outcome, per key.
 fn recorder<K: Clone + Eq + Hash + Send + 'static>(
-) -> (Arc<Mutex<Vec<Outcome<K>>>>, impl Fn(&Outcome<K>) + Send + Sync + 'static) {
+) -> (Log<K>, impl Fn(&Outcome<K>) + Send + Sync + 'static) {
     let log = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&log);
     (log, move |o: &Outcome<K>| sink.lock().push(o.clone()))
@@ -21,7 +23,7 @@ where
     // Wait until nothing is queued, waiting or in process, then stop.
     loop {
         let q = handle.queue();
-        if q.len() == 0 && q.waiting_len() == 0 && q.processing_len() == 0 {
+        if q.is_empty() && q.waiting_len() == 0 && q.processing_len() == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -44,11 +46,17 @@ fn build_should_reject_bad_input_with_a_clear_error() {
         .backoff(Duration::from_secs(2), Duration::from_secs(1))
         .build()
         .unwrap_err();
-    assert!(matches!(e, BuildError::RateLimit(RateLimitError::InvertedBounds { .. })));
+    assert!(matches!(
+        e,
+        BuildError::RateLimit(RateLimitError::InvertedBounds { .. })
+    ));
     let e = Engine::<u8>::builder().bucket(10.0, 0).build().unwrap_err();
     assert_eq!(e, BuildError::RateLimit(RateLimitError::ZeroBurst));
     let e = Engine::<u8>::builder().bucket(0.0, 1).build().unwrap_err();
-    assert!(matches!(e, BuildError::RateLimit(RateLimitError::InvalidRate(_))));
+    assert!(matches!(
+        e,
+        BuildError::RateLimit(RateLimitError::InvalidRate(_))
+    ));
     let e = Engine::<u8>::builder()
         .attempt_timeout(Duration::ZERO)
         .build()
@@ -89,14 +97,20 @@ async fn engine_should_retry_with_backoff_then_succeed_and_forget() {
     assert_eq!(
         kinds,
         vec![
-            (1, OutcomeKind::Requeued {
-                delay: Duration::from_millis(10),
-                error: AttemptError::Failed("boom 1".into())
-            }),
-            (2, OutcomeKind::Requeued {
-                delay: Duration::from_millis(20),
-                error: AttemptError::Failed("boom 2".into())
-            }),
+            (
+                1,
+                OutcomeKind::Requeued {
+                    delay: Duration::from_millis(10),
+                    error: AttemptError::Failed("boom 1".into())
+                }
+            ),
+            (
+                2,
+                OutcomeKind::Requeued {
+                    delay: Duration::from_millis(20),
+                    error: AttemptError::Failed("boom 2".into())
+                }
+            ),
             (3, OutcomeKind::Succeeded),
         ]
     );
@@ -156,7 +170,11 @@ async fn engine_should_survive_a_panicking_handler_and_record_the_message() {
             error: AttemptError::Panicked("bad object 1".into())
         }
     );
-    assert_eq!(by_key[&2], OutcomeKind::Succeeded, "the one worker lived on");
+    assert_eq!(
+        by_key[&2],
+        OutcomeKind::Succeeded,
+        "the one worker lived on"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -242,7 +260,11 @@ async fn engine_should_never_run_one_key_on_two_workers() {
                 let flags = Arc::clone(&flags);
                 async move {
                     let slot = &flags[a.key as usize];
-                    assert_eq!(slot.fetch_add(1, Ordering::SeqCst), 0, "key ran twice at once");
+                    assert_eq!(
+                        slot.fetch_add(1, Ordering::SeqCst),
+                        0,
+                        "key ran twice at once"
+                    );
                     tokio::task::yield_now().await;
                     slot.fetch_sub(1, Ordering::SeqCst);
                     Ok::<(), String>(())

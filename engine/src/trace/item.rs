@@ -1,0 +1,451 @@
+//! One item's trace: its spans, baggage and segments, shared by the worker running an attempt and
+//! the handler's [`JobContext`].
+
+use super::attributes as attr;
+use crate::clock::Clock;
+use crate::engine::OutcomeKind;
+use opentelemetry::baggage::{Baggage, BaggageExt, KeyValueMetadata};
+use opentelemetry::global::BoxedTracer;
+use opentelemetry::trace::{
+    Link, Span, SpanBuilder, SpanContext, SpanKind, Status, TraceContextExt, TraceId, Tracer,
+};
+use opentelemetry::{Context, KeyValue, StringValue, Value};
+use parking_lot::Mutex;
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Engine-wide tracing settings, fixed at build.
+pub(crate) struct TraceConfig {
+    pub(crate) tracer: BoxedTracer,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) max_age: Duration,
+    pub(crate) max_spans: u32,
+    pub(crate) queue_name: StringValue,
+    pub(crate) item_span_name: Cow<'static, str>,
+    pub(crate) attempt_span_name: Cow<'static, str>,
+}
+
+impl fmt::Debug for TraceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TraceConfig")
+            .field("queue_name", &self.queue_name)
+            .field("max_age", &self.max_age)
+            .field("max_spans", &self.max_spans)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The trace of one key, from its first add until it is forgotten.
+#[derive(Debug)]
+pub(crate) struct Item {
+    state: Mutex<State>,
+}
+
+/// The attempt span of a running attempt.
+#[derive(Debug)]
+pub(crate) struct Running {
+    cx: Context,
+    number: u32,
+}
+
+/// What a finished attempt's span is closed with.
+pub(crate) type AttemptEnd = Option<Running>;
+
+#[derive(Debug)]
+struct State {
+    /// Baggage only, no span: the parent of every new segment's root.
+    base: Context,
+    /// Every baggage entry, copied onto each span the engine starts.
+    attrs: Vec<KeyValue>,
+    /// The current segment's item span.
+    item_cx: Context,
+    attempt: Option<Running>,
+    segment: i64,
+    segment_started: Instant,
+    /// Spans counted against the current segment's budget.
+    spans: u32,
+    attempts_total: i64,
+    queued_at: Instant,
+    first_trace_id: TraceId,
+    has_job_id: bool,
+    ended: bool,
+}
+
+/// `Baggage` is not `Clone`: copies its entries, metadata included.
+fn copy_baggage(baggage: &Baggage) -> Baggage {
+    baggage
+        .iter()
+        .map(|(k, (v, m))| KeyValueMetadata::new(k.clone(), v.clone(), m.as_str().to_owned()))
+        .collect()
+}
+
+fn baggage_attrs(baggage: &Baggage) -> Vec<KeyValue> {
+    baggage
+        .iter()
+        .map(|(k, (v, _))| KeyValue::new(k.clone(), Value::String(v.clone())))
+        .collect()
+}
+
+fn item_builder(cfg: &TraceConfig, segment: i64, attrs: &[KeyValue]) -> SpanBuilder {
+    let mut all = Vec::with_capacity(3 + attrs.len());
+    all.push(KeyValue::new(attr::MESSAGING_SYSTEM, attr::SYSTEM));
+    all.push(KeyValue::new(
+        attr::MESSAGING_DESTINATION_NAME,
+        Value::String(cfg.queue_name.clone()),
+    ));
+    all.push(KeyValue::new(attr::SEGMENT, segment));
+    all.extend_from_slice(attrs);
+    SpanBuilder::from_name(cfg.item_span_name.clone())
+        .with_kind(SpanKind::Internal)
+        .with_attributes(all)
+}
+
+fn attempt_builder(
+    cfg: &TraceConfig,
+    number: u32,
+    wait: Duration,
+    segment: i64,
+    attrs: &[KeyValue],
+) -> SpanBuilder {
+    let mut all = Vec::with_capacity(7 + attrs.len());
+    all.push(KeyValue::new(attr::MESSAGING_SYSTEM, attr::SYSTEM));
+    all.push(KeyValue::new(
+        attr::MESSAGING_DESTINATION_NAME,
+        Value::String(cfg.queue_name.clone()),
+    ));
+    all.push(KeyValue::new(attr::MESSAGING_OPERATION_TYPE, "process"));
+    all.push(KeyValue::new(attr::ATTEMPT, i64::from(number)));
+    all.push(KeyValue::new(attr::RETRY, number > 1));
+    all.push(KeyValue::new(attr::QUEUE_WAIT_MS, wait.as_secs_f64() * 1e3));
+    all.push(KeyValue::new(attr::SEGMENT, segment));
+    all.extend_from_slice(attrs);
+    SpanBuilder::from_name(cfg.attempt_span_name.clone())
+        .with_kind(SpanKind::Consumer)
+        .with_attributes(all)
+}
+
+fn link_to(span_context: SpanContext, kind: &'static str) -> Link {
+    Link::new(span_context, vec![KeyValue::new(attr::LINK_KIND, kind)], 0)
+}
+
+impl Item {
+    /// Starts the key's trace: a new root, or a child of `parent`'s span when it has one. The
+    /// parent's baggage is kept; the item key and job id are added to it.
+    pub(crate) fn start(
+        cfg: &TraceConfig,
+        key: String,
+        job_id: Option<String>,
+        parent: Option<&Context>,
+    ) -> Self {
+        let now = cfg.clock.now();
+        let mut baggage = parent.map_or_else(Baggage::new, |p| copy_baggage(p.baggage()));
+        baggage.insert(attr::ITEM_KEY, key);
+        if let Some(id) = job_id {
+            baggage.insert(attr::JOB_ID, id);
+        }
+        let has_job_id = baggage.get(attr::JOB_ID).is_some();
+        let attrs = baggage_attrs(&baggage);
+        let base = Context::new().with_baggage(baggage);
+        let builder = item_builder(cfg, 1, &attrs);
+        let span = match parent {
+            Some(p) if p.span().span_context().is_valid() => {
+                cfg.tracer.build_with_context(builder, p)
+            }
+            _ => cfg.tracer.build_with_context(builder, &base),
+        };
+        let item_cx = base.with_span(span);
+        let first_trace_id = item_cx.span().span_context().trace_id();
+        Self {
+            state: Mutex::new(State {
+                base,
+                attrs,
+                item_cx,
+                attempt: None,
+                segment: 1,
+                segment_started: now,
+                spans: 1,
+                attempts_total: 0,
+                queued_at: now,
+                first_trace_id,
+                has_job_id,
+                ended: false,
+            }),
+        }
+    }
+
+    /// Records an add that found the key already known (queued, waiting or in process).
+    pub(crate) fn coalesced(&self, parent: Option<&Context>) {
+        let st = self.state.lock();
+        if st.ended {
+            return;
+        }
+        let span = st.item_cx.span();
+        span.add_event(attr::EVENT_COALESCED_ADD, Vec::new());
+        if let Some(p) = parent {
+            let sc = p.span().span_context().clone();
+            if sc.is_valid() {
+                span.add_link(sc, vec![KeyValue::new(attr::LINK_KIND, "coalesced_add")]);
+            }
+        }
+    }
+
+    /// Starts attempt `number`'s span, first cutting the segment if it is due.
+    pub(crate) fn begin_attempt(&self, cfg: &TraceConfig, number: u32) {
+        let mut st = self.state.lock();
+        let now = cfg.clock.now();
+        st.cut_if_due(cfg, now, 1);
+        st.spans += 1;
+        st.attempts_total += 1;
+        let wait = now.saturating_duration_since(st.queued_at);
+        let builder = attempt_builder(cfg, number, wait, st.segment, &st.attrs);
+        let span = cfg.tracer.build_with_context(builder, &st.item_cx);
+        let cx = st.item_cx.with_span(span);
+        st.attempt = Some(Running { cx, number });
+    }
+
+    /// Takes the running attempt's span before its key is settled in the queue, so a worker that
+    /// picks the re-queued key up at once cannot mix the two attempts up. The key counts as
+    /// queued from now on.
+    pub(crate) fn take_running(&self, cfg: &TraceConfig) -> AttemptEnd {
+        let mut st = self.state.lock();
+        st.queued_at = cfg.clock.now();
+        st.attempt.take()
+    }
+
+    /// Ends the attempt's span with what became of the key; ends the item span if the key was
+    /// forgotten.
+    pub(crate) fn close(&self, running: AttemptEnd, kind: &OutcomeKind) {
+        let (outcome, reason, item_outcome) = match kind {
+            OutcomeKind::Succeeded => {
+                (attr::OUTCOME_SUCCEEDED, None, Some(attr::OUTCOME_SUCCEEDED))
+            }
+            OutcomeKind::Requeued { .. } => (attr::OUTCOME_REQUEUED, None, None),
+            OutcomeKind::Exhausted { .. } => (
+                attr::OUTCOME_EXHAUSTED,
+                Some("max retries reached"),
+                Some(attr::OUTCOME_EXHAUSTED),
+            ),
+            OutcomeKind::DroppedAtShutdown { .. } => (
+                attr::OUTCOME_DROPPED,
+                Some("engine shutting down"),
+                Some(attr::OUTCOME_DROPPED),
+            ),
+        };
+        if let Some(running) = running {
+            let span = running.cx.span();
+            span.set_attribute(KeyValue::new(attr::OUTCOME, outcome));
+            if let OutcomeKind::Requeued { delay, .. } = kind {
+                let ms = delay.as_secs_f64() * 1e3;
+                span.add_event(
+                    attr::EVENT_REQUEUE,
+                    vec![KeyValue::new(attr::BACKOFF_MS, ms)],
+                );
+            }
+            if let Some(reason) = reason {
+                span.add_event(
+                    attr::EVENT_FORGET,
+                    vec![KeyValue::new(attr::REASON, reason)],
+                );
+            }
+            if let Some(error) = kind.error() {
+                span.set_status(Status::error(error.to_string()));
+            }
+            span.end();
+        }
+        if let Some(item_outcome) = item_outcome {
+            let error = match kind {
+                OutcomeKind::Exhausted { error } => Some(error.to_string()),
+                _ => None,
+            };
+            self.state.lock().end_item(item_outcome, reason, error);
+        }
+    }
+
+    /// Ends the trace of a key the engine never got to (or could not retry) before it stopped.
+    pub(crate) fn drop_at_shutdown(&self) {
+        let mut st = self.state.lock();
+        if let Some(running) = st.attempt.take() {
+            running.cx.span().end();
+        }
+        st.end_item(attr::OUTCOME_DROPPED, Some("engine shut down"), None);
+    }
+
+    /// The context a handler's span should start under: the running attempt's, in the current
+    /// segment. Counts one span against the segment's budget and cuts the segment first if it
+    /// is due.
+    pub(crate) fn context(&self, cfg: &TraceConfig) -> Context {
+        let mut st = self.state.lock();
+        if st.ended {
+            return st.item_cx.clone();
+        }
+        st.cut_if_due(cfg, cfg.clock.now(), 1);
+        st.spans += 1;
+        match &st.attempt {
+            Some(running) => running.cx.clone(),
+            None => st.item_cx.clone(),
+        }
+    }
+}
+
+impl State {
+    fn cut_if_due(&mut self, cfg: &TraceConfig, now: Instant, incoming: u32) {
+        if self.ended {
+            return;
+        }
+        let too_old = now.saturating_duration_since(self.segment_started) >= cfg.max_age;
+        let too_big = self.spans.saturating_add(incoming) > cfg.max_spans;
+        if too_old || too_big {
+            self.cut(cfg, now);
+        }
+    }
+
+    /// Ends the current segment and starts the next, linked both ways, in a new trace.
+    fn cut(&mut self, cfg: &TraceConfig, now: Instant) {
+        if !self.has_job_id {
+            // The segments of a split job must share an id: the first segment's trace id.
+            let id = self.first_trace_id.to_string();
+            let mut baggage = copy_baggage(self.base.baggage());
+            baggage.insert(attr::JOB_ID, id.clone());
+            self.attrs = baggage_attrs(&baggage);
+            self.base = Context::new().with_baggage(baggage);
+            self.item_cx
+                .span()
+                .set_attribute(KeyValue::new(attr::JOB_ID, id.clone()));
+            if let Some(running) = &self.attempt {
+                running
+                    .cx
+                    .span()
+                    .set_attribute(KeyValue::new(attr::JOB_ID, id));
+            }
+            self.has_job_id = true;
+        }
+        self.segment += 1;
+        let previous = self.item_cx.span().span_context().clone();
+        let builder = item_builder(cfg, self.segment, &self.attrs)
+            .with_links(vec![link_to(previous, "previous_segment")]);
+        let next = cfg.tracer.build_with_context(builder, &self.base);
+        let next_sc = next.span_context().clone();
+        let next_cx = self.base.with_span(next);
+        self.spans = 1;
+        if let Some(running) = self.attempt.take() {
+            let span = running.cx.span();
+            span.set_attribute(KeyValue::new(attr::SEGMENT_CONTINUED, true));
+            span.set_attribute(KeyValue::new(attr::OUTCOME, attr::OUTCOME_CONTINUED));
+            span.add_link(
+                next_sc.clone(),
+                vec![KeyValue::new(attr::LINK_KIND, "next_segment")],
+            );
+            span.end();
+            let previous = span.span_context().clone();
+            let builder = attempt_builder(
+                cfg,
+                running.number,
+                Duration::ZERO,
+                self.segment,
+                &self.attrs,
+            )
+            .with_links(vec![link_to(previous, "previous_segment")]);
+            let continued = cfg.tracer.build_with_context(builder, &next_cx);
+            self.attempt = Some(Running {
+                cx: next_cx.with_span(continued),
+                number: running.number,
+            });
+            self.spans += 1;
+        }
+        let old = self.item_cx.span();
+        old.set_attribute(KeyValue::new(attr::SEGMENT_CONTINUED, true));
+        old.set_attribute(KeyValue::new(attr::ATTEMPTS_TOTAL, self.attempts_total));
+        old.add_link(
+            next_sc,
+            vec![KeyValue::new(attr::LINK_KIND, "next_segment")],
+        );
+        old.end();
+        self.item_cx = next_cx;
+        self.segment_started = now;
+    }
+
+    fn end_item(
+        &mut self,
+        outcome: &'static str,
+        reason: Option<&'static str>,
+        error: Option<String>,
+    ) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        let span = self.item_cx.span();
+        span.set_attribute(KeyValue::new(attr::ATTEMPTS_TOTAL, self.attempts_total));
+        span.set_attribute(KeyValue::new(attr::OUTCOME, outcome));
+        if let Some(reason) = reason {
+            span.add_event(
+                attr::EVENT_FORGET,
+                vec![KeyValue::new(attr::REASON, reason)],
+            );
+        }
+        if let Some(error) = error {
+            span.set_status(Status::error(error));
+        }
+        span.end();
+    }
+}
+
+/// The handler's handle on its item's trace. Cheap to clone; obtained from
+/// [`Attempt::job`](crate::Attempt::job).
+///
+/// [`context`](Self::context) returns the context a span should start under: the running
+/// attempt's. It re-checks the segment's age and span budget on every call, so in a long-running
+/// attempt the spans started after a cut land in the new segment's trace. Each call counts as one
+/// span against the segment's budget. Without a tracer it returns `Context::current()` and costs
+/// nothing.
+///
+/// # Examples
+/// ```
+/// use opentelemetry::trace::{Tracer, TracerProvider};
+/// use traceq_engine::Attempt;
+///
+/// async fn handle(attempt: Attempt<String>) -> Result<(), std::io::Error> {
+///     let tracer = opentelemetry::global::tracer("my-handler");
+///     let job = attempt.job().clone();
+///     let _step = tracer.start_with_context("step one", &job.context());
+///     // ... a long step; a later step may land in the next segment:
+///     let _next = tracer.start_with_context("step two", &job.context());
+///     Ok(())
+/// }
+/// ```
+#[derive(Clone, Default)]
+pub struct JobContext {
+    bound: Option<(Arc<TraceConfig>, Arc<Item>)>,
+}
+
+impl fmt::Debug for JobContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobContext")
+            .field("traced", &self.bound.is_some())
+            .finish()
+    }
+}
+
+impl JobContext {
+    pub(crate) fn bound(cfg: Arc<TraceConfig>, item: Arc<Item>) -> Self {
+        Self {
+            bound: Some((cfg, item)),
+        }
+    }
+
+    /// The context to start a span under: the running attempt's span in the current segment,
+    /// with the item's baggage. `Context::current()` when the engine has no tracer.
+    pub fn context(&self) -> Context {
+        match &self.bound {
+            Some((cfg, item)) => item.context(cfg),
+            None => Context::current(),
+        }
+    }
+
+    /// Whether the engine traces this item.
+    pub fn is_traced(&self) -> bool {
+        self.bound.is_some()
+    }
+}

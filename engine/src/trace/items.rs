@@ -1,0 +1,133 @@
+//! The per-key trace table kept beside the queue: an entry is created by a key's first add and
+//! removed when the key is forgotten.
+//!
+//! Lock order: this table's lock, then the queue's. Adds and the settling of an attempt both run
+//! their queue operation under this lock, so a key's entry never outlives it in the queue, nor an
+//! add between "forgotten" and "entry removed" lands in the ended trace.
+
+use super::item::{AttemptEnd, Item, TraceConfig};
+use super::JobContext;
+use crate::engine::OutcomeKind;
+use crate::queue::Queue;
+use foldhash::fast::RandomState;
+use opentelemetry::Context;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::Hash;
+use std::sync::Arc;
+
+/// Turns a key into the text of its `traceq.item.key` baggage entry and attribute.
+pub(crate) type KeyFormat<K> = Arc<dyn Fn(&K) -> String + Send + Sync>;
+/// Gives a key's job id, if it has one.
+pub(crate) type JobIdOf<K> = Arc<dyn Fn(&K) -> Option<String> + Send + Sync>;
+
+pub(crate) struct ItemTraces<K> {
+    cfg: Arc<TraceConfig>,
+    key_format: KeyFormat<K>,
+    job_id_of: Option<JobIdOf<K>>,
+    items: Mutex<HashMap<K, Arc<Item>, RandomState>>,
+}
+
+impl<K> fmt::Debug for ItemTraces<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ItemTraces")
+            .field("cfg", &self.cfg)
+            .field("items", &self.items.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K: Eq + Hash + Clone + Send + Sync + 'static> ItemTraces<K> {
+    pub(crate) fn new(
+        cfg: TraceConfig,
+        key_format: KeyFormat<K>,
+        job_id_of: Option<JobIdOf<K>>,
+    ) -> Self {
+        Self {
+            cfg: Arc::new(cfg),
+            key_format,
+            job_id_of,
+            items: Mutex::new(HashMap::default()),
+        }
+    }
+
+    fn start(&self, key: &K, parent: Option<&Context>) -> Item {
+        let job_id = self.job_id_of.as_ref().and_then(|f| f(key));
+        Item::start(&self.cfg, (self.key_format)(key), job_id, parent)
+    }
+
+    /// Runs one add of `key` (`add` performs it on the queue), starting the key's trace if it has
+    /// none, else recording the add as an event on it.
+    pub(crate) fn add(
+        &self,
+        queue: &Queue<K>,
+        key: K,
+        parent: Option<&Context>,
+        add: impl FnOnce(&Queue<K>, K),
+    ) {
+        if queue.is_shutting_down() {
+            // Refused (and counted) by the queue: no trace for a key that will not run.
+            return add(queue, key);
+        }
+        let mut items = self.items.lock();
+        match items.get(&key) {
+            Some(item) => item.coalesced(parent),
+            None => {
+                let item = Arc::new(self.start(&key, parent));
+                items.insert(key.clone(), item);
+            }
+        }
+        add(queue, key);
+    }
+
+    /// The key's trace for the attempt a worker is about to run, with the attempt span started.
+    /// A key queued behind the engine's back (through `queue()` directly) gets its trace here.
+    pub(crate) fn begin(&self, key: &K, number: u32) -> (Arc<Item>, JobContext) {
+        let item = {
+            let mut items = self.items.lock();
+            match items.get(key) {
+                Some(item) => Arc::clone(item),
+                None => {
+                    let item = Arc::new(self.start(key, None));
+                    items.insert(key.clone(), Arc::clone(&item));
+                    item
+                }
+            }
+        };
+        item.begin_attempt(&self.cfg, number);
+        let job = JobContext::bound(Arc::clone(&self.cfg), Arc::clone(&item));
+        (item, job)
+    }
+
+    /// Settles a finished attempt: `settle` runs the queue operation; the entry is removed if the
+    /// key was forgotten, then the attempt span (and the item span, if forgotten) ends.
+    pub(crate) fn settle(
+        &self,
+        key: &K,
+        item: &Arc<Item>,
+        settle: impl FnOnce() -> OutcomeKind,
+    ) -> OutcomeKind {
+        let running: AttemptEnd = item.take_running(&self.cfg);
+        let kind = {
+            let mut items = self.items.lock();
+            let kind = settle();
+            if !matches!(kind, OutcomeKind::Requeued { .. })
+                && items.get(key).is_some_and(|i| Arc::ptr_eq(i, item))
+            {
+                items.remove(key);
+            }
+            kind
+        };
+        item.close(running, &kind);
+        kind
+    }
+
+    /// Ends the traces of every key left when the engine stopped, as dropped at shutdown.
+    pub(crate) fn drop_all(&self) {
+        let items = std::mem::take(&mut *self.items.lock());
+        for item in items.into_values() {
+            item.drop_at_shutdown();
+        }
+    }
+}

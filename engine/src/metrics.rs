@@ -48,9 +48,16 @@ impl Histogram {
         let mut cumulative = 0;
         for (bound, n) in DURATION_BUCKETS.iter().zip(self.buckets) {
             cumulative += n;
-            let _ = writeln!(out, "{metric}_bucket{{name=\"{name}\",le=\"{bound:e}\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "{metric}_bucket{{name=\"{name}\",le=\"{bound:e}\"}} {cumulative}"
+            );
         }
-        let _ = writeln!(out, "{metric}_bucket{{name=\"{name}\",le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(
+            out,
+            "{metric}_bucket{{name=\"{name}\",le=\"+Inf\"}} {}",
+            self.count
+        );
         let _ = writeln!(out, "{metric}_sum{{name=\"{name}\"}} {}", self.sum_seconds);
         let _ = writeln!(out, "{metric}_count{{name=\"{name}\"}} {}", self.count);
     }
@@ -94,17 +101,37 @@ impl QueueMetrics {
         let gauges = [
             ("workqueue_depth", "gauge", self.depth as f64),
             ("traceq_workqueue_waiting", "gauge", self.waiting as f64),
-            ("traceq_workqueue_processing", "gauge", self.processing as f64),
+            (
+                "traceq_workqueue_processing",
+                "gauge",
+                self.processing as f64,
+            ),
             ("workqueue_adds_total", "counter", self.adds_total as f64),
-            ("workqueue_retries_total", "counter", self.retries_total as f64),
-            ("workqueue_unfinished_work_seconds", "gauge", self.unfinished_work_seconds),
+            (
+                "workqueue_retries_total",
+                "counter",
+                self.retries_total as f64,
+            ),
+            (
+                "workqueue_unfinished_work_seconds",
+                "gauge",
+                self.unfinished_work_seconds,
+            ),
             (
                 "workqueue_longest_running_processor_seconds",
                 "gauge",
                 self.longest_running_processor_seconds,
             ),
-            ("traceq_workqueue_dropped_adds_total", "counter", self.dropped_adds_total as f64),
-            ("traceq_workqueue_exhausted_total", "counter", self.exhausted_total as f64),
+            (
+                "traceq_workqueue_dropped_adds_total",
+                "counter",
+                self.dropped_adds_total as f64,
+            ),
+            (
+                "traceq_workqueue_exhausted_total",
+                "counter",
+                self.exhausted_total as f64,
+            ),
         ];
         for (metric, kind, value) in gauges {
             let _ = writeln!(out, "# TYPE {metric} {kind}");

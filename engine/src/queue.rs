@@ -184,6 +184,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
     pub fn add(&self, key: K) {
         let s = &*self.shared;
         let mut st = s.state.lock();
+        self.promote(&mut st);
         let added = st.add(key, || s.clock.now());
         let wake = added == Added::Queued && st.getters > 0;
         drop(st);
@@ -200,6 +201,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         }
         let s = &*self.shared;
         let mut st = s.state.lock();
+        self.promote(&mut st);
         let at = deadline(s.clock.now(), delay);
         let added = st.add_at(key, at);
         let wake = matches!(added, Added::Delayed { earliest: true }) && st.getters > 0;
@@ -218,6 +220,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
     pub fn add_rate_limited(&self, key: K) {
         let s = &*self.shared;
         let mut st = s.state.lock();
+        self.promote(&mut st);
         if st.refuses_adds() {
             st.add(key, || s.clock.now());
             return;
@@ -276,8 +279,11 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         st.shutting_down || st.draining_queued
     }
 
+    /// Queues every delayed key whose deadline has passed. Called first by every operation, so
+    /// the FIFO order reflects deadlines however rarely the queue is touched; costs one branch
+    /// while no key waits. After shutdown or during a drain, waiting keys stay waiting.
     fn promote(&self, st: &mut State<K>) -> usize {
-        if st.draining_queued || st.next_deadline().is_none() {
+        if st.next_deadline().is_none() || st.draining_queued || st.shutting_down {
             return 0;
         }
         st.promote(self.shared.clock.now())
@@ -356,6 +362,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
     pub fn done(&self, key: &K) {
         let s = &*self.shared;
         let mut st = s.state.lock();
+        self.promote(&mut st);
         let requeued = st.done(key, || s.clock.now());
         self.after_done(st, requeued);
     }
@@ -445,6 +452,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
     pub(crate) fn fail(&self, key: &K, max_retries: u32) -> Failure {
         let s = &*self.shared;
         let mut st = s.state.lock();
+        self.promote(&mut st);
         let requeues = st.num_requeues(key);
         let mut rearm = false;
         let failure = if st.refuses_adds() {
@@ -487,6 +495,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
     pub(crate) fn succeed(&self, key: &K) {
         let s = &*self.shared;
         let mut st = s.state.lock();
+        self.promote(&mut st);
         let had_history = st.num_requeues(key) > 0;
         st.forget(key);
         let requeued = st.done(key, || s.clock.now());

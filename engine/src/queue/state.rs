@@ -195,7 +195,11 @@ impl<K: Eq + Hash + Clone> State<K> {
         let mut moved = 0;
         while self.heap.peek().is_some_and(|top| top.at <= now) {
             let Some(d) = self.heap.pop() else { break };
-            if self.waiting.get(&d.key).is_some_and(|&(_, seq)| seq == d.seq) {
+            if self
+                .waiting
+                .get(&d.key)
+                .is_some_and(|&(_, seq)| seq == d.seq)
+            {
                 self.waiting.remove(&d.key);
                 if self.add_unchecked(d.key, || now) == Added::Queued {
                     moved += 1;
@@ -214,7 +218,8 @@ impl<K: Eq + Hash + Clone> State<K> {
         let since = if self.metrics_on {
             let now = now();
             if let Some(Slot::Queued { since: Some(t) }) = self.slots.get(&key) {
-                self.queue_duration.observe(now.saturating_duration_since(*t));
+                self.queue_duration
+                    .observe(now.saturating_duration_since(*t));
             }
             Some(now)
         } else {

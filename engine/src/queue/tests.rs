@@ -92,7 +92,11 @@ fn queue_should_keep_a_plain_add_and_the_pending_delay_of_a_waiting_key() {
     assert_eq!(q.try_get(), Some("a"));
     q.done(&"a");
     clock.advance(Duration::from_secs(1));
-    assert_eq!(q.try_get(), Some("a"), "the delayed add still fires, as in client-go");
+    assert_eq!(
+        q.try_get(),
+        Some("a"),
+        "the delayed add still fires, as in client-go"
+    );
 }
 
 #[test]
@@ -141,7 +145,11 @@ fn queue_should_refuse_and_count_adds_after_shutdown() {
     q.add_after(3, Duration::from_secs(1));
     q.add_rate_limited(4);
     assert_eq!(q.try_get(), None, "shutdown stops handing out work");
-    assert_eq!(q.len(), 1, "the key queued before shutdown is still reported");
+    assert_eq!(
+        q.len(),
+        1,
+        "the key queued before shutdown is still reported"
+    );
     assert_eq!(q.metrics().dropped_adds_total, 3);
 }
 
@@ -184,7 +192,10 @@ async fn shutdown_should_release_every_waiting_getter() {
     tokio::task::yield_now().await;
     q.shutdown();
     for g in getters {
-        assert_eq!(timeout(Duration::from_secs(1), g).await.unwrap().unwrap(), None);
+        assert_eq!(
+            timeout(Duration::from_secs(1), g).await.unwrap().unwrap(),
+            None
+        );
     }
 }
 
@@ -202,7 +213,10 @@ async fn drain_should_wait_for_keys_in_flight_only() {
     assert!(!drain.is_finished(), "drain waits for the key in flight");
     q.add(3);
     q.done(&one);
-    timeout(Duration::from_secs(1), drain).await.unwrap().unwrap();
+    timeout(Duration::from_secs(1), drain)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(q.len(), 1, "key 2 stays queued, key 3 was refused");
 }
 
@@ -228,7 +242,10 @@ async fn drain_queued_should_hand_out_queued_and_dirty_keys_then_stop() {
     }
     seen.sort_unstable();
     assert_eq!(seen, vec![0, 1, 2]);
-    timeout(Duration::from_secs(1), drain).await.unwrap().unwrap();
+    timeout(Duration::from_secs(1), drain)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(q.is_shutting_down());
 }
 
@@ -249,7 +266,11 @@ async fn a_cancelled_get_should_take_no_key() {
     assert!(timeout(Duration::from_millis(10), q.get()).await.is_err());
     q.add(1);
     assert_eq!(q.try_get(), Some(1));
-    assert_eq!(q.shared.state.lock().getters, 0, "the cancelled getter unparked");
+    assert_eq!(
+        q.shared.state.lock().getters,
+        0,
+        "the cancelled getter unparked"
+    );
 }
 
 #[tokio::test(start_paused = true)]

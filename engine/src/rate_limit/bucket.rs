@@ -125,10 +125,16 @@ mod tests {
 
     #[test]
     fn bucket_should_reject_bad_rates_and_zero_burst() {
-        assert_eq!(TokenBucket::new(0.0, 1).unwrap_err(), RateLimitError::InvalidRate(0.0));
+        assert_eq!(
+            TokenBucket::new(0.0, 1).unwrap_err(),
+            RateLimitError::InvalidRate(0.0)
+        );
         assert!(TokenBucket::new(-1.0, 1).is_err());
         assert!(TokenBucket::new(f64::NAN, 1).is_err());
         assert!(TokenBucket::new(1e-300, 1).is_err());
-        assert_eq!(TokenBucket::new(1.0, 0).unwrap_err(), RateLimitError::ZeroBurst);
+        assert_eq!(
+            TokenBucket::new(1.0, 0).unwrap_err(),
+            RateLimitError::ZeroBurst
+        );
     }
 }

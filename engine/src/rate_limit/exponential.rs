@@ -112,7 +112,8 @@ mod tests {
 
     #[test]
     fn backoff_should_double_until_the_cap() {
-        let b = ExponentialBackoff::new(Duration::from_millis(5), Duration::from_millis(30)).unwrap();
+        let b =
+            ExponentialBackoff::new(Duration::from_millis(5), Duration::from_millis(30)).unwrap();
         let delays: Vec<_> = (0..5).map(|_| b.when(&1u32).as_millis()).collect();
         assert_eq!(delays, vec![5, 10, 20, 30, 30]);
         assert_eq!(b.retries(&1), 5);

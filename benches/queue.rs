@@ -1,0 +1,286 @@
+//! Queue and engine throughput, each group with its baseline in the same run.
+//!
+//! Run: `cargo bench --bench queue`
+//!
+//! Groups:
+//! - `cycle_single_thread`: add 1,000 distinct keys, then get + done each (traceq), beside
+//!   crossbeam-channel and tokio mpsc send 1,000 + recv 1,000 on the same thread.
+//! - `cycle_two_threads`: the same cycle run by two threads at once on one shared queue/channel.
+//! - `producer_consumer`: one thread adds 100,000 distinct keys, another gets + dones them.
+//! - `engine_noop_handler`: 100,000 keys through an `Engine` with 4 workers and a no-op handler,
+//!   beside 4 tokio tasks sharing one mpsc receiver.
+//!
+//! Last measured (2-core VM, see README's performance table for the figures and date).
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use traceq_engine::rate_limit::NoDelay;
+use traceq_engine::{Attempt, Engine, Queue, QueueConfig};
+
+const BATCH: u64 = 1_000;
+const STREAM: u64 = 100_000;
+
+fn queue() -> Queue<u64> {
+    Queue::with_config(QueueConfig::default().with_rate_limiter(NoDelay))
+}
+
+fn traceq_cycle(q: &Queue<u64>, base: u64) {
+    for k in base..base + BATCH {
+        q.add(k);
+    }
+    while let Some(k) = q.try_get() {
+        q.done(black_box(&k));
+    }
+}
+
+fn cycle_single_thread(c: &mut Criterion) {
+    let mut g = c.benchmark_group("cycle_single_thread");
+    g.throughput(Throughput::Elements(BATCH));
+    let q = queue();
+    let mut base = 0;
+    g.bench_function("traceq_queue", |b| {
+        b.iter(|| {
+            traceq_cycle(&q, base);
+            base += BATCH;
+        })
+    });
+    let qm = Queue::with_config(
+        QueueConfig::default()
+            .with_rate_limiter(NoDelay)
+            .with_metrics(true),
+    );
+    g.bench_function("traceq_queue_with_time_metrics", |b| {
+        b.iter(|| {
+            traceq_cycle(&qm, base);
+            base += BATCH;
+        })
+    });
+    let (tx, rx) = crossbeam_channel::unbounded::<u64>();
+    g.bench_function("crossbeam_channel", |b| {
+        b.iter(|| {
+            for k in 0..BATCH {
+                tx.send(k).unwrap();
+            }
+            while let Ok(k) = rx.try_recv() {
+                black_box(k);
+            }
+        })
+    });
+    let (ttx, mut trx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    g.bench_function("tokio_mpsc", |b| {
+        b.iter(|| {
+            for k in 0..BATCH {
+                ttx.send(k).unwrap();
+            }
+            while let Ok(k) = trx.try_recv() {
+                black_box(k);
+            }
+        })
+    });
+    g.finish();
+}
+
+fn cycle_two_threads(c: &mut Criterion) {
+    let mut g = c.benchmark_group("cycle_two_threads");
+    g.throughput(Throughput::Elements(2 * BATCH * 100));
+    g.bench_function("traceq_queue", |b| {
+        b.iter_custom(|iters| {
+            let q = queue();
+            let start = Instant::now();
+            std::thread::scope(|s| {
+                for t in 0..2u64 {
+                    let q = &q;
+                    s.spawn(move || {
+                        for i in 0..iters * 100 {
+                            traceq_cycle(q, (t << 48) | (i * BATCH));
+                        }
+                    });
+                }
+            });
+            start.elapsed()
+        })
+    });
+    g.bench_function("crossbeam_channel", |b| {
+        b.iter_custom(|iters| {
+            let (tx, rx) = crossbeam_channel::unbounded::<u64>();
+            let start = Instant::now();
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    let (tx, rx) = (tx.clone(), rx.clone());
+                    s.spawn(move || {
+                        for _ in 0..iters * 100 {
+                            for k in 0..BATCH {
+                                tx.send(k).unwrap();
+                            }
+                            for _ in 0..BATCH {
+                                black_box(rx.try_recv().ok());
+                            }
+                        }
+                    });
+                }
+            });
+            start.elapsed()
+        })
+    });
+    g.finish();
+}
+
+fn producer_consumer(c: &mut Criterion) {
+    let mut g = c.benchmark_group("producer_consumer");
+    g.throughput(Throughput::Elements(STREAM));
+    g.bench_function("traceq_queue_try_get", |b| {
+        b.iter_batched(
+            queue,
+            |q| {
+                std::thread::scope(|s| {
+                    s.spawn(|| {
+                        for k in 0..STREAM {
+                            q.add(k);
+                        }
+                    });
+                    let mut seen = 0;
+                    while seen < STREAM {
+                        match q.try_get() {
+                            Some(k) => {
+                                q.done(&k);
+                                seen += 1;
+                            }
+                            None => std::hint::spin_loop(),
+                        }
+                    }
+                });
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("traceq_queue_async_get", |b| {
+        b.iter_batched(
+            queue,
+            |q| {
+                std::thread::scope(|s| {
+                    s.spawn(|| {
+                        for k in 0..STREAM {
+                            q.add(k);
+                        }
+                    });
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_time()
+                        .build()
+                        .unwrap();
+                    rt.block_on(async {
+                        for _ in 0..STREAM {
+                            let k = q.get().await.unwrap();
+                            q.done(&k);
+                        }
+                    });
+                });
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("crossbeam_channel", |b| {
+        b.iter(|| {
+            let (tx, rx) = crossbeam_channel::unbounded::<u64>();
+            std::thread::scope(|s| {
+                s.spawn(move || {
+                    for k in 0..STREAM {
+                        tx.send(k).unwrap();
+                    }
+                });
+                for _ in 0..STREAM {
+                    black_box(rx.recv().unwrap());
+                }
+            });
+        })
+    });
+    g.bench_function("tokio_mpsc", |b| {
+        b.iter(|| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+            std::thread::scope(|s| {
+                s.spawn(move || {
+                    for k in 0..STREAM {
+                        tx.send(k).unwrap();
+                    }
+                });
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    for _ in 0..STREAM {
+                        black_box(rx.recv().await.unwrap());
+                    }
+                });
+            });
+        })
+    });
+    g.finish();
+}
+
+fn engine_noop_handler(c: &mut Criterion) {
+    let mut g = c.benchmark_group("engine_noop_handler");
+    g.throughput(Throughput::Elements(STREAM));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .unwrap();
+    g.bench_function("traceq_engine_4_workers", |b| {
+        b.to_async(&rt).iter(|| async {
+            let engine = Engine::<u64>::builder().workers(4).build().unwrap();
+            let handle = engine.handle();
+            for k in 0..STREAM {
+                handle.add(k);
+            }
+            let run = tokio::spawn(async move {
+                engine
+                    .run(|a: Attempt<u64>| async move {
+                        black_box(a.key);
+                        Ok::<(), std::convert::Infallible>(())
+                    })
+                    .await
+            });
+            handle.shutdown_with_drain_queued().await;
+            run.await.unwrap();
+        })
+    });
+    g.bench_function("tokio_mpsc_4_tasks", |b| {
+        b.to_async(&rt).iter(|| async {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+            for k in 0..STREAM {
+                tx.send(k).unwrap();
+            }
+            drop(tx);
+            let rx = Arc::new(tokio::sync::Mutex::new(rx));
+            let tasks: Vec<_> = (0..4)
+                .map(|_| {
+                    let rx = Arc::clone(&rx);
+                    tokio::spawn(async move {
+                        while let Some(k) = rx.lock().await.recv().await {
+                            black_box(k);
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+        })
+    });
+    g.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = cycle_single_thread, cycle_two_threads, producer_consumer, engine_noop_handler
+}
+criterion_main!(benches);

@@ -1,0 +1,13 @@
+//! traceq: a trace-aware work-queue engine with tail sampling.
+//!
+//! ```text
+//!  producers ─▶ engine::Queue ─▶ engine::Engine workers ─▶ handler
+//!                                      │ spans (OpenTelemetry API)
+//!                                      ▼
+//!                         sampler::TailSamplingProcessor ─▶ exporter
+//! ```
+//!
+//! This crate re-exports the workspace's libraries and holds the `traceq` command line.
+
+pub use traceq_engine as engine;
+pub use traceq_sampler as sampler;

@@ -394,3 +394,75 @@ async fn untraced_engine_should_hand_the_current_context_to_the_handler() {
     stop(&handle, run).await;
     assert_eq!(*saw.lock(), Some((false, false)));
 }
+
+/// A producer in another service starts a span, sends its context in headers; the engine's item
+/// span must continue it (same trace, child of the producer's span), and the producer's baggage
+/// must reach the engine's spans.
+async fn producer_context_should_be_continued(
+    inject: impl Fn(&opentelemetry::Context, &mut std::collections::HashMap<String, String>),
+    with_baggage: bool,
+) {
+    use traceq_engine::trace::propagation;
+
+    let (provider, exporter) = provider();
+    let producer = provider.tracer("producer");
+    let span = producer.start("produce");
+    let producer_sc = opentelemetry::trace::Span::span_context(&span).clone();
+    let cx = opentelemetry::Context::new()
+        .with_span(span)
+        .with_baggage([opentelemetry::KeyValue::new("tenant", "acme")]);
+    let mut headers = std::collections::HashMap::new();
+    inject(&cx, &mut headers);
+    cx.span().end();
+
+    let engine = Engine::<&'static str>::builder()
+        .workers(1)
+        .tracer(provider.tracer("traceq"))
+        .build()
+        .unwrap();
+    let handle = engine.handle();
+    handle.add_with_context("k", &propagation::extract(&headers));
+    let run = tokio::spawn(async move {
+        engine
+            .run(|_: Attempt<&'static str>| async { Ok::<(), String>(()) })
+            .await;
+    });
+    let spans = wait_for_spans(&exporter, "item traceq", 1).await;
+    stop(&handle, run).await;
+
+    let item = spans.iter().find(|s| s.name == "item traceq").unwrap();
+    assert_eq!(item.span_context.trace_id(), producer_sc.trace_id());
+    assert_eq!(item.parent_span_id, producer_sc.span_id());
+    assert!(item.parent_span_is_remote);
+    let attempt = spans.iter().find(|s| s.name == "process traceq").unwrap();
+    assert_eq!(attempt.span_context.trace_id(), producer_sc.trace_id());
+    let tenant = with_baggage.then(|| Value::from("acme"));
+    assert_eq!(attr_of(item, "tenant"), tenant.as_ref());
+    assert_eq!(attr_of(attempt, "tenant"), tenant.as_ref());
+}
+
+#[tokio::test]
+async fn w3c_producer_context_should_be_continued_by_the_item_span() {
+    producer_context_should_be_continued(
+        |cx, h| traceq_engine::trace::propagation::inject_w3c(cx, h),
+        true,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn b3_single_producer_context_should_be_continued_by_the_item_span() {
+    use traceq_engine::trace::propagation::{inject_b3, B3Encoding};
+    producer_context_should_be_continued(|cx, h| inject_b3(cx, h, B3Encoding::SingleHeader), false)
+        .await;
+}
+
+#[tokio::test]
+async fn b3_multi_producer_context_should_be_continued_by_the_item_span() {
+    use traceq_engine::trace::propagation::{inject_b3, B3Encoding};
+    producer_context_should_be_continued(
+        |cx, h| inject_b3(cx, h, B3Encoding::MultipleHeader),
+        false,
+    )
+    .await;
+}

@@ -14,6 +14,7 @@
 pub mod attributes;
 mod item;
 mod items;
+pub mod propagation;
 
 pub use item::JobContext;
 pub(crate) use item::TraceConfig;

@@ -74,8 +74,14 @@ pub(crate) struct Shard<S> {
     pub(crate) bytes: usize,
     pub(crate) spans: usize,
     next_generation: u64,
+    /// Span count of the last trace removed: new traces reserve this much room up front, since
+    /// consecutive traces of one service tend to have one shape (no regrowth, little slack).
+    size_hint: usize,
     pub(crate) stats: ShardStats,
 }
+
+/// Most span slots reserved up front for a new trace.
+const MAX_SIZE_HINT: usize = 64;
 
 /// Folds a trace id into the 64-bit key of the dropped-decision cache.
 pub(crate) fn fold(trace_id: TraceId) -> u64 {
@@ -94,6 +100,7 @@ impl<S: SpanView> Shard<S> {
             bytes: 0,
             spans: 0,
             next_generation: 0,
+            size_hint: 0,
             stats: ShardStats::default(),
         }
     }
@@ -104,11 +111,12 @@ impl<S: SpanView> Shard<S> {
         let size = span.size_bytes();
         let is_root = span.is_local_root();
         let mut created = None;
+        let hint = self.size_hint;
         let entry = self.traces.entry(trace_id).or_insert_with(|| {
             let generation = self.next_generation;
             created = Some(generation);
             TraceEntry {
-                spans: Vec::new(),
+                spans: Vec::with_capacity(hint),
                 generation,
                 first_seen: now,
                 last_seen: now,
@@ -124,9 +132,16 @@ impl<S: SpanView> Shard<S> {
                 _ => None,
             };
         }
-        let old_cap = entry.spans.capacity();
+        // A new entry's reserved room is charged with its first span (old capacity counts as 0).
+        let old_cap = if entry.spans.is_empty() {
+            0
+        } else {
+            entry.spans.capacity()
+        };
         entry.spans.push(span);
-        let delta = size + (entry.spans.capacity() - old_cap) * size_of::<S>();
+        // The vector's slots hold each span's inline part; `size` counts it too.
+        let delta = size.saturating_sub(size_of::<S>())
+            + (entry.spans.capacity() - old_cap) * size_of::<S>();
         entry.bytes += delta;
         entry.last_seen = now;
         entry.root_ended |= is_root;
@@ -156,6 +171,7 @@ impl<S: SpanView> Shard<S> {
     /// Takes a trace out of the buffer.
     pub(crate) fn remove(&mut self, trace_id: TraceId) -> Option<TraceEntry<S>> {
         let entry = self.traces.remove(&trace_id)?;
+        self.size_hint = entry.spans.len().min(MAX_SIZE_HINT);
         self.bytes -= entry.bytes;
         self.spans -= entry.spans.len();
         Some(entry)

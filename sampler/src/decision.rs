@@ -7,6 +7,9 @@
 
 use std::sync::Arc;
 
+use opentelemetry::trace::TraceState;
+use opentelemetry::{KeyValue, Value};
+
 /// Attribute naming the policy that kept the trace.
 pub const POLICY_ATTRIBUTE: &str = "traceq.sampling.policy";
 /// Attribute holding the adjusted count, `1 / sampling probability`, as a double.
@@ -18,12 +21,17 @@ pub const JOB_LINKAGE_POLICY: &str = "traceq.job_linkage";
 const THRESHOLD_BITS: u32 = 56;
 
 /// A decision to keep a trace: the deciding policy and the probability it kept the trace with.
+///
+/// The attributes and tracestate it adds to spans are built once per decision, not per span.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeptDecision {
     /// Name of the deciding policy (the configured `name`).
     pub policy: Arc<str>,
     /// Probability with which traces like this one are kept, in `(0, 1]`.
     pub probability: f64,
+    attributes: [KeyValue; 2],
+    ot_value: Option<String>,
+    trace_state: Option<TraceState>,
 }
 
 impl KeptDecision {
@@ -35,10 +43,41 @@ impl KeptDecision {
         } else {
             f64::MIN_POSITIVE
         };
+        let attributes = [
+            KeyValue::new(POLICY_ATTRIBUTE, Value::String(policy.clone().into())),
+            KeyValue::new(ADJUSTED_COUNT_ATTRIBUTE, 1.0 / probability),
+        ];
+        let ot_value = (probability < 1.0).then(|| format!("th:{}", threshold_hex(probability)));
+        let trace_state = ot_value
+            .as_ref()
+            .and_then(|ot| TraceState::from_key_value([("ot", ot.as_str())]).ok());
         Self {
             policy,
             probability,
+            attributes,
+            ot_value,
+            trace_state,
         }
+    }
+
+    /// The attributes a kept span gets: policy name and adjusted count.
+    #[must_use]
+    pub fn attributes(&self) -> &[KeyValue] {
+        &self.attributes
+    }
+
+    /// The tracestate a kept span should carry, given its current one: `None` when unchanged
+    /// (probability 1, or a tracestate that cannot take the `ot` member).
+    #[must_use]
+    pub fn trace_state_for(&self, current: &TraceState) -> Option<TraceState> {
+        let ot = self.ot_value.as_ref()?;
+        if current == &TraceState::NONE {
+            return self.trace_state.clone();
+        }
+        let th = ot.trim_start_matches("th:");
+        current
+            .insert("ot", merge_ot_value(current.get("ot"), th))
+            .ok()
     }
 
     /// How many traces this kept trace stands for: `1 / probability`.

@@ -2,7 +2,8 @@
 //!
 //! `on_end` runs on the thread that ended the span, so it only buffers: it takes one shard lock
 //! for a hash-map insert and never waits for I/O. Decisions due by time and all exports happen
-//! on one background thread, which polls the sampler every `poll_interval`, exports kept spans in
+//! on one background thread (`force_flush` and `shutdown` decide on the calling thread, which
+//! waits anyway), which polls the sampler every `poll_interval`, exports kept spans in
 //! batches of `max_export_batch_size`, and drives the exporter's futures with
 //! `futures::executor::block_on` (no async runtime needed). No lock is held across an export.
 //! Spans decided on the caller's thread (late spans of kept traces, traces over the span cap or
@@ -61,12 +62,14 @@ impl Default for ProcessorConfig {
     }
 }
 
-// The sampler buffers boxed spans (see `TailSampler`); keeping them boxed here avoids a copy.
-#[allow(clippy::vec_box)]
 enum Message {
-    Kept(Vec<Box<SpanData>>),
-    Flush(Sender<OTelSdkResult>),
-    Shutdown(Sender<OTelSdkResult>, Duration),
+    Kept(Vec<SpanData>),
+    /// Decide this part of the buffer (a flush split between the caller and the worker).
+    DecidePart(usize, usize),
+    /// Export these (decided by the caller), then flush the exporter.
+    Flush(Vec<SpanData>, Sender<OTelSdkResult>),
+    /// Export these (decided by the caller), then shut the exporter down.
+    Shutdown(Vec<SpanData>, Sender<OTelSdkResult>, Duration),
     Resource(Resource),
 }
 
@@ -98,7 +101,7 @@ enum Message {
 /// # Ok::<(), traceq_sampler::ConfigError>(())
 /// ```
 pub struct TailSamplingProcessor {
-    sampler: Arc<TailSampler<Box<SpanData>>>,
+    sampler: Arc<TailSampler<SpanData>>,
     tx: Sender<Message>,
     worker: Mutex<Option<JoinHandle<()>>>,
     shut_down: AtomicBool,
@@ -176,6 +179,7 @@ impl TailSamplingProcessor {
             poll_interval: processor.poll_interval.max(Duration::from_millis(1)),
             pending: Vec::new(),
             deferred: std::collections::VecDeque::new(),
+            part_result: Ok(()),
         };
         let handle = std::thread::Builder::new()
             .name("traceq-sampler".to_owned())
@@ -228,7 +232,7 @@ impl SpanProcessor for TailSamplingProcessor {
             return;
         }
         let mut kept = Vec::new();
-        self.sampler.ingest(Box::new(span), &mut kept);
+        self.sampler.ingest(span, &mut kept);
         if kept.is_empty() {
             return;
         }
@@ -247,7 +251,14 @@ impl SpanProcessor for TailSamplingProcessor {
         if self.shut_down.load(Ordering::Acquire) {
             return Ok(());
         }
-        self.call(Message::Flush, self.flush_timeout)
+        // The caller is waiting anyway: it decides half of the buffer while the export thread
+        // decides the other half, then the export thread exports everything kept.
+        self.tx
+            .send_timeout(Message::DecidePart(1, 2), self.flush_timeout)
+            .map_err(|_| OTelSdkError::Timeout(self.flush_timeout))?;
+        let mut kept = Vec::new();
+        self.sampler.flush_part(0, 2, &mut kept);
+        self.call(|ack| Message::Flush(kept, ack), self.flush_timeout)
     }
 
     /// Decides (or, if so configured, drops) every pending trace, exports everything kept and
@@ -256,7 +267,9 @@ impl SpanProcessor for TailSamplingProcessor {
         if self.shut_down.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let result = self.call(|ack| Message::Shutdown(ack, timeout), timeout);
+        let mut kept = Vec::new();
+        self.sampler.shutdown(&mut kept);
+        let result = self.call(|ack| Message::Shutdown(kept, ack, timeout), timeout);
         if result.is_ok() {
             if let Some(handle) = self.worker.lock().take() {
                 let _ = handle.join();
@@ -281,14 +294,14 @@ impl Drop for TailSamplingProcessor {
 }
 
 struct Worker<E> {
-    sampler: Arc<TailSampler<Box<SpanData>>>,
+    sampler: Arc<TailSampler<SpanData>>,
     exporter: E,
     rx: Receiver<Message>,
     batch: usize,
     poll_interval: Duration,
-    // Boxed for the same reason as `Message::Kept`.
-    #[allow(clippy::vec_box)]
-    pending: Vec<Box<SpanData>>,
+    pending: Vec<SpanData>,
+    /// Result of the last `DecidePart` export, reported by the flush that follows it.
+    part_result: OTelSdkResult,
     /// Requests met while draining the queue, handled next, in order.
     deferred: std::collections::VecDeque<Message>,
 }
@@ -311,14 +324,22 @@ impl<E: SpanExporter> Worker<E> {
                         let _ = self.export_pending();
                     }
                 }
-                Ok(Message::Flush(ack)) => {
+                Ok(Message::DecidePart(part, parts)) => {
+                    self.sampler.flush_part(part, parts, &mut self.pending);
+                    // Reported by the flush that asked for this part.
+                    self.part_result = self.export_pending();
+                }
+                Ok(Message::Flush(mut kept, ack)) => {
                     self.drain_queue();
-                    self.sampler.flush(&mut self.pending);
-                    let exported = self.export_pending();
+                    self.pending.append(&mut kept);
+                    let part = std::mem::replace(&mut self.part_result, Ok(()));
+                    let exported = part.and(self.export_pending());
                     let _ = ack.send(exported.and(self.exporter.force_flush()));
                 }
-                Ok(Message::Shutdown(ack, timeout)) => {
+                Ok(Message::Shutdown(mut kept, ack, timeout)) => {
                     self.drain_queue();
+                    self.pending.append(&mut kept);
+                    // Spans ingested while the caller was deciding.
                     self.sampler.shutdown(&mut self.pending);
                     let exported = self.export_pending();
                     let _ = ack.send(exported.and(self.exporter.shutdown_with_timeout(timeout)));
@@ -355,7 +376,7 @@ impl<E: SpanExporter> Worker<E> {
     fn export_pending(&mut self) -> OTelSdkResult {
         let counters = self.sampler.counters();
         let mut result = Ok(());
-        let mut spans = std::mem::take(&mut self.pending).into_iter().map(|b| *b);
+        let mut spans = std::mem::take(&mut self.pending).into_iter();
         loop {
             let batch: Vec<SpanData> = spans.by_ref().take(self.batch).collect();
             if batch.is_empty() {

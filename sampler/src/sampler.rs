@@ -35,8 +35,8 @@ const MIN_TRACES_PER_SHARD: usize = 16;
 
 /// Buffers spans per trace and decides which traces to keep.
 ///
-/// Generic over the span type through [`SpanView`]; use `Box<SpanData>` for SDK spans (boxing
-/// keeps the per-trace vector small, so buffered bytes stay close to the spans' own size).
+/// Generic over the span type through [`SpanView`]: the processor buffers SDK `SpanData` as is,
+/// the collector will buffer OTLP spans; `Box<S>` works too when spans are large.
 ///
 /// # Examples
 ///
@@ -215,9 +215,21 @@ impl<S: SpanView> TailSampler<S> {
     /// Decides every pending trace now; kept spans are appended to `kept`.
     /// Returns the number of traces decided.
     pub fn flush(&self, kept: &mut Vec<S>) -> usize {
+        self.flush_part(0, 1, kept)
+    }
+
+    /// Decides the pending traces of one of `parts` disjoint parts of the buffer (`part` in
+    /// `0..parts`), so several threads can flush in parallel; together the parts cover every
+    /// trace. Returns the number of traces decided.
+    ///
+    /// # Panics
+    ///
+    /// If `part >= parts` (a programming error).
+    pub fn flush_part(&self, part: usize, parts: usize, kept: &mut Vec<S>) -> usize {
+        assert!(part < parts, "flush part {part} out of 0..{parts}");
         let now = nanos(self.clock.now());
         let mut decided = 0;
-        for shard in self.shards.iter() {
+        for shard in self.shards.iter().skip(part).step_by(parts) {
             let mut shard = shard.lock();
             for trace_id in shard.take_all() {
                 self.decide(&mut shard, trace_id, Trigger::Flush, now, kept);

@@ -12,7 +12,9 @@ use opentelemetry::trace::{SpanContext, Status, TraceId};
 use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::trace::SpanData;
 
-use crate::decision::{merge_ot_value, KeptDecision, ADJUSTED_COUNT_ATTRIBUTE, POLICY_ATTRIBUTE};
+use crate::decision::KeptDecision;
+#[cfg(test)]
+use crate::decision::{ADJUSTED_COUNT_ATTRIBUTE, POLICY_ATTRIBUTE};
 
 /// A borrowed scalar attribute value, as policies see it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -55,7 +57,8 @@ pub trait SpanView: Send + 'static {
     fn attribute(&self, key: &str) -> Option<AttrValue<'_>>;
     /// The value of `key` in the span's W3C tracestate, if any.
     fn trace_state(&self, key: &str) -> Option<&str>;
-    /// Bytes the span occupies, its inline size plus its heap allocations (an estimate).
+    /// Bytes the span occupies: its inline size (`size_of::<Self>()`) plus its heap allocations
+    /// (an estimate). The buffer charges the inline part through its vector's capacity.
     fn size_bytes(&self) -> usize;
     /// Records a keep decision on the span (policy, adjusted count, tracestate threshold).
     fn annotate(&mut self, decision: &KeptDecision);
@@ -84,7 +87,7 @@ impl<T: SpanView> SpanView for Box<T> {
         (**self).trace_state(key)
     }
     fn size_bytes(&self) -> usize {
-        (**self).size_bytes()
+        size_of::<Self>() + (**self).size_bytes()
     }
     fn annotate(&mut self, decision: &KeptDecision) {
         (**self).annotate(decision);
@@ -176,27 +179,16 @@ impl SpanView for SpanData {
     }
 
     fn annotate(&mut self, decision: &KeptDecision) {
-        self.attributes.push(KeyValue::new(
-            POLICY_ATTRIBUTE,
-            Value::String(decision.policy.clone().into()),
-        ));
-        self.attributes.push(KeyValue::new(
-            ADJUSTED_COUNT_ATTRIBUTE,
-            decision.adjusted_count(),
-        ));
-        if decision.probability < 1.0 {
-            let cx = &self.span_context;
-            let ot = merge_ot_value(cx.trace_state().get("ot"), &decision.threshold_hex());
-            // An invalid tracestate member is left out rather than failing the export.
-            if let Ok(state) = cx.trace_state().insert("ot", ot) {
-                self.span_context = SpanContext::new(
-                    cx.trace_id(),
-                    cx.span_id(),
-                    cx.trace_flags(),
-                    cx.is_remote(),
-                    state,
-                );
-            }
+        self.attributes.extend_from_slice(decision.attributes());
+        let cx = &self.span_context;
+        if let Some(state) = decision.trace_state_for(cx.trace_state()) {
+            self.span_context = SpanContext::new(
+                cx.trace_id(),
+                cx.span_id(),
+                cx.trace_flags(),
+                cx.is_remote(),
+                state,
+            );
         }
     }
 }

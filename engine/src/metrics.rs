@@ -36,6 +36,16 @@ impl Histogram {
         }
     }
 
+    /// Adds `other`'s observations to these.
+    pub fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            *a += b;
+        }
+        self.overflow += other.overflow;
+        self.count += other.count;
+        self.sum_seconds += other.sum_seconds;
+    }
+
     /// Mean of the observations, or zero when there are none.
     pub fn mean(&self) -> Duration {
         if self.count == 0 {

@@ -8,23 +8,32 @@
 //! - A plain [`Queue::add`] of a key that waits out a delay queues it now; the pending delayed add
 //!   stays and fires later (a no-op if the key is still queued then), as in client-go.
 //!
-//! Why one mutex and not a lock-free structure: every operation must see the queued, dirty,
-//! processing and waiting sets together (that is what makes dedup exact), and each operation holds
-//! the lock for a few hash-map steps only. Getters park on a `tokio::sync::Notify` and an add wakes
-//! one only when a getter is parked, so the uncontended path is one lock and no atomics beyond it.
+//! How it is built, and why: dedup is exact only if every decision about one key sees that key's
+//! queued / dirty / in-process / waiting state at once, but nothing requires seeing other keys'.
+//! So per-key state lives in 64 cache-padded shards chosen by the key's hash (computed once per
+//! operation), the FIFO is a lock-free segmented queue, and delayed adds sit in a heap behind their
+//! own lock. A producer and a consumer then touch the same lock only when they touch the same shard
+//! at the same moment. Getters park on a `tokio::sync::Notify`; an add wakes one only when a
+//! getter is parked.
 
-mod state;
+mod shard;
 
 use crate::clock::{Clock, TokioClock};
-use crate::metrics::QueueMetrics;
+use crate::metrics::{Histogram, QueueMetrics};
 use crate::rate_limit::{self, RateLimiter};
-use parking_lot::Mutex;
-use state::{Added, State};
+use crossbeam_queue::SegQueue;
+use crossbeam_utils::CachePadded;
+use foldhash::fast::RandomState;
+use parking_lot::{Mutex, MutexGuard};
+use shard::{Added, Shard};
+use std::cmp::Ordering as CmpOrdering;
+use std::collections::BinaryHeap;
 use std::fmt;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 use std::pin::pin;
+use std::sync::atomic::{fence, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// The longest delay a key can be given; longer delays are clamped to it, so no input delay can
@@ -97,14 +106,68 @@ impl<K> QueueConfig<K> {
     }
 }
 
+/// Shards of per-key state; a power of two.
+const SHARDS: usize = 64;
+/// `next_deadline` when no delayed add is pending.
+const NO_DEADLINE: u64 = u64::MAX;
+
+const RUNNING: u8 = 0;
+/// Adds are refused; getters still receive queued keys.
+const DRAINING: u8 = 1;
+/// Adds are refused; getters receive nothing.
+const SHUT_DOWN: u8 = 2;
+
+/// A delayed add in the heap; stale when the key's pending entry has another `seq`.
+struct Delayed<K> {
+    at: Instant,
+    seq: u64,
+    hash: u64,
+    key: K,
+}
+
+impl<K> PartialEq for Delayed<K> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == CmpOrdering::Equal
+    }
+}
+impl<K> Eq for Delayed<K> {}
+impl<K> PartialOrd for Delayed<K> {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
+}
+impl<K> Ord for Delayed<K> {
+    // Reversed: `BinaryHeap` is a max-heap and the earliest deadline must come out first.
+    fn cmp(&self, other: &Self) -> CmpOrdering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
 struct Shared<K> {
     name: String,
-    state: Mutex<State<K>>,
+    hasher: RandomState,
+    shards: Box<[CachePadded<Mutex<Shard<K>>>]>,
+    fifo: SegQueue<(u64, K)>,
+    delays: Mutex<BinaryHeap<Delayed<K>>>,
+    /// Earliest pending deadline in nanoseconds after `epoch`, or `NO_DEADLINE`: lets every
+    /// operation skip the heap (and the clock) while no delayed add is pending.
+    next_deadline: AtomicU64,
+    epoch: Instant,
+    /// Numbers delayed adds, so equal deadlines are queued in add order.
+    next_seq: AtomicU64,
+    state: AtomicU8,
+    /// Keys handed out and not yet done, plus getters between taking a key and marking it.
+    processing: AtomicUsize,
+    /// Getters parked on `available`.
+    getters: AtomicUsize,
+    dropped_adds_total: AtomicU64,
+    exhausted_total: AtomicU64,
+    metrics_on: bool,
     limiter: Arc<dyn RateLimiter<K>>,
     clock: Arc<dyn Clock>,
     /// Parked getters wait here.
     available: Notify,
-    /// Drain waits here for the last key in process.
+    /// Drains wait here for the last key in process.
     drained: Notify,
 }
 
@@ -162,10 +225,25 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
 
     /// A queue built from `config`.
     pub fn with_config(config: QueueConfig<K>) -> Self {
+        let epoch = config.clock.now();
         Self {
             shared: Arc::new(Shared {
                 name: config.name,
-                state: Mutex::new(State::new(config.metrics)),
+                hasher: RandomState::default(),
+                shards: (0..SHARDS)
+                    .map(|_| CachePadded::new(Mutex::new(Shard::default())))
+                    .collect(),
+                fifo: SegQueue::new(),
+                delays: Mutex::new(BinaryHeap::new()),
+                next_deadline: AtomicU64::new(NO_DEADLINE),
+                epoch,
+                next_seq: AtomicU64::new(0),
+                state: AtomicU8::new(RUNNING),
+                processing: AtomicUsize::new(0),
+                getters: AtomicUsize::new(0),
+                dropped_adds_total: AtomicU64::new(0),
+                exhausted_total: AtomicU64::new(0),
+                metrics_on: config.metrics,
                 limiter: config.rate_limiter,
                 clock: config.clock,
                 available: Notify::new(),
@@ -179,17 +257,54 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         &self.shared.name
     }
 
+    fn hash(&self, key: &K) -> u64 {
+        self.shared.hasher.hash_one(key)
+    }
+
+    fn shard(&self, hash: u64) -> MutexGuard<'_, Shard<K>> {
+        // Bits 32.. pick the shard; the table inside uses the low bits and the top seven.
+        self.shared.shards[(hash >> 32) as usize & (SHARDS - 1)].lock()
+    }
+
+    fn metrics_now(&self) -> Option<Instant> {
+        self.shared.metrics_on.then(|| self.shared.clock.now())
+    }
+
+    fn refuses_adds(&self) -> bool {
+        self.shared.state.load(Ordering::SeqCst) != RUNNING
+    }
+
+    fn refuse(&self) {
+        self.shared.dropped_adds_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Pushes a key onto the FIFO and wakes a parked getter, if any.
+    fn push(&self, hash: u64, key: K) {
+        self.shared.fifo.push((hash, key));
+        self.wake_one_if_parked();
+    }
+
+    fn wake_one_if_parked(&self) {
+        // Either the parked getter sees the key, or we see the getter. The getter side is
+        // `getters += 1; fence(SeqCst); pop`. Ours is the FIFO push, whose tail update is a
+        // `SeqCst` read-modify-write (crossbeam-queue's `SegQueue::push`), then this `SeqCst`
+        // load; a fence here as well would cost a full barrier on every add for nothing.
+        if self.shared.getters.load(Ordering::SeqCst) > 0 {
+            self.shared.available.notify_one();
+        }
+    }
+
     /// Queues `key` unless it is queued already; marks it dirty if it is being processed.
     /// Ignored (and counted in `dropped_adds_total`) after shutdown.
     pub fn add(&self, key: K) {
-        let s = &*self.shared;
-        let mut st = s.state.lock();
-        self.promote(&mut st);
-        let added = st.add(key, || s.clock.now());
-        let wake = added == Added::Queued && st.getters > 0;
-        drop(st);
-        if wake {
-            s.available.notify_one();
+        self.promote();
+        if self.refuses_adds() {
+            return self.refuse();
+        }
+        let hash = self.hash(&key);
+        let added = self.shard(hash).add(hash, &key, self.metrics_now());
+        if added == Added::Queued {
+            self.push(hash, key);
         }
     }
 
@@ -199,16 +314,32 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         if delay.is_zero() {
             return self.add(key);
         }
+        self.promote();
+        if self.refuses_adds() {
+            return self.refuse();
+        }
+        let hash = self.hash(&key);
+        let at = deadline(self.shared.clock.now(), delay);
+        let seq = self.shard(hash).schedule(&key, at, &self.shared.next_seq);
+        if let Some(seq) = seq {
+            self.push_delayed(Delayed { at, seq, hash, key });
+        }
+    }
+
+    fn push_delayed(&self, d: Delayed<K>) {
         let s = &*self.shared;
-        let mut st = s.state.lock();
-        self.promote(&mut st);
-        let at = deadline(s.clock.now(), delay);
-        let added = st.add_at(key, at);
-        let wake = matches!(added, Added::Delayed { earliest: true }) && st.getters > 0;
-        drop(st);
-        if wake {
-            // A parked getter re-arms its timer for the new, earlier deadline.
-            s.available.notify_one();
+        let offset = d.at.saturating_duration_since(s.epoch).as_nanos();
+        let offset = u64::try_from(offset).unwrap_or(NO_DEADLINE - 1);
+        let earliest = {
+            let mut heap = s.delays.lock();
+            heap.push(d);
+            s.next_deadline.fetch_min(offset, Ordering::SeqCst) > offset
+        };
+        if earliest {
+            // A parked getter re-arms its timer for the new, earlier deadline. No FIFO push
+            // precedes this, so order the heap update before the check explicitly.
+            fence(Ordering::SeqCst);
+            self.wake_one_if_parked();
         }
     }
 
@@ -218,41 +349,51 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
     /// a no-op: it takes no token from the limiter and counts no failure. So spurious re-adds of a
     /// failing key never make its backoff grow faster than once per failed attempt.
     pub fn add_rate_limited(&self, key: K) {
+        self.promote();
+        if self.refuses_adds() {
+            return self.refuse();
+        }
         let s = &*self.shared;
-        let mut st = s.state.lock();
-        self.promote(&mut st);
-        if st.refuses_adds() {
-            st.add(key, || s.clock.now());
+        let hash = self.hash(&key);
+        let mut shard = self.shard(hash);
+        if shard.rate_limited_add_coalesces(hash, &key) {
             return;
         }
-        if st.rate_limited_add_coalesces(&key) {
-            return;
-        }
-        st.count_requeue(&key);
+        shard.count_requeue(&key);
         let delay = s.limiter.when(&key);
-        drop(st);
-        self.add_after(key, delay);
+        if delay.is_zero() {
+            let added = shard.add(hash, &key, self.metrics_now());
+            drop(shard);
+            if added == Added::Queued {
+                self.push(hash, key);
+            }
+            return;
+        }
+        let at = deadline(s.clock.now(), delay);
+        let seq = shard.schedule(&key, at, &self.shared.next_seq);
+        drop(shard);
+        if let Some(seq) = seq {
+            self.push_delayed(Delayed { at, seq, hash, key });
+        }
     }
 
     /// Clears `key`'s failure history, in the queue and in the rate limiter.
     pub fn forget(&self, key: &K) {
-        self.shared.state.lock().forget(key);
+        self.shard(self.hash(key)).forget(key);
         self.shared.limiter.forget(key);
     }
 
     /// Rate-limited adds of `key` counted since it was last forgotten.
     pub fn num_requeues(&self, key: &K) -> u32 {
-        self.shared.state.lock().num_requeues(key)
+        self.shard(self.hash(key)).num_requeues(key)
     }
 
     /// Keys queued and ready to be handed out (client-go's `Len`). Keys waiting out a delay are
     /// not counted here but in [`waiting_len`](Self::waiting_len); keys being processed in
     /// [`processing_len`](Self::processing_len).
     pub fn len(&self) -> usize {
-        let s = &*self.shared;
-        let mut st = s.state.lock();
-        self.promote(&mut st);
-        st.len()
+        self.promote();
+        self.shared.fifo.len()
     }
 
     /// Whether no key is queued and ready.
@@ -262,43 +403,80 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
 
     /// Keys waiting out a delay or backoff before they are queued.
     pub fn waiting_len(&self) -> usize {
-        let s = &*self.shared;
-        let mut st = s.state.lock();
-        self.promote(&mut st);
-        st.waiting_len()
+        self.promote();
+        self.shared.shards.iter().map(|s| s.lock().waiting_len()).sum()
     }
 
     /// Keys handed out and not yet done.
     pub fn processing_len(&self) -> usize {
-        self.shared.state.lock().processing()
+        self.shared.processing.load(Ordering::SeqCst)
     }
 
     /// Whether [`shutdown`](Self::shutdown) (or a drain) has begun.
     pub fn is_shutting_down(&self) -> bool {
-        let st = self.shared.state.lock();
-        st.shutting_down || st.draining_queued
+        self.refuses_adds()
     }
 
-    /// Queues every delayed key whose deadline has passed. Called first by every operation, so
-    /// the FIFO order reflects deadlines however rarely the queue is touched; costs one branch
-    /// while no key waits. After shutdown or during a drain, waiting keys stay waiting.
-    fn promote(&self, st: &mut State<K>) -> usize {
-        if st.next_deadline().is_none() || st.draining_queued || st.shutting_down {
-            return 0;
+    /// Queues every delayed key whose deadline has passed, in deadline order. Called first by
+    /// every operation, so the FIFO order follows deadlines however rarely the queue is touched;
+    /// one atomic load while no delayed add is pending. After shutdown or during a drain, waiting
+    /// keys stay waiting.
+    fn promote(&self) {
+        let s = &*self.shared;
+        let next = s.next_deadline.load(Ordering::Acquire);
+        if next == NO_DEADLINE || s.state.load(Ordering::Relaxed) != RUNNING {
+            return;
         }
-        st.promote(self.shared.clock.now())
+        let now = s.clock.now();
+        if now.saturating_duration_since(s.epoch).as_nanos() < u128::from(next) {
+            return;
+        }
+        let due: Vec<Delayed<K>> = {
+            let mut heap = s.delays.lock();
+            let mut due = Vec::new();
+            while heap.peek().is_some_and(|top| top.at <= now) {
+                due.extend(heap.pop());
+            }
+            let next = heap.peek().map_or(NO_DEADLINE, |top| {
+                let offset = top.at.saturating_duration_since(s.epoch).as_nanos();
+                u64::try_from(offset).unwrap_or(NO_DEADLINE - 1)
+            });
+            s.next_deadline.store(next, Ordering::Release);
+            due
+        };
+        let metrics_now = s.metrics_on.then_some(now);
+        for d in due {
+            let mut shard = self.shard(d.hash);
+            if shard.take_due(&d.key, d.seq) && shard.add(d.hash, &d.key, metrics_now) == Added::Queued
+            {
+                drop(shard);
+                self.push(d.hash, d.key);
+            }
+        }
     }
 
-    fn take(&self, st: &mut State<K>) -> Option<K> {
-        self.promote(st);
-        st.pop(|| self.shared.clock.now())
+    /// Takes the first queued key and marks it in process; with its requeue count.
+    fn take(&self) -> Option<(K, u32)> {
+        let s = &*self.shared;
+        self.promote();
+        if s.state.load(Ordering::SeqCst) == SHUT_DOWN {
+            return None;
+        }
+        // Counted before the pop, so a drain never sees an empty FIFO and nothing in process
+        // while a key is between the two.
+        s.processing.fetch_add(1, Ordering::SeqCst);
+        let Some((hash, key)) = s.fifo.pop() else {
+            self.finish_one();
+            return None;
+        };
+        let requeues = self.shard(hash).start(hash, &key, self.metrics_now());
+        Some((key, requeues))
     }
 
     /// Hands out the first queued key without waiting; `None` when none is ready or after
     /// shutdown. The caller must call [`done`](Self::done) with it.
     pub fn try_get(&self) -> Option<K> {
-        let mut st = self.shared.state.lock();
-        self.take(&mut st)
+        self.take().map(|(key, _)| key)
     }
 
     /// Waits for a key and hands it out; `None` once the queue is shut down. The caller must call
@@ -310,41 +488,37 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
     /// As [`get`](Self::get), with the key's requeue count read under the same lock.
     pub(crate) async fn get_counted(&self) -> Option<(K, u32)> {
         let s = &*self.shared;
-        let mut parked = Parked {
-            queue: self,
-            parked: false,
-        };
         loop {
+            if let Some(taken) = self.take() {
+                return Some(taken);
+            }
+            if self.finished() {
+                return None;
+            }
             let mut notified = pin!(s.available.notified());
-            let sleep_for = {
-                let mut st = s.state.lock();
-                if parked.parked {
-                    st.getters -= 1;
-                    parked.parked = false;
+            notified.as_mut().enable();
+            let parked = Parked::new(&s.getters);
+            // Pairs with the fence in `wake_one_if_parked`.
+            fence(Ordering::SeqCst);
+            if let Some(taken) = self.take() {
+                drop(parked);
+                // We may have absorbed a wake-up meant for another getter: pass it on.
+                if !s.fifo.is_empty() {
+                    self.wake_one_if_parked();
                 }
-                if let Some(key) = self.take(&mut st) {
-                    let requeues = st.num_requeues(&key);
-                    // Pass the baton: more keys are ready and another getter is parked.
-                    let chain = st.len() > 0 && st.getters > 0;
-                    drop(st);
-                    if chain {
-                        s.available.notify_one();
-                    }
-                    return Some((key, requeues));
-                }
-                if st.shutting_down {
-                    return None;
-                }
-                st.getters += 1;
-                parked.parked = true;
-                notified.as_mut().enable();
-                if st.draining_queued {
-                    None
-                } else {
-                    let now = s.clock.now();
-                    st.next_deadline()
-                        .map(|at| at.saturating_duration_since(now))
-                }
+                return Some(taken);
+            }
+            if self.finished() {
+                return None;
+            }
+            let sleep_for = if s.state.load(Ordering::SeqCst) == RUNNING {
+                let next = s.next_deadline.load(Ordering::Acquire);
+                (next != NO_DEADLINE).then(|| {
+                    let at = s.epoch + Duration::from_nanos(next);
+                    at.saturating_duration_since(s.clock.now())
+                })
+            } else {
+                None
             };
             match sleep_for {
                 Some(d) => {
@@ -355,46 +529,77 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
                 }
                 None => notified.await,
             }
+            drop(parked);
+        }
+    }
+
+    /// Whether getters are done for good: shut down, or draining with nothing left.
+    fn finished(&self) -> bool {
+        let s = &*self.shared;
+        match s.state.load(Ordering::SeqCst) {
+            SHUT_DOWN => true,
+            DRAINING => {
+                if s.fifo.is_empty() && s.processing.load(Ordering::SeqCst) == 0 {
+                    self.finish_drain();
+                    true
+                } else {
+                    false
+                }
+            }
+            _ => false,
         }
     }
 
     /// Marks `key` done. If it was added while it was being processed, it is queued again.
     pub fn done(&self, key: &K) {
-        let s = &*self.shared;
-        let mut st = s.state.lock();
-        self.promote(&mut st);
-        let requeued = st.done(key, || s.clock.now());
-        self.after_done(st, requeued);
+        self.promote();
+        let hash = self.hash(key);
+        let requeued = self.shard(hash).done(hash, key, self.metrics_now());
+        self.after_done(hash, key, requeued);
     }
 
-    fn after_done(&self, mut st: parking_lot::MutexGuard<'_, State<K>>, requeued: bool) {
+    fn after_done(&self, hash: u64, key: &K, requeued: Option<bool>) {
+        match requeued {
+            None => {}
+            Some(true) => {
+                self.push(hash, key.clone());
+                self.finish_one();
+            }
+            Some(false) => self.finish_one(),
+        }
+    }
+
+    /// One key less in process; the last one out completes a shutdown or drain.
+    fn finish_one(&self) {
         let s = &*self.shared;
-        let wake_one = requeued && st.getters > 0;
-        let mut wake_all = false;
-        if st.processing() == 0 {
-            if st.draining_queued && st.len() == 0 {
-                st.shutting_down = true;
-                wake_all = true;
-            }
-            if st.shutting_down {
-                wake_all = true;
-            }
+        if s.processing.fetch_sub(1, Ordering::SeqCst) != 1 {
+            return;
         }
-        drop(st);
-        if wake_all {
-            s.available.notify_waiters();
-            s.drained.notify_waiters();
-        } else if wake_one {
-            s.available.notify_one();
+        match s.state.load(Ordering::SeqCst) {
+            SHUT_DOWN => s.drained.notify_waiters(),
+            DRAINING if s.fifo.is_empty() => self.finish_drain(),
+            _ => {}
         }
+    }
+
+    fn finish_drain(&self) {
+        let s = &*self.shared;
+        let _ = s
+            .state
+            .compare_exchange(DRAINING, SHUT_DOWN, Ordering::SeqCst, Ordering::SeqCst);
+        s.available.notify_waiters();
+        s.drained.notify_waiters();
     }
 
     /// Stops handing out work: getters return `None` at once, later adds are ignored and counted.
     /// Keys still queued or waiting stay unprocessed (see [`len`](Self::len) and
     /// [`waiting_len`](Self::waiting_len)). Idempotent.
     pub fn shutdown(&self) {
-        self.shared.state.lock().shutting_down = true;
+        self.shared.state.store(SHUT_DOWN, Ordering::SeqCst);
         self.shared.available.notify_waiters();
+        if self.shared.processing.load(Ordering::SeqCst) == 0 {
+            self.shared.drained.notify_waiters();
+        }
     }
 
     /// [`shutdown`](Self::shutdown), then waits until every key being processed is done.
@@ -410,12 +615,11 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
     /// queue is shut down. Keys waiting out a delay are not waited for and stay unprocessed.
     pub async fn shutdown_with_drain_queued(&self) {
         let s = &*self.shared;
-        {
-            let mut st = s.state.lock();
-            st.draining_queued = true;
-            if st.len() == 0 && st.processing() == 0 {
-                st.shutting_down = true;
-            }
+        let _ = s
+            .state
+            .compare_exchange(RUNNING, DRAINING, Ordering::SeqCst, Ordering::SeqCst);
+        if s.fifo.is_empty() && s.processing.load(Ordering::SeqCst) == 0 {
+            self.finish_drain();
         }
         s.available.notify_waiters();
         self.wait_drained().await;
@@ -426,11 +630,10 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         loop {
             let mut notified = pin!(s.drained.notified());
             notified.as_mut().enable();
+            if s.state.load(Ordering::SeqCst) == SHUT_DOWN
+                && s.processing.load(Ordering::SeqCst) == 0
             {
-                let st = s.state.lock();
-                if st.shutting_down && st.processing() == 0 {
-                    return;
-                }
+                return;
             }
             notified.await;
         }
@@ -438,11 +641,35 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
 
     /// A snapshot of the queue's metrics.
     pub fn metrics(&self) -> QueueMetrics {
+        self.promote();
         let s = &*self.shared;
         let now = s.clock.now();
-        let mut st = s.state.lock();
-        self.promote(&mut st);
-        st.metrics(&s.name, now)
+        let mut m = QueueMetrics {
+            name: s.name.clone(),
+            depth: s.fifo.len() as u64,
+            processing: s.processing.load(Ordering::SeqCst) as u64,
+            dropped_adds_total: s.dropped_adds_total.load(Ordering::Relaxed),
+            exhausted_total: s.exhausted_total.load(Ordering::Relaxed),
+            ..QueueMetrics::default()
+        };
+        let (mut queue_duration, mut work_duration) = (Histogram::default(), Histogram::default());
+        for shard in s.shards.iter() {
+            let shard = shard.lock();
+            m.waiting += shard.waiting_len() as u64;
+            m.adds_total += shard.adds_total;
+            m.retries_total += shard.retries_total;
+            queue_duration.merge(&shard.queue_duration);
+            work_duration.merge(&shard.work_duration);
+            if s.metrics_on {
+                let (sum, longest) = shard.in_process_seconds(now);
+                m.unfinished_work_seconds += sum;
+                m.longest_running_processor_seconds =
+                    m.longest_running_processor_seconds.max(longest);
+            }
+        }
+        m.queue_duration = queue_duration;
+        m.work_duration = work_duration;
+        m
     }
 
     /// Engine path for a failed attempt: counts the failure and re-queues `key` after the limiter's
@@ -450,40 +677,45 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
     /// Unlike [`add_rate_limited`](Self::add_rate_limited) this always counts: it is a failed
     /// attempt, not an add.
     pub(crate) fn fail(&self, key: &K, max_retries: u32) -> Failure {
+        self.promote();
         let s = &*self.shared;
-        let mut st = s.state.lock();
-        self.promote(&mut st);
-        let requeues = st.num_requeues(key);
-        let mut rearm = false;
-        let failure = if st.refuses_adds() {
-            st.forget(key);
+        let hash = self.hash(key);
+        let mut delayed = None;
+        let mut shard = self.shard(hash);
+        let requeues = shard.num_requeues(key);
+        let failure = if self.refuses_adds() {
+            shard.forget(key);
             Failure::Dropped
         } else if requeues < max_retries {
-            st.count_requeue(key);
+            shard.count_requeue(key);
             let delay = s.limiter.when(key).min(MAX_DELAY);
             if delay.is_zero() {
-                // The key is still in process: this marks it dirty, so `done` below re-queues it.
-                st.add(key.clone(), || s.clock.now());
+                // Still in process: dirty, so `done` below queues it again.
+                shard.mark_dirty(hash, key);
             } else {
                 let at = deadline(s.clock.now(), delay);
-                rearm = st.add_at(key.clone(), at) == Added::Delayed { earliest: true };
+                delayed = shard.schedule(key, at, &s.next_seq).map(|seq| Delayed {
+                    at,
+                    seq,
+                    hash,
+                    key: key.clone(),
+                });
             }
             Failure::Requeued {
                 attempt: requeues + 1,
                 delay,
             }
         } else {
-            st.forget(key);
-            st.exhausted_total += 1;
+            shard.forget(key);
+            s.exhausted_total.fetch_add(1, Ordering::Relaxed);
             Failure::Exhausted { requeues }
         };
-        let requeued = st.done(key, || s.clock.now());
-        let rearm = rearm && st.getters > 0;
-        self.after_done(st, requeued);
-        if rearm {
-            // A new earliest deadline: a parked getter re-arms its timer for it.
-            s.available.notify_one();
+        let requeued = shard.done(hash, key, self.metrics_now());
+        drop(shard);
+        if let Some(d) = delayed {
+            self.push_delayed(d);
         }
+        self.after_done(hash, key, requeued);
         if matches!(failure, Failure::Exhausted { .. } | Failure::Dropped) {
             s.limiter.forget(key);
         }
@@ -491,17 +723,18 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
     }
 
     /// Engine path for a successful attempt: forgets `key`'s history and marks it done, under one
-    /// lock.
+    /// shard lock.
     pub(crate) fn succeed(&self, key: &K) {
-        let s = &*self.shared;
-        let mut st = s.state.lock();
-        self.promote(&mut st);
-        let had_history = st.num_requeues(key) > 0;
-        st.forget(key);
-        let requeued = st.done(key, || s.clock.now());
-        self.after_done(st, requeued);
+        self.promote();
+        let hash = self.hash(key);
+        let (had_history, requeued) = {
+            let mut shard = self.shard(hash);
+            let had_history = shard.forget(key);
+            (had_history, shard.done(hash, key, self.metrics_now()))
+        };
+        self.after_done(hash, key, requeued);
         if had_history {
-            s.limiter.forget(key);
+            self.shared.limiter.forget(key);
         }
     }
 }
@@ -517,22 +750,26 @@ pub(crate) enum Failure {
     Dropped,
 }
 
-fn deadline(now: std::time::Instant, delay: Duration) -> std::time::Instant {
+fn deadline(now: Instant, delay: Duration) -> Instant {
     let delay = delay.min(MAX_DELAY);
     now.checked_add(delay).unwrap_or(now)
 }
 
-/// Decrements the parked-getter count if a `get` is dropped while parked.
-struct Parked<'a, K: Eq + Hash + Clone + Send + Sync + 'static> {
-    queue: &'a Queue<K>,
-    parked: bool,
+/// Counts a parked getter for as long as it lives, so a dropped `get` unparks too.
+struct Parked<'a> {
+    getters: &'a AtomicUsize,
 }
 
-impl<K: Eq + Hash + Clone + Send + Sync + 'static> Drop for Parked<'_, K> {
+impl<'a> Parked<'a> {
+    fn new(getters: &'a AtomicUsize) -> Self {
+        getters.fetch_add(1, Ordering::SeqCst);
+        Self { getters }
+    }
+}
+
+impl Drop for Parked<'_> {
     fn drop(&mut self) {
-        if self.parked {
-            self.queue.shared.state.lock().getters -= 1;
-        }
+        self.getters.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -267,7 +267,7 @@ async fn a_cancelled_get_should_take_no_key() {
     q.add(1);
     assert_eq!(q.try_get(), Some(1));
     assert_eq!(
-        q.shared.state.lock().getters,
+        q.shared.getters.load(std::sync::atomic::Ordering::SeqCst),
         0,
         "the cancelled getter unparked"
     );

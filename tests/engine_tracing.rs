@@ -466,3 +466,30 @@ async fn b3_multi_producer_context_should_be_continued_by_the_item_span() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn noop_tracer_should_leave_the_engine_untraced() {
+    // `global::tracer` with no provider installed is the API's no-op tracer.
+    let engine = Engine::<u8>::builder()
+        .workers(1)
+        .tracer(opentelemetry::global::tracer("traceq"))
+        .build()
+        .unwrap();
+    let handle = engine.handle();
+    for key in 0..3 {
+        handle.add(key);
+    }
+    let traced = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&traced);
+    let run = tokio::spawn(async move {
+        engine
+            .run(move |attempt: Attempt<u8>| {
+                sink.lock().push(attempt.job().is_traced());
+                async { Ok::<(), String>(()) }
+            })
+            .await;
+    });
+    handle.shutdown_with_drain_queued().await;
+    run.await.unwrap();
+    assert_eq!(*traced.lock(), vec![false, false, false]);
+}

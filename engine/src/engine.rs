@@ -15,7 +15,7 @@ use crate::rate_limit::{
     self, ExponentialBackoff, MaxOf, RateLimitError, RateLimiter, TokenBucket,
 };
 use crate::trace::{
-    ItemTraces, JobContext, KeyFormat, TraceConfig, DEFAULT_MAX_SPANS_PER_SEGMENT,
+    span_name, ItemTraces, JobContext, KeyFormat, TraceConfig, DEFAULT_MAX_SPANS_PER_SEGMENT,
     DEFAULT_MAX_TRACE_AGE,
 };
 use attempt::run_attempt;
@@ -346,8 +346,8 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> EngineBuilder<K> {
                 max_age: self.max_trace_age,
                 max_spans: self.max_spans_per_segment,
                 queue_name: Arc::<str>::from(self.name.as_str()).into(),
-                item_span_name: format!("item {}", self.name).into(),
-                attempt_span_name: format!("process {}", self.name).into(),
+                item_span_name: span_name(format!("item {}", self.name)),
+                attempt_span_name: span_name(format!("process {}", self.name)),
             };
             Arc::new(ItemTraces::new(cfg, choice.key_format, self.job_id_of))
         });
@@ -470,12 +470,18 @@ where
                 let result = run_attempt(&*handler, attempt, inner.attempt_timeout).await;
                 settle(&inner, &key, result)
             }
-            Some(traces) => {
-                let (item, job) = traces.begin(&key, number);
-                let attempt = Attempt::new(key.clone(), number, job);
-                let result = run_attempt(&*handler, attempt, inner.attempt_timeout).await;
-                traces.settle(&key, &item, || settle(&inner, &key, result))
-            }
+            Some(traces) => match traces.begin(&key, number) {
+                Some((item, job)) => {
+                    let attempt = Attempt::new(key.clone(), number, job);
+                    let result = run_attempt(&*handler, attempt, inner.attempt_timeout).await;
+                    traces.settle(&key, &item, || settle(&inner, &key, result))
+                }
+                None => {
+                    let attempt = Attempt::new(key.clone(), number, JobContext::default());
+                    let result = run_attempt(&*handler, attempt, inner.attempt_timeout).await;
+                    settle(&inner, &key, result)
+                }
+            },
         };
         if let (Some(hook), Some(started)) = (&inner.on_outcome, started) {
             hook(&Outcome {

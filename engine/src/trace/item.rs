@@ -11,9 +11,9 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Context, KeyValue, StringValue, Value};
 use parking_lot::Mutex;
-use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Engine-wide tracing settings, fixed at build.
@@ -23,8 +23,22 @@ pub(crate) struct TraceConfig {
     pub(crate) max_age: Duration,
     pub(crate) max_spans: u32,
     pub(crate) queue_name: StringValue,
-    pub(crate) item_span_name: Cow<'static, str>,
-    pub(crate) attempt_span_name: Cow<'static, str>,
+    /// Interned (see [`span_name`]): a span name costs no allocation per span.
+    pub(crate) item_span_name: &'static str,
+    pub(crate) attempt_span_name: &'static str,
+}
+
+/// Interns a span name. Names derive from queue names, so the set is small and bounded by the
+/// number of distinct queue names a process uses; each is kept for the process's life.
+pub(crate) fn span_name(name: String) -> &'static str {
+    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut names = NAMES.get_or_init(Mutex::default).lock();
+    if let Some(known) = names.get(name.as_str()) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(name.into_boxed_str());
+    names.insert(leaked);
+    leaked
 }
 
 impl fmt::Debug for TraceConfig {
@@ -88,8 +102,12 @@ fn baggage_attrs(baggage: &Baggage) -> Vec<KeyValue> {
         .collect()
 }
 
+/// Room for the attributes set after a span started (outcome, attempts, segment flags, job id),
+/// so the SDK's attribute vector is not reallocated then.
+const LATE_ATTRIBUTES: usize = 4;
+
 fn item_builder(cfg: &TraceConfig, segment: i64, attrs: &[KeyValue]) -> SpanBuilder {
-    let mut all = Vec::with_capacity(3 + attrs.len());
+    let mut all = Vec::with_capacity(3 + attrs.len() + LATE_ATTRIBUTES);
     all.push(KeyValue::new(attr::MESSAGING_SYSTEM, attr::SYSTEM));
     all.push(KeyValue::new(
         attr::MESSAGING_DESTINATION_NAME,
@@ -97,9 +115,9 @@ fn item_builder(cfg: &TraceConfig, segment: i64, attrs: &[KeyValue]) -> SpanBuil
     ));
     all.push(KeyValue::new(attr::SEGMENT, segment));
     all.extend_from_slice(attrs);
-    SpanBuilder::from_name(cfg.item_span_name.clone())
-        .with_kind(SpanKind::Internal)
-        .with_attributes(all)
+    let mut builder = SpanBuilder::from_name(cfg.item_span_name).with_kind(SpanKind::Internal);
+    builder.attributes = Some(all); // as is: `with_attributes` would not keep the spare room
+    builder
 }
 
 fn attempt_builder(
@@ -109,7 +127,7 @@ fn attempt_builder(
     segment: i64,
     attrs: &[KeyValue],
 ) -> SpanBuilder {
-    let mut all = Vec::with_capacity(7 + attrs.len());
+    let mut all = Vec::with_capacity(7 + attrs.len() + LATE_ATTRIBUTES);
     all.push(KeyValue::new(attr::MESSAGING_SYSTEM, attr::SYSTEM));
     all.push(KeyValue::new(
         attr::MESSAGING_DESTINATION_NAME,
@@ -121,9 +139,9 @@ fn attempt_builder(
     all.push(KeyValue::new(attr::QUEUE_WAIT_MS, wait.as_secs_f64() * 1e3));
     all.push(KeyValue::new(attr::SEGMENT, segment));
     all.extend_from_slice(attrs);
-    SpanBuilder::from_name(cfg.attempt_span_name.clone())
-        .with_kind(SpanKind::Consumer)
-        .with_attributes(all)
+    let mut builder = SpanBuilder::from_name(cfg.attempt_span_name).with_kind(SpanKind::Consumer);
+    builder.attributes = Some(all);
+    builder
 }
 
 fn link_to(span_context: SpanContext, kind: &'static str) -> Link {
@@ -133,17 +151,21 @@ fn link_to(span_context: SpanContext, kind: &'static str) -> Link {
 impl Item {
     /// Starts the key's trace: a new root, or a child of `parent`'s span when it has one. The
     /// parent's baggage is kept; the item key and job id are added to it.
+    ///
+    /// `None` when the tracer gave a root span no valid span context: it is a no-op tracer (the
+    /// API's, or `global::tracer` with no provider installed), and tracing is pointless.
     pub(crate) fn start(
         cfg: &TraceConfig,
         key: String,
         job_id: Option<String>,
         parent: Option<&Context>,
-    ) -> Self {
+    ) -> Option<Self> {
         let now = cfg.clock.now();
         let mut baggage = parent.map_or_else(Baggage::new, |p| copy_baggage(p.baggage()));
-        baggage.insert(attr::ITEM_KEY, key);
+        // Shared strings: every copy onto a span is a reference count, not an allocation.
+        baggage.insert(attr::ITEM_KEY, Arc::<str>::from(key));
         if let Some(id) = job_id {
-            baggage.insert(attr::JOB_ID, id);
+            baggage.insert(attr::JOB_ID, Arc::<str>::from(id));
         }
         let has_job_id = baggage.get(attr::JOB_ID).is_some();
         let attrs = baggage_attrs(&baggage);
@@ -153,11 +175,17 @@ impl Item {
             Some(p) if p.span().span_context().is_valid() => {
                 cfg.tracer.build_with_context(builder, p)
             }
-            _ => cfg.tracer.build_with_context(builder, &base),
+            _ => {
+                let span = cfg.tracer.build_with_context(builder, &base);
+                if !span.span_context().is_valid() {
+                    return None;
+                }
+                span
+            }
         };
         let item_cx = base.with_span(span);
         let first_trace_id = item_cx.span().span_context().trace_id();
-        Self {
+        Some(Self {
             state: Mutex::new(State {
                 base,
                 attrs,
@@ -172,7 +200,7 @@ impl Item {
                 has_job_id,
                 ended: false,
             }),
-        }
+        })
     }
 
     /// Records an add that found the key already known (queued, waiting or in process).
@@ -205,12 +233,14 @@ impl Item {
         st.attempt = Some(Running { cx, number });
     }
 
-    /// Takes the running attempt's span before its key is settled in the queue, so a worker that
-    /// picks the re-queued key up at once cannot mix the two attempts up. The key counts as
-    /// queued from now on.
-    pub(crate) fn take_running(&self, cfg: &TraceConfig) -> AttemptEnd {
+    /// Takes the running attempt's span once its key is settled in the queue; for a re-queued
+    /// key, it counts as queued from now on. Called under the trace table's lock, so a worker
+    /// that picks the re-queued key up at once cannot mix the two attempts up.
+    pub(crate) fn take_running(&self, cfg: &TraceConfig, requeued: bool) -> AttemptEnd {
         let mut st = self.state.lock();
-        st.queued_at = cfg.clock.now();
+        if requeued {
+            st.queued_at = cfg.clock.now();
+        }
         st.attempt.take()
     }
 
@@ -305,14 +335,14 @@ impl State {
     fn cut(&mut self, cfg: &TraceConfig, now: Instant) {
         if !self.has_job_id {
             // The segments of a split job must share an id: the first segment's trace id.
-            let id = self.first_trace_id.to_string();
+            let id: Arc<str> = self.first_trace_id.to_string().into();
             let mut baggage = copy_baggage(self.base.baggage());
-            baggage.insert(attr::JOB_ID, id.clone());
+            baggage.insert(attr::JOB_ID, Arc::clone(&id));
             self.attrs = baggage_attrs(&baggage);
             self.base = Context::new().with_baggage(baggage);
             self.item_cx
                 .span()
-                .set_attribute(KeyValue::new(attr::JOB_ID, id.clone()));
+                .set_attribute(KeyValue::new(attr::JOB_ID, Arc::clone(&id)));
             if let Some(running) = &self.attempt {
                 running
                     .cx
@@ -377,8 +407,10 @@ impl State {
         }
         self.ended = true;
         let span = self.item_cx.span();
-        span.set_attribute(KeyValue::new(attr::ATTEMPTS_TOTAL, self.attempts_total));
-        span.set_attribute(KeyValue::new(attr::OUTCOME, outcome));
+        span.set_attributes([
+            KeyValue::new(attr::ATTEMPTS_TOTAL, self.attempts_total),
+            KeyValue::new(attr::OUTCOME, outcome),
+        ]);
         if let Some(reason) = reason {
             span.add_event(
                 attr::EVENT_FORGET,

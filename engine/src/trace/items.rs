@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Turns a key into the text of its `traceq.item.key` baggage entry and attribute.
@@ -27,6 +28,8 @@ pub(crate) struct ItemTraces<K> {
     key_format: KeyFormat<K>,
     job_id_of: Option<JobIdOf<K>>,
     items: Mutex<HashMap<K, Arc<Item>, RandomState>>,
+    /// Set once the tracer proved a no-op (see [`Item::start`]): from then on no tracing work.
+    noop: AtomicBool,
 }
 
 impl<K> fmt::Debug for ItemTraces<K> {
@@ -49,12 +52,21 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> ItemTraces<K> {
             key_format,
             job_id_of,
             items: Mutex::new(HashMap::default()),
+            noop: AtomicBool::new(false),
         }
     }
 
-    fn start(&self, key: &K, parent: Option<&Context>) -> Item {
+    fn start(&self, key: &K, parent: Option<&Context>) -> Option<Arc<Item>> {
         let job_id = self.job_id_of.as_ref().and_then(|f| f(key));
-        Item::start(&self.cfg, (self.key_format)(key), job_id, parent)
+        let item = Item::start(&self.cfg, (self.key_format)(key), job_id, parent);
+        if item.is_none() {
+            self.noop.store(true, Ordering::Relaxed);
+        }
+        item.map(Arc::new)
+    }
+
+    fn is_noop(&self) -> bool {
+        self.noop.load(Ordering::Relaxed)
     }
 
     /// Runs one add of `key` (`add` performs it on the queue), starting the key's trace if it has
@@ -66,16 +78,18 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> ItemTraces<K> {
         parent: Option<&Context>,
         add: impl FnOnce(&Queue<K>, K),
     ) {
-        if queue.is_shutting_down() {
-            // Refused (and counted) by the queue: no trace for a key that will not run.
+        if self.is_noop() || queue.is_shutting_down() {
+            // No-op tracer; or refused (and counted) by the queue: no trace for a key that
+            // will not run.
             return add(queue, key);
         }
         let mut items = self.items.lock();
         match items.get(&key) {
             Some(item) => item.coalesced(parent),
             None => {
-                let item = Arc::new(self.start(&key, parent));
-                items.insert(key.clone(), item);
+                if let Some(item) = self.start(&key, parent) {
+                    items.insert(key.clone(), item);
+                }
             }
         }
         add(queue, key);
@@ -83,13 +97,17 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> ItemTraces<K> {
 
     /// The key's trace for the attempt a worker is about to run, with the attempt span started.
     /// A key queued behind the engine's back (through `queue()` directly) gets its trace here.
-    pub(crate) fn begin(&self, key: &K, number: u32) -> (Arc<Item>, JobContext) {
+    /// `None` for a no-op tracer: the attempt runs untraced.
+    pub(crate) fn begin(&self, key: &K, number: u32) -> Option<(Arc<Item>, JobContext)> {
+        if self.is_noop() {
+            return None;
+        }
         let item = {
             let mut items = self.items.lock();
             match items.get(key) {
                 Some(item) => Arc::clone(item),
                 None => {
-                    let item = Arc::new(self.start(key, None));
+                    let item = self.start(key, None)?;
                     items.insert(key.clone(), Arc::clone(&item));
                     item
                 }
@@ -97,7 +115,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> ItemTraces<K> {
         };
         item.begin_attempt(&self.cfg, number);
         let job = JobContext::bound(Arc::clone(&self.cfg), Arc::clone(&item));
-        (item, job)
+        Some((item, job))
     }
 
     /// Settles a finished attempt: `settle` runs the queue operation; the entry is removed if the
@@ -108,16 +126,15 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> ItemTraces<K> {
         item: &Arc<Item>,
         settle: impl FnOnce() -> OutcomeKind,
     ) -> OutcomeKind {
-        let running: AttemptEnd = item.take_running(&self.cfg);
-        let kind = {
+        let (kind, running) = {
             let mut items = self.items.lock();
             let kind = settle();
-            if !matches!(kind, OutcomeKind::Requeued { .. })
-                && items.get(key).is_some_and(|i| Arc::ptr_eq(i, item))
-            {
+            let requeued = matches!(kind, OutcomeKind::Requeued { .. });
+            let running: AttemptEnd = item.take_running(&self.cfg, requeued);
+            if !requeued && items.get(key).is_some_and(|i| Arc::ptr_eq(i, item)) {
                 items.remove(key);
             }
-            kind
+            (kind, running)
         };
         item.close(running, &kind);
         kind

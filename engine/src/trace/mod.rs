@@ -17,7 +17,7 @@ mod items;
 pub mod propagation;
 
 pub use item::JobContext;
-pub(crate) use item::TraceConfig;
+pub(crate) use item::{span_name, TraceConfig};
 pub(crate) use items::{ItemTraces, KeyFormat};
 
 /// Default maximum age of one trace segment before a long job continues in a linked trace.

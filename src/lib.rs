@@ -11,3 +11,8 @@
 
 pub use traceq_engine as engine;
 pub use traceq_sampler as sampler;
+
+/// The README's Rust examples, compiled and run as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

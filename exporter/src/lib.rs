@@ -1,0 +1,25 @@
+//! traceq-exporter: spans to and from OTLP-JSON lines files, and a terminal waterfall of traces.
+//!
+//! ```text
+//!  SDK spans ─▶ OtlpJsonFileExporter ─▶ file: one ExportTraceServiceRequest per line (OTLP/JSON)
+//!                                                   │
+//!  any OTLP file exporter's output ─────────────────┤
+//!                                                   ▼
+//!                    read_otlp_json_lines ─▶ SpanRecord ─▶ traces() ─▶ Waterfall::render
+//! ```
+//!
+//! Why OTLP/JSON lines: it is what the OpenTelemetry Collector's `file` exporter writes, so the
+//! files traceq writes can be replayed into a collector, and `traceq show` reads the files a
+//! collector writes. Why a waterfall of our own: a new user should see a kept trace without
+//! running a tracing backend.
+
+mod file;
+mod record;
+mod waterfall;
+
+pub use file::OtlpJsonFileExporter;
+pub use record::{
+    read_otlp_json_lines, records_from_sdk, traces, LineError, LinkRecord, ReadOutcome, SpanRecord,
+    TraceRecord,
+};
+pub use waterfall::{format_duration, Waterfall, DEFAULT_BAR_WIDTH, DEFAULT_NAME_WIDTH};

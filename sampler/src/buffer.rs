@@ -20,9 +20,10 @@ use std::sync::Arc;
 use foldhash::fast::FixedState;
 use opentelemetry::trace::TraceId;
 
-use crate::cache::{fingerprint, BoundedMap};
+use crate::cache::{BoundedMap, DropFilter};
 use crate::decision::KeptDecision;
-use crate::span::{AttrValue, SpanView};
+use crate::metrics::DecisionTally;
+use crate::span::SpanView;
 
 /// A pending trace.
 #[derive(Debug)]
@@ -33,7 +34,6 @@ pub(crate) struct TraceEntry<S> {
     pub(crate) last_seen: u64,
     pub(crate) root_ended: bool,
     pub(crate) bytes: usize,
-    pub(crate) job: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -70,7 +70,7 @@ pub(crate) struct Shard<S> {
     by_age: VecDeque<QueueItem>,
     root_due: VecDeque<QueueItem>,
     pub(crate) kept: BoundedMap<TraceId, Arc<KeptDecision>>,
-    pub(crate) dropped: BoundedMap<u64, ()>,
+    pub(crate) dropped: DropFilter,
     pub(crate) bytes: usize,
     pub(crate) spans: usize,
     next_generation: u64,
@@ -78,6 +78,7 @@ pub(crate) struct Shard<S> {
     /// consecutive traces of one service tend to have one shape (no regrowth, little slack).
     size_hint: usize,
     pub(crate) stats: ShardStats,
+    pub(crate) tally: DecisionTally,
 }
 
 /// Most span slots reserved up front for a new trace.
@@ -90,23 +91,29 @@ pub(crate) fn fold(trace_id: TraceId) -> u64 {
 }
 
 impl<S: SpanView> Shard<S> {
-    pub(crate) fn new(kept_cache: usize, dropped_cache: usize, expected_traces: usize) -> Self {
+    pub(crate) fn new(
+        kept_cache: usize,
+        dropped_cache: usize,
+        expected_traces: usize,
+        policies: usize,
+    ) -> Self {
         Self {
             traces: HashMap::with_capacity_and_hasher(expected_traces, FixedState::default()),
             by_age: VecDeque::new(),
             root_due: VecDeque::new(),
             kept: BoundedMap::new(kept_cache),
-            dropped: BoundedMap::new(dropped_cache),
+            dropped: DropFilter::new(dropped_cache),
             bytes: 0,
             spans: 0,
             next_generation: 0,
             size_hint: 0,
             stats: ShardStats::default(),
+            tally: DecisionTally::new(policies),
         }
     }
 
     /// Buffers `span`; returns the trace's span count.
-    pub(crate) fn add(&mut self, span: S, now: u64, after_root: u64, job_key: &str) -> usize {
+    pub(crate) fn add(&mut self, span: S, now: u64, after_root: u64) -> usize {
         let trace_id = span.trace_id();
         let size = span.size_bytes();
         let is_root = span.is_local_root();
@@ -122,16 +129,8 @@ impl<S: SpanView> Shard<S> {
                 last_seen: now,
                 root_ended: false,
                 bytes: TRACE_OVERHEAD,
-                job: None,
             }
         });
-        if entry.job.is_none() && !job_key.is_empty() {
-            entry.job = match span.attribute(job_key) {
-                Some(AttrValue::Str(s)) => Some(fingerprint(s)),
-                Some(AttrValue::I64(i)) => Some(fingerprint(i.to_string().as_str())),
-                _ => None,
-            };
-        }
         // A new entry's reserved room is charged with its first span (old capacity counts as 0).
         let old_cap = if entry.spans.is_empty() {
             0
@@ -263,15 +262,15 @@ mod tests {
     use opentelemetry_sdk::trace::SpanData;
 
     fn shard() -> Shard<SpanData> {
-        Shard::new(10, 10, 0)
+        Shard::new(10, 10, 0, 1)
     }
 
     #[test]
     fn bytes_should_return_to_zero_when_traces_are_removed() {
         let mut s = shard();
-        s.add(TestSpan::new(1, 2).child_of(1).build(), 0, 10, "");
-        s.add(TestSpan::new(1, 1).build(), 0, 10, "");
-        s.add(TestSpan::new(2, 1).build(), 0, 10, "");
+        s.add(TestSpan::new(1, 2).child_of(1).build(), 0, 10);
+        s.add(TestSpan::new(1, 1).build(), 0, 10);
+        s.add(TestSpan::new(2, 1).build(), 0, 10);
         assert!(s.bytes > 2 * size_of::<SpanData>());
         assert_eq!(s.spans, 3);
         s.remove(TraceId::from(1)).unwrap();
@@ -282,9 +281,9 @@ mod tests {
     #[test]
     fn root_due_should_wait_for_quiet_after_the_root_ended() {
         let mut s = shard();
-        s.add(TestSpan::new(1, 1).build(), 0, 10, "");
+        s.add(TestSpan::new(1, 1).build(), 0, 10);
         assert_eq!(s.pop_due(9, 100, 10), None);
-        s.add(TestSpan::new(1, 2).child_of(1).build(), 5, 10, "");
+        s.add(TestSpan::new(1, 2).child_of(1).build(), 5, 10);
         assert_eq!(s.pop_due(10, 100, 10), None);
         assert_eq!(s.pop_due(15, 100, 10), Some((TraceId::from(1), Due::Root)));
     }
@@ -292,7 +291,7 @@ mod tests {
     #[test]
     fn wait_due_should_fire_from_the_first_span_without_a_root() {
         let mut s = shard();
-        s.add(TestSpan::new(1, 2).child_of(1).build(), 0, 10, "");
+        s.add(TestSpan::new(1, 2).child_of(1).build(), 0, 10);
         assert_eq!(s.pop_due(50, 100, 10), None);
         assert_eq!(s.pop_due(100, 100, 10), Some((TraceId::from(1), Due::Wait)));
     }
@@ -301,25 +300,11 @@ mod tests {
     fn stale_queue_items_should_be_skipped_and_compacted() {
         let mut s = shard();
         for t in 1..=3000u128 {
-            s.add(TestSpan::new(t, 1).build(), 0, 10, "");
+            s.add(TestSpan::new(t, 1).build(), 0, 10);
             s.remove(TraceId::from(t));
         }
         s.compact();
         assert_eq!(s.pop_oldest(), None);
         assert_eq!(s.pop_due(1000, 10, 10), None);
-    }
-
-    #[test]
-    fn job_id_should_be_taken_from_the_first_span_that_has_it() {
-        let mut s = shard();
-        let job = opentelemetry::KeyValue::new("job", "j-1");
-        s.add(TestSpan::new(1, 2).child_of(1).build(), 0, 10, "job");
-        s.add(
-            TestSpan::new(1, 3).child_of(1).attr(job).build(),
-            0,
-            10,
-            "job",
-        );
-        assert_eq!(s.traces[&TraceId::from(1)].job, Some(fingerprint("j-1")));
     }
 }

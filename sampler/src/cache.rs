@@ -3,9 +3,12 @@
 //! Why cache decisions at all: spans keep arriving after their trace was decided (a slow
 //! child, a retry's span). Without a cache such a late span starts a new trace and may be decided
 //! differently, leaving half a trace (contrib#14760). With it, a late span follows its trace's
-//! decision while the trace id is remembered. Both caches are bounded first-in-first-out maps:
-//! the oldest decision is forgotten first, and lookups never allocate. Dropped ids are remembered
-//! by a 64-bit fingerprint (8 bytes instead of 16; a false hit needs a 2^-64 collision).
+//! decision while the trace id is remembered. Kept ids live in a bounded first-in-first-out map
+//! (the oldest decision is forgotten first) with the decision itself, so late spans get the same
+//! annotations. Dropped ids, usually the vast majority, live in a compact filter: a fixed table
+//! of 64-bit fingerprints in two-way buckets, 8 bytes per remembered id, allocated once, no
+//! per-insert allocation; a new id displaces the older of its bucket. A false "dropped" needs
+//! two trace ids with equal 64-bit fingerprints (about 2^-64 per lookup).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash};
@@ -67,6 +70,51 @@ impl<K: Hash + Eq + Copy, V> BoundedMap<K, V> {
     }
 }
 
+/// Remembers up to about `capacity` 64-bit fingerprints (see the module docs).
+#[derive(Debug)]
+pub(crate) struct DropFilter {
+    buckets: Vec<[u64; 2]>,
+}
+
+impl DropFilter {
+    /// A filter for about `capacity` ids (0 disables it).
+    pub(crate) fn new(capacity: usize) -> Self {
+        let buckets = if capacity == 0 {
+            0
+        } else {
+            capacity.div_ceil(2).next_power_of_two()
+        };
+        Self {
+            buckets: vec![[0; 2]; buckets],
+        }
+    }
+
+    fn slot(&self, fp: u64) -> Option<(usize, u64)> {
+        if self.buckets.is_empty() {
+            return None;
+        }
+        // 0 marks an empty slot, so fingerprint 0 is stored as 1.
+        let fp = fp.max(1);
+        let mixed = fp.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        Some(((mixed >> 32) as usize & (self.buckets.len() - 1), fp))
+    }
+
+    pub(crate) fn contains(&self, fp: u64) -> bool {
+        self.slot(fp)
+            .is_some_and(|(i, fp)| self.buckets[i].contains(&fp))
+    }
+
+    pub(crate) fn insert(&mut self, fp: u64) {
+        if let Some((i, fp)) = self.slot(fp) {
+            let b = &mut self.buckets[i];
+            if b[0] != fp {
+                b[1] = b[0];
+                b[0] = fp;
+            }
+        }
+    }
+}
+
 /// A 64-bit fingerprint of a value, stable within the process.
 pub(crate) fn fingerprint<T: Hash + ?Sized>(value: &T) -> u64 {
     FixedState::with_seed(0x7472_6163_6571).hash_one(value)
@@ -95,6 +143,25 @@ mod tests {
         m.insert(1, ());
         assert!(!m.contains(&1));
         assert_eq!(m.len(), 0);
+    }
+
+    #[test]
+    fn drop_filter_should_remember_recent_ids_and_forget_old_ones() {
+        let mut f = DropFilter::new(1024);
+        for id in 0..512u64 {
+            f.insert(fingerprint(&id));
+        }
+        let remembered = (0..512u64).filter(|id| f.contains(fingerprint(id))).count();
+        assert!(remembered > 400, "{remembered}");
+        assert!(!f.contains(fingerprint(&100_000u64)));
+        for id in 1000..100_000u64 {
+            f.insert(fingerprint(&id));
+        }
+        let old = (0..512u64).filter(|id| f.contains(fingerprint(id))).count();
+        assert!(old < 5, "{old}");
+        let mut off = DropFilter::new(0);
+        off.insert(1);
+        assert!(!off.contains(1));
     }
 
     #[test]

@@ -18,38 +18,76 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// Per-policy vote counters (`count_traces_sampled{policy, decision}`).
-#[derive(Debug, Default)]
-pub(crate) struct PolicyCounters {
-    sampled: AtomicU64,
-    not_sampled: AtomicU64,
-    dropped: AtomicU64,
-    credited_traces: AtomicU64,
-    credited_spans: AtomicU64,
+/// Per-policy vote counts (`count_traces_sampled{policy, decision}`), kept per shard under the
+/// shard's lock, so deciding touches no shared cache line.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct PolicyTally {
+    pub(crate) sampled: u64,
+    pub(crate) not_sampled: u64,
+    pub(crate) dropped: u64,
+    pub(crate) credited_traces: u64,
+    pub(crate) credited_spans: u64,
 }
 
-impl PolicyCounters {
-    pub(crate) fn record_sampled(&self) {
-        self.sampled.fetch_add(1, Relaxed);
+impl PolicyTally {
+    pub(crate) fn add_to(&self, m: &mut PolicyMetrics) {
+        m.traces_sampled += self.sampled;
+        m.traces_not_sampled += self.not_sampled;
+        m.traces_dropped += self.dropped;
+        m.traces_kept += self.credited_traces;
+        m.spans_kept += self.credited_spans;
     }
-    pub(crate) fn record_not_sampled(&self) {
-        self.not_sampled.fetch_add(1, Relaxed);
+}
+
+/// Decision counts of one shard.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct DecisionTally {
+    pub(crate) traces_sampled: u64,
+    pub(crate) traces_not_sampled: u64,
+    pub(crate) spans_sampled: u64,
+    pub(crate) spans_not_sampled: u64,
+    pub(crate) by_trigger: [u64; 5],
+    pub(crate) early_sampled: u64,
+    pub(crate) job_linked: u64,
+    pub(crate) latency_count: u64,
+    pub(crate) latency_sum_nanos: u64,
+    pub(crate) latency_max_nanos: u64,
+    pub(crate) policies: Vec<PolicyTally>,
+}
+
+impl DecisionTally {
+    pub(crate) fn new(policies: usize) -> Self {
+        Self {
+            policies: vec![PolicyTally::default(); policies],
+            ..Self::default()
+        }
     }
-    pub(crate) fn record_dropped(&self) {
-        self.dropped.fetch_add(1, Relaxed);
+
+    pub(crate) fn record_latency(&mut self, nanos: u64) {
+        self.latency_count += 1;
+        self.latency_sum_nanos = self.latency_sum_nanos.saturating_add(nanos);
+        self.latency_max_nanos = self.latency_max_nanos.max(nanos);
     }
-    pub(crate) fn record_credited(&self, spans: usize) {
-        self.credited_traces.fetch_add(1, Relaxed);
-        self.credited_spans.fetch_add(spans as u64, Relaxed);
-    }
-    pub(crate) fn snapshot(&self, name: &str) -> PolicyMetrics {
-        PolicyMetrics {
-            policy: name.to_owned(),
-            traces_sampled: self.sampled.load(Relaxed),
-            traces_not_sampled: self.not_sampled.load(Relaxed),
-            traces_dropped: self.dropped.load(Relaxed),
-            traces_kept: self.credited_traces.load(Relaxed),
-            spans_kept: self.credited_spans.load(Relaxed),
+
+    pub(crate) fn add_to(&self, m: &mut SamplerMetrics) {
+        m.global_count_traces_sampled += self.traces_sampled;
+        m.global_count_traces_not_sampled += self.traces_not_sampled;
+        m.count_spans_sampled += self.spans_sampled;
+        m.count_spans_not_sampled += self.spans_not_sampled;
+        m.traces_decided_after_root += self.by_trigger[Trigger::Root as usize];
+        m.traces_decided_on_wait += self.by_trigger[Trigger::Wait as usize];
+        m.traces_decided_on_max_spans += self.by_trigger[Trigger::MaxSpans as usize];
+        m.traces_decided_early += self.by_trigger[Trigger::Pressure as usize];
+        m.traces_decided_on_flush += self.by_trigger[Trigger::Flush as usize];
+        m.early_traces_sampled += self.early_sampled;
+        m.traces_kept_by_job_linkage += self.job_linked;
+        m.decision_latency_count += self.latency_count;
+        m.decision_latency_sum_nanos = m
+            .decision_latency_sum_nanos
+            .saturating_add(self.latency_sum_nanos);
+        m.decision_latency_max_nanos = m.decision_latency_max_nanos.max(self.latency_max_nanos);
+        for (t, pm) in self.policies.iter().zip(m.policies.iter_mut()) {
+            t.add_to(pm);
         }
     }
 }
@@ -64,33 +102,15 @@ pub(crate) enum Trigger {
     Flush = 4,
 }
 
-/// Sampler-wide counters (per-shard ones live in the shards).
+/// Sampler-wide counters of rare events (per-span and per-decision ones live in the shards).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) traces_sampled: AtomicU64,
-    pub(crate) traces_not_sampled: AtomicU64,
-    pub(crate) spans_sampled: AtomicU64,
-    pub(crate) spans_not_sampled: AtomicU64,
-    pub(crate) by_trigger: [AtomicU64; 5],
-    pub(crate) early_sampled: AtomicU64,
-    pub(crate) job_linked: AtomicU64,
-    pub(crate) latency_count: AtomicU64,
-    pub(crate) latency_sum_nanos: AtomicU64,
-    pub(crate) latency_max_nanos: AtomicU64,
     pub(crate) traces_dropped_on_shutdown: AtomicU64,
     pub(crate) spans_dropped_on_shutdown: AtomicU64,
     pub(crate) spans_dropped_queue_full: AtomicU64,
     pub(crate) spans_dropped_after_shutdown: AtomicU64,
     pub(crate) spans_exported: AtomicU64,
     pub(crate) export_failures: AtomicU64,
-}
-
-impl Counters {
-    pub(crate) fn record_latency(&self, nanos: u64) {
-        self.latency_count.fetch_add(1, Relaxed);
-        self.latency_sum_nanos.fetch_add(nanos, Relaxed);
-        self.latency_max_nanos.fetch_max(nanos, Relaxed);
-    }
 }
 
 /// One policy's counters.
@@ -109,6 +129,19 @@ pub struct PolicyMetrics {
     pub traces_kept: u64,
     /// Spans in the traces credited to this policy (`count_spans_sampled`).
     pub spans_kept: u64,
+}
+
+impl PolicyMetrics {
+    pub(crate) fn named(policy: &str) -> Self {
+        Self {
+            policy: policy.to_owned(),
+            traces_sampled: 0,
+            traces_not_sampled: 0,
+            traces_dropped: 0,
+            traces_kept: 0,
+            spans_kept: 0,
+        }
+    }
 }
 
 /// A consistent-enough snapshot of every counter (each field read once, without a global lock).
@@ -176,20 +209,6 @@ pub struct SamplerMetrics {
 impl SamplerMetrics {
     pub(crate) fn fill_from(&mut self, c: &Counters) {
         let l = |a: &AtomicU64| a.load(Relaxed);
-        self.global_count_traces_sampled = l(&c.traces_sampled);
-        self.global_count_traces_not_sampled = l(&c.traces_not_sampled);
-        self.count_spans_sampled = l(&c.spans_sampled);
-        self.count_spans_not_sampled = l(&c.spans_not_sampled);
-        self.traces_decided_after_root = l(&c.by_trigger[Trigger::Root as usize]);
-        self.traces_decided_on_wait = l(&c.by_trigger[Trigger::Wait as usize]);
-        self.traces_decided_on_max_spans = l(&c.by_trigger[Trigger::MaxSpans as usize]);
-        self.traces_decided_early = l(&c.by_trigger[Trigger::Pressure as usize]);
-        self.traces_decided_on_flush = l(&c.by_trigger[Trigger::Flush as usize]);
-        self.early_traces_sampled = l(&c.early_sampled);
-        self.traces_kept_by_job_linkage = l(&c.job_linked);
-        self.decision_latency_count = l(&c.latency_count);
-        self.decision_latency_sum_nanos = l(&c.latency_sum_nanos);
-        self.decision_latency_max_nanos = l(&c.latency_max_nanos);
         self.traces_dropped_on_shutdown = l(&c.traces_dropped_on_shutdown);
         self.spans_dropped_on_shutdown = l(&c.spans_dropped_on_shutdown);
         self.spans_dropped_queue_full = l(&c.spans_dropped_queue_full);

@@ -13,6 +13,7 @@
 
 use std::fmt;
 use std::hash::BuildHasher;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -21,14 +22,14 @@ use opentelemetry::trace::TraceId;
 use parking_lot::Mutex;
 
 use crate::buffer::{fold, Due, Shard};
-use crate::cache::BoundedMap;
+use crate::cache::{fingerprint, BoundedMap};
 use crate::clock::{nanos, Clock, SystemClock};
 use crate::config::SamplerConfig;
 use crate::decision::{KeptDecision, JOB_LINKAGE_POLICY};
 use crate::error::ConfigError;
-use crate::metrics::{Counters, PolicyCounters, SamplerMetrics, Trigger};
+use crate::metrics::{Counters, PolicyMetrics, SamplerMetrics, Trigger};
 use crate::policy::{EvalContext, Outcome, PolicySet};
-use crate::span::{SpanView, StatusKind};
+use crate::span::{AttrValue, SpanView, StatusKind};
 
 /// Smallest share of `num_traces` a shard gets; fewer shards are used for tiny buffers.
 const MIN_TRACES_PER_SHARD: usize = 16;
@@ -57,7 +58,6 @@ pub struct TailSampler<S> {
     shard_mask: usize,
     hasher: FixedState,
     policies: PolicySet,
-    policy_counters: Box<[PolicyCounters]>,
     counters: Counters,
     clock: Arc<dyn Clock>,
     decision_wait: u64,
@@ -67,6 +67,8 @@ pub struct TailSampler<S> {
     shard_bytes: usize,
     job_key: String,
     jobs: Mutex<BoundedMap<u64, ()>>,
+    /// True once any job was kept for an error: until then no trace needs its job id looked up.
+    any_job: AtomicBool,
     job_decision: Arc<KeptDecision>,
     drop_pending_on_shutdown: bool,
 }
@@ -126,18 +128,15 @@ impl<S: SpanView> TailSampler<S> {
                     per(config.decision_cache.sampled_cache_size),
                     per(config.decision_cache.non_sampled_cache_size),
                     expected,
+                    policies.len(),
                 ))
             })
-            .collect();
-        let policy_counters = (0..policies.len())
-            .map(|_| PolicyCounters::default())
             .collect();
         Ok(Self {
             shards: shard_list,
             shard_mask: shards - 1,
             hasher: FixedState::with_seed(0x5eed),
             policies,
-            policy_counters,
             counters: Counters::default(),
             clock,
             decision_wait: nanos(config.decision_wait),
@@ -147,6 +146,7 @@ impl<S: SpanView> TailSampler<S> {
             shard_bytes: (config.max_buffer_bytes / shards).max(1),
             job_key: config.job_id_key.clone(),
             jobs: Mutex::new(BoundedMap::new(config.job_cache_size)),
+            any_job: AtomicBool::new(false),
             job_decision: Arc::new(KeptDecision::new(Arc::from(JOB_LINKAGE_POLICY), 1.0)),
             drop_pending_on_shutdown: config.drop_pending_traces_on_shutdown,
         })
@@ -173,11 +173,11 @@ impl<S: SpanView> TailSampler<S> {
             kept.push(span);
             return;
         }
-        if shard.dropped.contains(&fold(trace_id)) {
+        if shard.dropped.contains(fold(trace_id)) {
             shard.stats.late_not_sampled += 1;
             return;
         }
-        let len = shard.add(span, now, self.after_root, &self.job_key);
+        let len = shard.add(span, now, self.after_root);
         if len >= self.max_spans {
             self.decide(&mut shard, trace_id, Trigger::MaxSpans, now, kept);
         }
@@ -263,6 +263,20 @@ impl<S: SpanView> TailSampler<S> {
         dropped
     }
 
+    /// The job id of a trace: the first span carrying the job attribute decides.
+    fn job_of(&self, spans: &[S]) -> Option<u64> {
+        if self.job_key.is_empty() {
+            return None;
+        }
+        spans
+            .iter()
+            .find_map(|s| match s.attribute(&self.job_key)? {
+                AttrValue::Str(v) => Some(fingerprint(v)),
+                AttrValue::I64(i) => Some(fingerprint(i.to_string().as_str())),
+                _ => None,
+            })
+    }
+
     fn decide(
         &self,
         shard: &mut Shard<S>,
@@ -281,8 +295,11 @@ impl<S: SpanView> TailSampler<S> {
         };
         let outcome = self
             .policies
-            .evaluate(&entry.spans, &cx, &self.policy_counters);
+            .evaluate(&entry.spans, &cx, &mut shard.tally.policies);
+        let tally = &mut shard.tally;
         let mut credited = None;
+        // Job ids are only looked up when they can matter: a kept error trace records its job,
+        // and a trace no policy kept is kept if its job was.
         let decision = match outcome {
             Outcome::Keep { index, probability } => {
                 credited = Some(index);
@@ -292,32 +309,34 @@ impl<S: SpanView> TailSampler<S> {
                 )))
             }
             Outcome::Dropped { .. } => None,
-            Outcome::NotSampled => match entry.job {
+            Outcome::NotSampled if self.any_job.load(Relaxed) => match self.job_of(&entry.spans) {
                 Some(job) if self.jobs.lock().contains(&job) => {
-                    self.counters.job_linked.fetch_add(1, Relaxed);
+                    tally.job_linked += 1;
                     Some(self.job_decision.clone())
                 }
                 _ => None,
             },
+            Outcome::NotSampled => None,
         };
-        if let (Some(job), Some(_)) = (entry.job, &decision) {
-            if entry.spans.iter().any(|s| s.status() == StatusKind::Error) {
+        if decision.is_some() && entry.spans.iter().any(|s| s.status() == StatusKind::Error) {
+            if let Some(job) = self.job_of(&entry.spans) {
                 self.jobs.lock().insert(job, ());
+                self.any_job.store(true, Relaxed);
             }
         }
-        let c = &self.counters;
-        c.by_trigger[trigger as usize].fetch_add(1, Relaxed);
-        c.record_latency(now.saturating_sub(entry.first_seen));
+        tally.by_trigger[trigger as usize] += 1;
+        tally.record_latency(now.saturating_sub(entry.first_seen));
         let spans = entry.spans.len() as u64;
         match decision {
             Some(decision) => {
-                c.traces_sampled.fetch_add(1, Relaxed);
-                c.spans_sampled.fetch_add(spans, Relaxed);
+                tally.traces_sampled += 1;
+                tally.spans_sampled += spans;
                 if trigger == Trigger::Pressure {
-                    c.early_sampled.fetch_add(1, Relaxed);
+                    tally.early_sampled += 1;
                 }
                 if let Some(index) = credited {
-                    self.policy_counters[index].record_credited(entry.spans.len());
+                    tally.policies[index].credited_traces += 1;
+                    tally.policies[index].credited_spans += spans;
                 }
                 for span in &mut entry.spans {
                     span.annotate(&decision);
@@ -326,9 +345,9 @@ impl<S: SpanView> TailSampler<S> {
                 kept.append(&mut entry.spans);
             }
             None => {
-                c.traces_not_sampled.fetch_add(1, Relaxed);
-                c.spans_not_sampled.fetch_add(spans, Relaxed);
-                shard.dropped.insert(fold(trace_id), ());
+                tally.traces_not_sampled += 1;
+                tally.spans_not_sampled += spans;
+                shard.dropped.insert(fold(trace_id));
             }
         }
     }
@@ -336,9 +355,15 @@ impl<S: SpanView> TailSampler<S> {
     /// A snapshot of every counter.
     #[must_use]
     pub fn metrics(&self) -> SamplerMetrics {
-        let mut m = SamplerMetrics::default();
+        let mut m = SamplerMetrics {
+            policies: (0..self.policies.len())
+                .map(|i| PolicyMetrics::named(self.policies.name(i)))
+                .collect(),
+            ..SamplerMetrics::default()
+        };
         for shard in self.shards.iter() {
             let s = shard.lock();
+            s.tally.add_to(&mut m);
             m.new_trace_id_received += s.stats.traces_received;
             m.spans_received += s.stats.spans_received;
             m.late_spans_sampled += s.stats.late_sampled;
@@ -348,9 +373,6 @@ impl<S: SpanView> TailSampler<S> {
             m.bytes_buffered += s.bytes as u64;
         }
         m.fill_from(&self.counters);
-        m.policies = (0..self.policies.len())
-            .map(|i| self.policy_counters[i].snapshot(self.policies.name(i)))
-            .collect();
         m
     }
 

@@ -21,7 +21,7 @@ use super::rate::{BytesLimitingPolicy, RateLimitingPolicy};
 use super::span_count::SpanCountPolicy;
 use super::status::StatusCodePolicy;
 use crate::error::ConfigError;
-use crate::metrics::PolicyCounters;
+use crate::metrics::PolicyTally;
 use crate::span::SpanView;
 
 /// Deepest nesting of `and` / `not` / `drop` accepted, so a hostile file cannot blow the stack.
@@ -259,20 +259,20 @@ impl PolicySet {
         &self,
         spans: &[S],
         cx: &EvalContext,
-        counters: &[PolicyCounters],
+        counters: &mut [PolicyTally],
     ) -> Outcome {
         for (i, p) in self.policies.iter().enumerate().filter(|(_, p)| p.drop) {
             if p.rule.evaluate(spans, cx).is_some() {
-                counters[i].record_dropped();
+                counters[i].dropped += 1;
                 return Outcome::Dropped { index: i };
             }
-            counters[i].record_not_sampled();
+            counters[i].not_sampled += 1;
         }
         let mut best: Option<(usize, f64)> = None;
         for (i, p) in self.policies.iter().enumerate().filter(|(_, p)| !p.drop) {
             match p.rule.evaluate(spans, cx) {
                 Some(prob) => {
-                    counters[i].record_sampled();
+                    counters[i].sampled += 1;
                     if best.is_none_or(|(_, b)| prob > b) {
                         best = Some((i, prob));
                     }
@@ -280,7 +280,7 @@ impl PolicySet {
                         break;
                     }
                 }
-                None => counters[i].record_not_sampled(),
+                None => counters[i].not_sampled += 1,
             }
         }
         match best {
@@ -296,8 +296,8 @@ mod tests {
     use crate::testing::TestSpan;
     use opentelemetry::KeyValue;
 
-    fn counters(n: usize) -> Vec<PolicyCounters> {
-        (0..n).map(|_| PolicyCounters::default()).collect()
+    fn counters(n: usize) -> Vec<PolicyTally> {
+        vec![PolicyTally::default(); n]
     }
 
     fn cx(trace: u128) -> EvalContext {
@@ -322,7 +322,7 @@ mod tests {
             false,
         )
         .unwrap();
-        let c = counters(2);
+        let mut c = counters(2);
         let health = [TestSpan::new(1, 1)
             .attr(KeyValue::new("route", "/health"))
             .build()];
@@ -330,17 +330,17 @@ mod tests {
             .attr(KeyValue::new("route", "/orders"))
             .build()];
         assert_eq!(
-            set.evaluate(&health, &cx(1), &c),
+            set.evaluate(&health, &cx(1), &mut c),
             Outcome::Dropped { index: 1 }
         );
         assert_eq!(
-            set.evaluate(&other, &cx(1), &c),
+            set.evaluate(&other, &cx(1), &mut c),
             Outcome::Keep {
                 index: 0,
                 probability: 1.0
             }
         );
-        assert_eq!(c[1].snapshot("x").traces_dropped, 1);
+        assert_eq!(c[1].dropped, 1);
     }
 
     #[test]
@@ -350,17 +350,17 @@ mod tests {
             false,
         )
         .unwrap();
-        let c = counters(1);
+        let mut c = counters(1);
         let bad = [TestSpan::new(1, 1).error().build()];
         let good = [TestSpan::new(1, 1).build()];
         assert_eq!(
-            set.evaluate(&bad, &cx(1), &c),
+            set.evaluate(&bad, &cx(1), &mut c),
             Outcome::Keep {
                 index: 0,
                 probability: 1.0
             }
         );
-        assert_eq!(set.evaluate(&good, &cx(1), &c), Outcome::NotSampled);
+        assert_eq!(set.evaluate(&good, &cx(1), &mut c), Outcome::NotSampled);
     }
 
     #[test]
@@ -370,13 +370,13 @@ mod tests {
             false,
         )
         .unwrap();
-        let c = counters(1);
+        let mut c = counters(1);
         assert_eq!(
-            set.evaluate(&[TestSpan::new(1, 1).error().build()], &cx(1), &c),
+            set.evaluate(&[TestSpan::new(1, 1).error().build()], &cx(1), &mut c),
             Outcome::NotSampled
         );
         assert!(matches!(
-            set.evaluate(&[TestSpan::new(1, 1).build()], &cx(1), &c),
+            set.evaluate(&[TestSpan::new(1, 1).build()], &cx(1), &mut c),
             Outcome::Keep { .. }
         ));
     }
@@ -392,7 +392,7 @@ mod tests {
             false,
         )
         .unwrap();
-        let keep = set.evaluate(&[TestSpan::new(1, 1).build()], &cx(1), &counters(3));
+        let keep = set.evaluate(&[TestSpan::new(1, 1).build()], &cx(1), &mut counters(3));
         assert_eq!(
             keep,
             Outcome::Keep {

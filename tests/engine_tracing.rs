@@ -493,3 +493,58 @@ async fn noop_tracer_should_leave_the_engine_untraced() {
     run.await.unwrap();
     assert_eq!(*traced.lock(), vec![false, false, false]);
 }
+
+#[tokio::test]
+async fn timed_out_and_panicking_attempts_should_have_error_status() {
+    let (provider, exporter) = provider();
+    let engine = Engine::<u8>::builder()
+        .workers(1)
+        .max_retries(1)
+        .attempt_timeout(Duration::from_millis(5))
+        .backoff(Duration::from_millis(1), Duration::from_millis(1))
+        .tracer(provider.tracer("traceq"))
+        .build()
+        .unwrap();
+    let handle = engine.handle();
+    handle.add(1);
+    let run = tokio::spawn(async move {
+        engine
+            .run(|attempt: Attempt<u8>| async move {
+                if attempt.number == 1 {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                } else {
+                    panic!("handler blew up");
+                }
+                Ok::<(), String>(())
+            })
+            .await;
+    });
+    let spans = wait_for_spans(&exporter, "item traceq", 1).await;
+    stop(&handle, run).await;
+    let mut attempts: Vec<&SpanData> = spans
+        .iter()
+        .filter(|s| s.name == "process traceq")
+        .collect();
+    attempts.sort_by_key(|s| s.start_time);
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(
+        attempts[0].status,
+        Status::error("attempt timed out after 5ms")
+    );
+    assert_eq!(
+        attempts[1].status,
+        Status::error("handler panicked: handler blew up")
+    );
+    let item = spans.iter().find(|s| s.name == "item traceq").unwrap();
+    assert_eq!(
+        item.status,
+        Status::error("handler panicked: handler blew up")
+    );
+}
+
+#[test]
+fn job_context_should_be_send_sync_and_cheap_to_clone() {
+    fn assert_send_sync_clone<T: Send + Sync + Clone + 'static>() {}
+    assert_send_sync_clone::<traceq_engine::JobContext>();
+    assert_send_sync_clone::<Attempt<String>>();
+}

@@ -16,6 +16,11 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+/// Default maximum age of one trace segment before a long job continues in a linked trace.
+pub const DEFAULT_MAX_TRACE_AGE: Duration = Duration::from_secs(60 * 60);
+/// Default span budget of one trace segment.
+pub const DEFAULT_MAX_SPANS_PER_SEGMENT: u32 = 10_000;
+
 /// Engine-wide tracing settings, fixed at build.
 pub(crate) struct TraceConfig {
     pub(crate) tracer: BoxedTracer,

@@ -16,11 +16,6 @@ mod item;
 mod items;
 pub mod propagation;
 
-pub use item::JobContext;
 pub(crate) use item::{span_name, TraceConfig};
+pub use item::{JobContext, DEFAULT_MAX_SPANS_PER_SEGMENT, DEFAULT_MAX_TRACE_AGE};
 pub(crate) use items::{ItemTraces, KeyFormat};
-
-/// Default maximum age of one trace segment before a long job continues in a linked trace.
-pub const DEFAULT_MAX_TRACE_AGE: std::time::Duration = std::time::Duration::from_secs(60 * 60);
-/// Default span budget of one trace segment.
-pub const DEFAULT_MAX_SPANS_PER_SEGMENT: u32 = 10_000;

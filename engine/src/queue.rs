@@ -275,7 +275,9 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
     }
 
     fn refuse(&self) {
-        self.shared.dropped_adds_total.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .dropped_adds_total
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Pushes a key onto the FIFO and wakes a parked getter, if any.
@@ -404,7 +406,11 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
     /// Keys waiting out a delay or backoff before they are queued.
     pub fn waiting_len(&self) -> usize {
         self.promote();
-        self.shared.shards.iter().map(|s| s.lock().waiting_len()).sum()
+        self.shared
+            .shards
+            .iter()
+            .map(|s| s.lock().waiting_len())
+            .sum()
     }
 
     /// Keys handed out and not yet done.
@@ -447,7 +453,8 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         let metrics_now = s.metrics_on.then_some(now);
         for d in due {
             let mut shard = self.shard(d.hash);
-            if shard.take_due(&d.key, d.seq) && shard.add(d.hash, &d.key, metrics_now) == Added::Queued
+            if shard.take_due(&d.key, d.seq)
+                && shard.add(d.hash, &d.key, metrics_now) == Added::Queued
             {
                 drop(shard);
                 self.push(d.hash, d.key);

@@ -66,11 +66,9 @@ impl<K: Eq + Hash + Clone> Shard<K> {
 
     /// A plain add, the shutdown check already done.
     pub(super) fn add(&mut self, hash: u64, key: &K, now: Option<Instant>) -> Added {
-        let entry = self.slots.entry(
-            hash,
-            |(h, k, _)| *h == hash && k == key,
-            |(h, _, _)| *h,
-        );
+        let entry = self
+            .slots
+            .entry(hash, |(h, k, _)| *h == hash && k == key, |(h, _, _)| *h);
         match entry {
             hashbrown::hash_table::Entry::Occupied(mut e) => {
                 if let Slot::Processing { dirty, .. } = &mut e.get_mut().2 {
@@ -112,7 +110,8 @@ impl<K: Eq + Hash + Clone> Shard<K> {
 
     /// Whether a rate-limited add of `key` coalesces: it is queued, or already waits.
     pub(super) fn rate_limited_add_coalesces(&mut self, hash: u64, key: &K) -> bool {
-        self.waiting.contains_key(key) || matches!(self.slot_mut(hash, key), Some(Slot::Queued { .. }))
+        self.waiting.contains_key(key)
+            || matches!(self.slot_mut(hash, key), Some(Slot::Queued { .. }))
     }
 
     pub(super) fn count_requeue(&mut self, key: &K) {
@@ -142,10 +141,16 @@ impl<K: Eq + Hash + Clone> Shard<K> {
         if let Some(slot) = self.slot_mut(hash, key) {
             if let (Some(now), Slot::Queued { since: Some(t) }) = (now, *slot) {
                 let waited = now.saturating_duration_since(t);
-                *slot = Slot::Processing { dirty: false, since: Some(now) };
+                *slot = Slot::Processing {
+                    dirty: false,
+                    since: Some(now),
+                };
                 self.queue_duration.observe(waited);
             } else {
-                *slot = Slot::Processing { dirty: false, since: now };
+                *slot = Slot::Processing {
+                    dirty: false,
+                    since: now,
+                };
             }
         }
         self.num_requeues(key)
@@ -161,7 +166,10 @@ impl<K: Eq + Hash + Clone> Shard<K> {
     /// Marks `key` done. `None` when it was not in process; `Some(true)` when it was dirty and
     /// must be pushed onto the FIFO again.
     pub(super) fn done(&mut self, hash: u64, key: &K, now: Option<Instant>) -> Option<bool> {
-        let Ok(mut entry) = self.slots.find_entry(hash, |(h, k, _)| *h == hash && k == key) else {
+        let Ok(mut entry) = self
+            .slots
+            .find_entry(hash, |(h, k, _)| *h == hash && k == key)
+        else {
             return None;
         };
         let Slot::Processing { dirty, since } = entry.get().2 else {

@@ -548,3 +548,48 @@ fn job_context_should_be_send_sync_and_cheap_to_clone() {
     assert_send_sync_clone::<traceq_engine::JobContext>();
     assert_send_sync_clone::<Attempt<String>>();
 }
+
+#[tokio::test]
+async fn delayed_add_should_start_the_trace_and_count_the_delay_as_queue_wait() {
+    let (provider, exporter) = provider();
+    let engine = Engine::<u8>::builder()
+        .workers(1)
+        .tracer(provider.tracer("traceq"))
+        .build()
+        .unwrap();
+    let handle = engine.handle();
+    handle.add_after(5, Duration::from_millis(30));
+    let run = tokio::spawn(async move {
+        engine
+            .run(|_: Attempt<u8>| async { Ok::<(), String>(()) })
+            .await;
+    });
+    let spans = wait_for_spans(&exporter, "item traceq", 1).await;
+    stop(&handle, run).await;
+    let item = spans.iter().find(|s| s.name == "item traceq").unwrap();
+    let attempt = spans.iter().find(|s| s.name == "process traceq").unwrap();
+    assert_eq!(attempt.parent_span_id, item.span_context.span_id());
+    match attr_of(attempt, attr::QUEUE_WAIT_MS) {
+        Some(Value::F64(ms)) => assert!(*ms >= 30.0, "waited {ms} ms"),
+        other => panic!("no queue wait: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn dropping_an_engine_that_never_ran_should_end_its_traces() {
+    let (provider, exporter) = provider();
+    let engine = Engine::<u8>::builder()
+        .tracer(provider.tracer("traceq"))
+        .build()
+        .unwrap();
+    let handle = engine.handle();
+    handle.add(1);
+    drop(handle);
+    drop(engine);
+    let spans = exporter.get_finished_spans().unwrap();
+    assert_eq!(spans.len(), 1);
+    assert_eq!(
+        attr_of(&spans[0], attr::OUTCOME),
+        Some(&Value::from(attr::OUTCOME_DROPPED))
+    );
+}

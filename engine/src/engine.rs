@@ -464,24 +464,22 @@ where
     while let Some((key, requeues)) = inner.queue.get_counted().await {
         let number = requeues + 1;
         let started = inner.on_outcome.as_ref().map(|_| Instant::now());
-        let kind = match &inner.traces {
+        // `None` without a tracer (or under a no-op one): the attempt runs untraced.
+        let traced = inner
+            .traces
+            .as_ref()
+            .and_then(|t| Some((t, t.begin(&key, number)?)));
+        let kind = match traced {
             None => {
                 let attempt = Attempt::new(key.clone(), number, JobContext::default());
                 let result = run_attempt(&*handler, attempt, inner.attempt_timeout).await;
                 settle(&inner, &key, result)
             }
-            Some(traces) => match traces.begin(&key, number) {
-                Some((item, job)) => {
-                    let attempt = Attempt::new(key.clone(), number, job);
-                    let result = run_attempt(&*handler, attempt, inner.attempt_timeout).await;
-                    traces.settle(&key, &item, || settle(&inner, &key, result))
-                }
-                None => {
-                    let attempt = Attempt::new(key.clone(), number, JobContext::default());
-                    let result = run_attempt(&*handler, attempt, inner.attempt_timeout).await;
-                    settle(&inner, &key, result)
-                }
-            },
+            Some((traces, (item, job))) => {
+                let attempt = Attempt::new(key.clone(), number, job);
+                let result = run_attempt(&*handler, attempt, inner.attempt_timeout).await;
+                traces.settle(&key, &item, || settle(&inner, &key, result))
+            }
         };
         if let (Some(hook), Some(started)) = (&inner.on_outcome, started) {
             hook(&Outcome {

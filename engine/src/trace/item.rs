@@ -440,7 +440,7 @@ impl State {
 ///
 /// # Examples
 /// ```
-/// use opentelemetry::trace::{Tracer, TracerProvider};
+/// use opentelemetry::trace::Tracer;
 /// use traceq_engine::Attempt;
 ///
 /// async fn handle(attempt: Attempt<String>) -> Result<(), std::io::Error> {

@@ -41,6 +41,16 @@ impl<K> fmt::Debug for ItemTraces<K> {
     }
 }
 
+impl<K> Drop for ItemTraces<K> {
+    /// An engine dropped without running to its end still ends its items' traces, so each
+    /// carries an outcome.
+    fn drop(&mut self) {
+        for item in std::mem::take(self.items.get_mut()).into_values() {
+            item.drop_at_shutdown();
+        }
+    }
+}
+
 impl<K: Eq + Hash + Clone + Send + Sync + 'static> ItemTraces<K> {
     pub(crate) fn new(
         cfg: TraceConfig,

@@ -10,6 +10,44 @@
 //! maximum age or span budget the current segment ends and a new trace starts, linked at
 //! creation to the previous one (only links given at creation are visible to samplers) and
 //! carrying the same job id.
+//!
+//! # Examples
+//! ```
+//! use opentelemetry::trace::{Span, Tracer};
+//! use std::collections::HashMap;
+//! use std::time::Duration;
+//! use traceq_engine::trace::propagation;
+//! use traceq_engine::{Attempt, Engine};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+//! // Any tracer: here the global one (a no-op until an SDK provider is installed).
+//! let engine = Engine::<String>::builder()
+//!     .tracer(opentelemetry::global::tracer("traceq"))
+//!     .max_trace_age(Duration::from_secs(30 * 60))
+//!     .job_id_of(|key: &String| Some(format!("job-{key}")))
+//!     .build()
+//!     .unwrap();
+//! let handle = engine.handle();
+//!
+//! // A producer's W3C or B3 headers continue its trace in the queue.
+//! let headers: HashMap<String, String> = HashMap::new();
+//! handle.add_with_context("order-1".to_owned(), &propagation::extract(&headers));
+//!
+//! let run = tokio::spawn(async move {
+//!     engine
+//!         .run(|attempt: Attempt<String>| async move {
+//!             let tracer = opentelemetry::global::tracer("handler");
+//!             // The handler's spans nest under the attempt span.
+//!             let mut span = tracer.start_with_context("charge card", &attempt.context());
+//!             span.end();
+//!             Ok::<(), std::io::Error>(())
+//!         })
+//!         .await
+//! });
+//! handle.shutdown_with_drain_queued().await;
+//! run.await.unwrap();
+//! # });
+//! ```
 
 pub mod attributes;
 mod item;

@@ -165,17 +165,21 @@ impl<S: SpanView> TailSampler<S> {
         let now = nanos(self.clock.now());
         let mut shard = self.shard(trace_id).lock();
         shard.stats.spans_received += 1;
-        if let Some(decision) = shard.kept.get(&trace_id).cloned() {
-            shard.stats.late_sampled += 1;
-            drop(shard);
-            let mut span = span;
-            span.annotate(&decision);
-            kept.push(span);
-            return;
-        }
-        if shard.dropped.contains(fold(trace_id)) {
-            shard.stats.late_not_sampled += 1;
-            return;
+        // Most spans belong to a trace already buffered: only a trace's first span (or a late
+        // one) needs the decision caches.
+        if !shard.traces.contains_key(&trace_id) {
+            if let Some(decision) = shard.kept.get(&trace_id).cloned() {
+                shard.stats.late_sampled += 1;
+                drop(shard);
+                let mut span = span;
+                span.annotate(&decision);
+                kept.push(span);
+                return;
+            }
+            if shard.dropped.contains(fold(trace_id)) {
+                shard.stats.late_not_sampled += 1;
+                return;
+            }
         }
         let len = shard.add(span, now, self.after_root);
         if len >= self.max_spans {
@@ -301,12 +305,9 @@ impl<S: SpanView> TailSampler<S> {
         // Job ids are only looked up when they can matter: a kept error trace records its job,
         // and a trace no policy kept is kept if its job was.
         let decision = match outcome {
-            Outcome::Keep { index, probability } => {
+            Outcome::Keep { index } => {
                 credited = Some(index);
-                Some(Arc::new(KeptDecision::new(
-                    self.policies.name(index).clone(),
-                    probability,
-                )))
+                Some(self.policies.decision(index).clone())
             }
             Outcome::Dropped { .. } => None,
             Outcome::NotSampled if self.any_job.load(Relaxed) => match self.job_of(&entry.spans) {

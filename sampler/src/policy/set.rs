@@ -20,6 +20,7 @@ use super::probabilistic::ProbabilisticPolicy;
 use super::rate::{BytesLimitingPolicy, RateLimitingPolicy};
 use super::span_count::SpanCountPolicy;
 use super::status::StatusCodePolicy;
+use crate::decision::KeptDecision;
 use crate::error::ConfigError;
 use crate::metrics::PolicyTally;
 use crate::span::SpanView;
@@ -166,6 +167,15 @@ impl Rule {
         })
     }
 
+    /// The probability `evaluate` reports when the rule samples (fixed by configuration).
+    fn keep_probability(&self) -> f64 {
+        match self {
+            Rule::Prob(p) => p.probability(),
+            Rule::And(rules) => rules.iter().map(Rule::keep_probability).product(),
+            _ => 1.0,
+        }
+    }
+
     /// `Some(probability)` when the rule samples the trace.
     fn evaluate<S: SpanView>(&self, spans: &[S], cx: &EvalContext) -> Option<f64> {
         let hit = |b: bool| b.then_some(1.0);
@@ -193,7 +203,7 @@ impl Rule {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Outcome {
     /// Kept; `index` is the credited policy.
-    Keep { index: usize, probability: f64 },
+    Keep { index: usize },
     /// No policy sampled the trace.
     NotSampled,
     /// Drop policy `index` matched.
@@ -203,6 +213,9 @@ pub(crate) enum Outcome {
 #[derive(Debug)]
 struct Policy {
     name: Arc<str>,
+    /// The decision this policy makes when it keeps a trace, built once: a rule's keep
+    /// probability is fixed by its configuration.
+    decision: Arc<KeptDecision>,
     rule: Rule,
     drop: bool,
 }
@@ -233,9 +246,12 @@ impl PolicySet {
                     policy: cfg.name.clone(),
                 });
             }
+            let name: Arc<str> = Arc::from(cfg.name.as_str());
+            let rule = Rule::compile(cfg, 0)?;
             policies.push(Policy {
-                name: Arc::from(cfg.name.as_str()),
-                rule: Rule::compile(cfg, 0)?,
+                decision: Arc::new(KeptDecision::new(name.clone(), rule.keep_probability())),
+                name,
+                rule,
                 drop: cfg.kind == PolicyType::Drop,
             });
         }
@@ -247,6 +263,10 @@ impl PolicySet {
 
     pub(crate) fn len(&self) -> usize {
         self.policies.len()
+    }
+
+    pub(crate) fn decision(&self, index: usize) -> &Arc<KeptDecision> {
+        &self.policies[index].decision
     }
 
     pub(crate) fn name(&self, index: usize) -> &Arc<str> {
@@ -284,7 +304,7 @@ impl PolicySet {
             }
         }
         match best {
-            Some((index, probability)) => Outcome::Keep { index, probability },
+            Some((index, _)) => Outcome::Keep { index },
             None => Outcome::NotSampled,
         }
     }
@@ -335,10 +355,7 @@ mod tests {
         );
         assert_eq!(
             set.evaluate(&other, &cx(1), &mut c),
-            Outcome::Keep {
-                index: 0,
-                probability: 1.0
-            }
+            Outcome::Keep { index: 0 }
         );
         assert_eq!(c[1].dropped, 1);
     }
@@ -355,10 +372,7 @@ mod tests {
         let good = [TestSpan::new(1, 1).build()];
         assert_eq!(
             set.evaluate(&bad, &cx(1), &mut c),
-            Outcome::Keep {
-                index: 0,
-                probability: 1.0
-            }
+            Outcome::Keep { index: 0 }
         );
         assert_eq!(set.evaluate(&good, &cx(1), &mut c), Outcome::NotSampled);
     }
@@ -393,13 +407,7 @@ mod tests {
         )
         .unwrap();
         let keep = set.evaluate(&[TestSpan::new(1, 1).build()], &cx(1), &mut counters(3));
-        assert_eq!(
-            keep,
-            Outcome::Keep {
-                index: 0,
-                probability: 1.0
-            }
-        );
+        assert_eq!(keep, Outcome::Keep { index: 0 });
     }
 
     #[test]

@@ -593,3 +593,97 @@ async fn dropping_an_engine_that_never_ran_should_end_its_traces() {
         Some(&Value::from(attr::OUTCOME_DROPPED))
     );
 }
+
+/// Many keys, re-added while queued or in process, failing at random, on several workers: every
+/// trace must still be whole (one item span with an outcome, every attempt span under it, the
+/// attempts counted), whatever the interleaving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_adds_and_failures_should_keep_every_trace_whole() {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let (provider, exporter) = provider();
+    let engine = Engine::<u32>::builder()
+        .workers(4)
+        .max_retries(2)
+        .backoff(Duration::from_micros(100), Duration::from_millis(1))
+        .tracer(provider.tracer("traceq"))
+        .build()
+        .unwrap();
+    let handle = engine.handle();
+    let calls = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&calls);
+    let run = tokio::spawn(async move {
+        engine
+            .run(move |attempt: Attempt<u32>| {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                async move {
+                    tokio::task::yield_now().await;
+                    if (n * 7 + u64::from(attempt.key)) % 3 == 0 {
+                        Err("flaky")
+                    } else {
+                        Ok(())
+                    }
+                }
+            })
+            .await;
+    });
+    let producers: Vec<_> = (0..2)
+        .map(|p| {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                for round in 0..20u32 {
+                    for key in 0..50u32 {
+                        handle.add((key + p * 7 + round) % 50);
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    for p in producers {
+        p.await.unwrap();
+    }
+    for _ in 0..5_000 {
+        let q = handle.queue();
+        if q.is_empty() && q.waiting_len() == 0 && q.processing_len() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    handle.shutdown_with_drain().await;
+    run.await.unwrap();
+
+    let spans = exporter.get_finished_spans().unwrap();
+    let items: HashMap<_, &SpanData> = spans
+        .iter()
+        .filter(|s| s.name == "item traceq")
+        .map(|s| (s.span_context.span_id(), s))
+        .collect();
+    let attempts: Vec<&SpanData> = spans
+        .iter()
+        .filter(|s| s.name == "process traceq")
+        .collect();
+    assert!(!items.is_empty());
+    assert_eq!(attempts.len() as u64, calls.load(Ordering::Relaxed));
+    let mut per_item: HashMap<_, i64> = HashMap::new();
+    for a in &attempts {
+        let item = items
+            .get(&a.parent_span_id)
+            .unwrap_or_else(|| panic!("attempt without its item span: {a:?}"));
+        assert_eq!(a.span_context.trace_id(), item.span_context.trace_id());
+        assert_eq!(attr_of(a, attr::ITEM_KEY), attr_of(item, attr::ITEM_KEY));
+        *per_item.entry(a.parent_span_id).or_default() += 1;
+    }
+    for (id, item) in &items {
+        assert!(
+            attr_of(item, attr::OUTCOME).is_some(),
+            "item without outcome"
+        );
+        let total = match attr_of(item, attr::ATTEMPTS_TOTAL) {
+            Some(Value::I64(n)) => *n,
+            other => panic!("no attempts_total: {other:?}"),
+        };
+        assert_eq!(total, per_item.get(id).copied().unwrap_or(0));
+    }
+}

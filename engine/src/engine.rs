@@ -264,7 +264,9 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> EngineBuilder<K> {
 
     /// How old an item's trace may grow before it continues in a new, linked trace (a
     /// segment). Default [`DEFAULT_MAX_TRACE_AGE`](crate::trace::DEFAULT_MAX_TRACE_AGE), one
-    /// hour. Checked in `build`.
+    /// hour. Checked in `build`. The age is looked at when an attempt starts and whenever the
+    /// handler asks its [`JobContext`] for a context, so a key waiting out a long backoff is cut
+    /// when it next runs.
     #[must_use]
     pub fn max_trace_age(mut self, age: Duration) -> Self {
         self.max_trace_age = age;

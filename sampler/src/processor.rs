@@ -279,6 +279,12 @@ impl SpanProcessor for TailSamplingProcessor {
     }
 
     fn set_resource(&mut self, resource: &Resource) {
+        self.sampler.set_resource_attributes(
+            resource
+                .iter()
+                .map(|(k, v)| opentelemetry::KeyValue::new(k.clone(), v.clone()))
+                .collect(),
+        );
         // Best effort: a full queue at setup time would be a bug elsewhere; the exporter keeps
         // its default resource then.
         let _ = self.tx.try_send(Message::Resource(resource.clone()));

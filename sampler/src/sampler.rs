@@ -19,7 +19,8 @@ use std::sync::Arc;
 
 use foldhash::fast::FixedState;
 use opentelemetry::trace::TraceId;
-use parking_lot::Mutex;
+use opentelemetry::KeyValue;
+use parking_lot::{Mutex, RwLock};
 
 use crate::buffer::{fold, Due, Shard};
 use crate::cache::{fingerprint, BoundedMap};
@@ -71,6 +72,7 @@ pub struct TailSampler<S> {
     any_job: AtomicBool,
     job_decision: Arc<KeptDecision>,
     drop_pending_on_shutdown: bool,
+    resource: RwLock<Arc<[KeyValue]>>,
 }
 
 impl<S> fmt::Debug for TailSampler<S> {
@@ -149,6 +151,7 @@ impl<S: SpanView> TailSampler<S> {
             any_job: AtomicBool::new(false),
             job_decision: Arc::new(KeptDecision::new(Arc::from(JOB_LINKAGE_POLICY), 1.0)),
             drop_pending_on_shutdown: config.drop_pending_traces_on_shutdown,
+            resource: RwLock::new(Arc::from(Vec::new())),
         })
     }
 
@@ -292,8 +295,10 @@ impl<S: SpanView> TailSampler<S> {
         let Some(mut entry) = shard.remove(trace_id) else {
             return;
         };
+        let resource = self.resource.read().clone();
         let cx = EvalContext {
             trace_id,
+            resource: &resource,
             bytes: entry.bytes,
             now_nanos: now,
         };
@@ -351,6 +356,12 @@ impl<S: SpanView> TailSampler<S> {
                 shard.dropped.insert(fold(trace_id));
             }
         }
+    }
+
+    /// Sets the resource attributes that attribute policies consult besides span attributes
+    /// (the SDK processor passes its tracer provider's resource).
+    pub fn set_resource_attributes(&self, attributes: Vec<KeyValue>) {
+        *self.resource.write() = Arc::from(attributes);
     }
 
     /// A snapshot of every counter.

@@ -94,6 +94,25 @@ impl<T: SpanView> SpanView for Box<T> {
     }
 }
 
+/// The scalar view of an attribute value (arrays are not matched by policies).
+pub(crate) fn value_view(v: &Value) -> Option<AttrValue<'_>> {
+    match v {
+        Value::String(s) => Some(AttrValue::Str(s.as_str())),
+        Value::I64(i) => Some(AttrValue::I64(*i)),
+        Value::F64(f) => Some(AttrValue::F64(*f)),
+        Value::Bool(b) => Some(AttrValue::Bool(*b)),
+        _ => None,
+    }
+}
+
+/// Looks `key` up in a list of attributes (a resource's, for instance).
+pub(crate) fn find_attribute<'a>(attrs: &'a [KeyValue], key: &str) -> Option<AttrValue<'a>> {
+    attrs
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .and_then(|kv| value_view(&kv.value))
+}
+
 fn value_heap(v: &Value) -> usize {
     match v {
         Value::String(s) => s.as_str().len(),
@@ -132,14 +151,7 @@ impl SpanView for SpanData {
     }
 
     fn attribute(&self, key: &str) -> Option<AttrValue<'_>> {
-        let kv = self.attributes.iter().find(|kv| kv.key.as_str() == key)?;
-        match &kv.value {
-            Value::String(s) => Some(AttrValue::Str(s.as_str())),
-            Value::I64(i) => Some(AttrValue::I64(*i)),
-            Value::F64(f) => Some(AttrValue::F64(*f)),
-            Value::Bool(b) => Some(AttrValue::Bool(*b)),
-            _ => None,
-        }
+        find_attribute(&self.attributes, key)
     }
 
     fn trace_state(&self, key: &str) -> Option<&str> {

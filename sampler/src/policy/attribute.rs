@@ -1,5 +1,7 @@
 //! Attribute policies: `string_attribute`, `numeric_attribute`, `boolean_attribute` and
-//! `trace_state`. Each samples a trace when any span matches.
+//! `trace_state`. Each samples a trace when any span matches, or, for the first three, when the
+//! resource attributes match (as in the Collector, which looks at resource and span attributes;
+//! the SDK processor's resource is the tracer provider's).
 //!
 //! `invert_match` follows the Collector with its `disableinvertdecisions` gate on: it simply
 //! inverts the result (the trace is sampled when no span matches). The deprecated "inverted not
@@ -11,7 +13,9 @@ use regex::RegexSet;
 use serde::Deserialize;
 
 use crate::error::ConfigError;
-use crate::span::{AttrValue, SpanView};
+use opentelemetry::KeyValue;
+
+use crate::span::{find_attribute, AttrValue, SpanView};
 
 /// `string_attribute: {key: http.route, values: [/live, /ready], enabled_regex_matching: true}`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -116,14 +120,19 @@ impl StringAttributePolicy {
         })
     }
 
-    pub(crate) fn matches<S: SpanView>(&self, spans: &[S]) -> bool {
-        let any = spans.iter().any(|s| match s.attribute(&self.key) {
+    fn hit(&self, value: Option<AttrValue<'_>>) -> bool {
+        match value {
             Some(AttrValue::Str(v)) => match &self.matcher {
                 StringMatcher::Exact(set) => set.contains(v),
                 StringMatcher::Regex(set) => set.is_match(v),
             },
             _ => false,
-        });
+        }
+    }
+
+    pub(crate) fn matches<S: SpanView>(&self, spans: &[S], resource: &[KeyValue]) -> bool {
+        let any = self.hit(find_attribute(resource, &self.key))
+            || spans.iter().any(|s| self.hit(s.attribute(&self.key)));
         any != self.invert
     }
 }
@@ -172,12 +181,17 @@ impl NumericAttributePolicy {
         self.min.is_none_or(|m| v >= m as f64) && self.max.is_none_or(|m| v <= m as f64)
     }
 
-    pub(crate) fn matches<S: SpanView>(&self, spans: &[S]) -> bool {
-        let any = spans.iter().any(|s| match s.attribute(&self.key) {
+    fn hit(&self, value: Option<AttrValue<'_>>) -> bool {
+        match value {
             Some(AttrValue::I64(v)) => self.in_range_i64(v),
             Some(AttrValue::F64(v)) => self.in_range_f64(v),
             _ => false,
-        });
+        }
+    }
+
+    pub(crate) fn matches<S: SpanView>(&self, spans: &[S], resource: &[KeyValue]) -> bool {
+        let any = self.hit(find_attribute(resource, &self.key))
+            || spans.iter().any(|s| self.hit(s.attribute(&self.key)));
         any != self.invert
     }
 }
@@ -199,10 +213,10 @@ impl BooleanAttributePolicy {
         })
     }
 
-    pub(crate) fn matches<S: SpanView>(&self, spans: &[S]) -> bool {
-        let any = spans
-            .iter()
-            .any(|s| s.attribute(&self.key) == Some(AttrValue::Bool(self.value)));
+    pub(crate) fn matches<S: SpanView>(&self, spans: &[S], resource: &[KeyValue]) -> bool {
+        let want = Some(AttrValue::Bool(self.value));
+        let any = find_attribute(resource, &self.key) == want
+            || spans.iter().any(|s| s.attribute(&self.key) == want);
         any != self.invert
     }
 }
@@ -264,24 +278,24 @@ mod tests {
     #[test]
     fn string_attribute_should_match_exact_values_only() {
         let p = string(&["/live", "/ready"], false, false);
-        assert!(p.matches(&with(KeyValue::new("route", "/live"))));
-        assert!(!p.matches(&with(KeyValue::new("route", "/lively"))));
-        assert!(!p.matches(&with(KeyValue::new("other", "/live"))));
+        assert!(p.matches(&with(KeyValue::new("route", "/live")), &[]));
+        assert!(!p.matches(&with(KeyValue::new("route", "/lively")), &[]));
+        assert!(!p.matches(&with(KeyValue::new("other", "/live")), &[]));
     }
 
     #[test]
     fn string_attribute_should_match_unanchored_regexes() {
         let p = string(&["/v1/name/.+"], true, false);
-        assert!(p.matches(&with(KeyValue::new("route", "/v1/name/42"))));
-        assert!(!p.matches(&with(KeyValue::new("route", "/v1/name/"))));
+        assert!(p.matches(&with(KeyValue::new("route", "/v1/name/42")), &[]));
+        assert!(!p.matches(&with(KeyValue::new("route", "/v1/name/")), &[]));
     }
 
     #[test]
     fn string_attribute_invert_should_sample_when_nothing_matches() {
         let p = string(&["/health"], false, true);
-        assert!(!p.matches(&with(KeyValue::new("route", "/health"))));
-        assert!(p.matches(&with(KeyValue::new("route", "/orders"))));
-        assert!(p.matches(&with(KeyValue::new("other", "x"))));
+        assert!(!p.matches(&with(KeyValue::new("route", "/health")), &[]));
+        assert!(p.matches(&with(KeyValue::new("route", "/orders")), &[]));
+        assert!(p.matches(&with(KeyValue::new("other", "x")), &[]));
     }
 
     #[test]
@@ -319,15 +333,15 @@ mod tests {
     #[test]
     fn numeric_attribute_should_use_inclusive_bounds_for_ints_and_doubles() {
         let p = numeric(Some(50), Some(100), false);
-        assert!(p.matches(&with(KeyValue::new("n", 50))));
-        assert!(p.matches(&with(KeyValue::new("n", 100))));
-        assert!(p.matches(&with(KeyValue::new("n", 75.5))));
-        assert!(!p.matches(&with(KeyValue::new("n", 101))));
-        assert!(!p.matches(&with(KeyValue::new("n", "75"))));
+        assert!(p.matches(&with(KeyValue::new("n", 50)), &[]));
+        assert!(p.matches(&with(KeyValue::new("n", 100)), &[]));
+        assert!(p.matches(&with(KeyValue::new("n", 75.5)), &[]));
+        assert!(!p.matches(&with(KeyValue::new("n", 101)), &[]));
+        assert!(!p.matches(&with(KeyValue::new("n", "75")), &[]));
         let open = numeric(Some(50), None, false);
-        assert!(open.matches(&with(KeyValue::new("n", i64::MAX))));
+        assert!(open.matches(&with(KeyValue::new("n", i64::MAX)), &[]));
         let inverted = numeric(Some(50), Some(100), true);
-        assert!(inverted.matches(&with(KeyValue::new("n", 7))));
+        assert!(inverted.matches(&with(KeyValue::new("n", 7)), &[]));
     }
 
     #[test]
@@ -351,10 +365,23 @@ mod tests {
             invert_match: invert,
         };
         let p = BooleanAttributePolicy::new("b", &cfg(false)).unwrap();
-        assert!(p.matches(&with(KeyValue::new("force", true))));
-        assert!(!p.matches(&with(KeyValue::new("force", false))));
+        assert!(p.matches(&with(KeyValue::new("force", true)), &[]));
+        assert!(!p.matches(&with(KeyValue::new("force", false)), &[]));
         let inv = BooleanAttributePolicy::new("b", &cfg(true)).unwrap();
-        assert!(inv.matches(&with(KeyValue::new("force", false))));
+        assert!(inv.matches(&with(KeyValue::new("force", false)), &[]));
+    }
+
+    #[test]
+    fn attribute_policies_should_also_match_resource_attributes() {
+        let p = string(&["checkout"], false, false);
+        let resource = [KeyValue::new("route", "checkout")];
+        let spans = with(KeyValue::new("other", "x"));
+        assert!(!p.matches(&spans, &[]));
+        assert!(p.matches(&spans, &resource));
+        let inverted = string(&["checkout"], false, true);
+        assert!(!inverted.matches(&spans, &resource));
+        let n = numeric(Some(1), Some(2), false);
+        assert!(n.matches(&spans, &[KeyValue::new("n", 2)]));
     }
 
     #[test]

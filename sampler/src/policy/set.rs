@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use opentelemetry::trace::TraceId;
+use opentelemetry::KeyValue;
 
 use super::attribute::{
     BooleanAttributePolicy, NumericAttributePolicy, StringAttributePolicy, TraceStatePolicy,
@@ -30,8 +31,10 @@ const MAX_DEPTH: usize = 8;
 
 /// What the evaluator knows about the trace besides its spans.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct EvalContext {
+pub(crate) struct EvalContext<'a> {
     pub(crate) trace_id: TraceId,
+    /// Resource attributes shared by the trace's spans.
+    pub(crate) resource: &'a [KeyValue],
     pub(crate) bytes: usize,
     pub(crate) now_nanos: u64,
 }
@@ -183,9 +186,9 @@ impl Rule {
             Rule::Always => Some(1.0),
             Rule::Status(p) => hit(p.matches(spans)),
             Rule::Latency(p) => hit(p.matches(spans)),
-            Rule::Str(p) => hit(p.matches(spans)),
-            Rule::Num(p) => hit(p.matches(spans)),
-            Rule::Bool(p) => hit(p.matches(spans)),
+            Rule::Str(p) => hit(p.matches(spans, cx.resource)),
+            Rule::Num(p) => hit(p.matches(spans, cx.resource)),
+            Rule::Bool(p) => hit(p.matches(spans, cx.resource)),
             Rule::TraceState(p) => hit(p.matches(spans)),
             Rule::Prob(p) => p.keeps(cx.trace_id).then(|| p.probability()),
             Rule::Rate(p) => hit(p.admits(spans.len(), cx.now_nanos)),
@@ -320,9 +323,10 @@ mod tests {
         vec![PolicyTally::default(); n]
     }
 
-    fn cx(trace: u128) -> EvalContext {
+    fn cx(trace: u128) -> EvalContext<'static> {
         EvalContext {
             trace_id: TraceId::from(trace),
+            resource: &[],
             bytes: 100,
             now_nanos: 0,
         }

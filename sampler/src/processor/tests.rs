@@ -146,3 +146,25 @@ fn invalid_settings_should_be_refused() {
         TailSamplingProcessor::from_yaml(InMemorySpanExporter::default(), "policies: 3").is_err()
     );
 }
+
+#[test]
+fn attribute_policies_should_see_the_provider_resource() {
+    let exporter = InMemorySpanExporter::default();
+    let p = TailSamplingProcessor::from_yaml(
+        exporter.clone(),
+        "policies: [{name: checkout, type: string_attribute, string_attribute: {key: service.name, values: [checkout]}}]",
+    )
+    .unwrap();
+    let provider = SdkTracerProvider::builder()
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name("checkout")
+                .build(),
+        )
+        .with_span_processor(p)
+        .build();
+    provider.tracer("t").in_span("work", |_| {});
+    provider.force_flush().unwrap();
+    assert_eq!(exporter.get_finished_spans().unwrap().len(), 1);
+    provider.shutdown().unwrap();
+}

@@ -16,6 +16,39 @@
 //! sampling policy keeps a trace, a `drop` policy wins over all. Kept spans carry the deciding
 //! policy and the adjusted count. Traces sharing a job id are kept together once one segment was
 //! kept for an error.
+//!
+//! # Quick start
+//!
+//! ```
+//! use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+//! use traceq_sampler::{SamplerConfig, TailSamplingProcessor};
+//!
+//! // Every trace with an error span, plus 10% of the rest:
+//! let processor = TailSamplingProcessor::new(InMemorySpanExporter::default(), SamplerConfig::default())?;
+//! let provider = SdkTracerProvider::builder().with_span_processor(processor).build();
+//! # provider.shutdown().unwrap();
+//! # Ok::<(), traceq_sampler::ConfigError>(())
+//! ```
+//!
+//! # Where traceq differs from the Collector's `tail_sampling`
+//!
+//! - A trace is decided `decision_wait_after_root` (2 s) after its local root span ended, not
+//!   only `decision_wait` after its first span; a span whose parent is remote is a local root.
+//! - Memory is bounded in bytes too, and a full buffer decides its oldest traces early (counted
+//!   in `traces_decided_early`) instead of dropping them undecided.
+//! - Decision caches are on by default (`decision_cache` sizes of 0 turn them off); dropped ids
+//!   are kept in a compact fingerprint filter.
+//! - `invert_match` simply inverts a policy (the Collector's `disableinvertdecisions` behaviour);
+//!   use `drop` to veto. `not` (with `not_sub_policy`) is a traceq extension.
+//! - `ottl_condition`, `composite` and `trace_flags` are refused with an error naming the policy.
+//! - `sample_on_first_match` stops at the first sampling policy; drop policies are always
+//!   evaluated first. A kept trace is credited to the matching policy with the highest keep
+//!   probability, so an error trace also picked by a 10% policy has adjusted count 1.
+//! - Kept spans carry `traceq.sampling.policy` and `traceq.sampling.adjusted_count`, and for
+//!   probabilistic keeps the tracestate `ot=th:<threshold>` of the keep probability. The
+//!   threshold states the probability; the randomness it was compared with is the salted hash of
+//!   the trace id (see the `probabilistic` policy), not the trace id's low 56 bits.
+//! - `rate_limiting` and `bytes_limiting` keeps get adjusted count 1 (a rate is not a probability).
 
 mod buffer;
 mod cache;

@@ -209,3 +209,46 @@ fn bytes_per_buffered_span_should_be_at_most_twice_the_span_size() {
     let ratio = m.bytes_buffered as f64 / own as f64;
     assert!(ratio <= 2.0, "buffer uses {ratio:.2}x the spans' own size");
 }
+
+#[test]
+fn spans_ingested_from_many_threads_should_all_be_accounted_for() {
+    let sampler: Arc<TailSampler<SpanData>> =
+        Arc::new(TailSampler::with_clock(config(), Arc::new(ManualClock::new())).unwrap());
+    let threads: Vec<_> = (0..4u128)
+        .map(|worker| {
+            let sampler = sampler.clone();
+            std::thread::spawn(move || {
+                let mut kept = Vec::new();
+                for t in 0..200u128 {
+                    for span in trace(1 + worker * 1000 + t) {
+                        sampler.ingest(span, &mut kept);
+                    }
+                }
+                kept
+            })
+        })
+        .collect();
+    let mut kept: Vec<SpanData> = threads
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    sampler.flush(&mut kept);
+    let m = sampler.metrics();
+    assert_eq!(m.spans_received, 4 * 200 * SPANS_PER_TRACE);
+    assert_eq!(m.new_trace_id_received, 800);
+    assert!(m.bytes_buffered == 0 && m.sampling_traces_on_memory == 0);
+    let exported = by_trace(&kept);
+    for t in (0..4u128).flat_map(|w| (0..200u128).map(move |t| 1 + w * 1000 + t)) {
+        if t % 7 == 0 {
+            assert_eq!(
+                exported.get(&t),
+                Some(&(SPANS_PER_TRACE as usize)),
+                "trace {t}"
+            );
+        }
+    }
+    assert_eq!(
+        m.count_spans_sampled + m.late_spans_sampled,
+        kept.len() as u64
+    );
+}

@@ -4,12 +4,13 @@
 //!  producers ─▶ engine::Queue ─▶ engine::Engine workers ─▶ handler
 //!                                      │ spans (OpenTelemetry API)
 //!                                      ▼
-//!                         sampler::TailSamplingProcessor ─▶ exporter
+//!                         sampler::TailSamplingProcessor ─▶ exporter::OtlpJsonFileExporter
 //! ```
 //!
 //! This crate re-exports the workspace's libraries and holds the `traceq` command line.
 
 pub use traceq_engine as engine;
+pub use traceq_exporter as exporter;
 pub use traceq_sampler as sampler;
 
 /// The README's Rust examples, compiled and run as doc tests so they stay true.

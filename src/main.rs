@@ -1,8 +1,11 @@
 //! The `traceq` command line.
 
 mod demo;
+mod sampling;
+mod show;
 
 use clap::{Parser, Subcommand};
+use std::process::ExitCode;
 
 /// traceq: a trace-aware work-queue engine with tail sampling.
 #[derive(Debug, Parser)]
@@ -14,13 +17,24 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a simulated controller over synthetic objects and print what the engine did.
+    /// Run a traced, tail-sampled controller over synthetic objects; kept traces go to a file.
     Demo(demo::DemoArgs),
+    /// Draw the traces of an OTLP-JSON lines file as waterfalls.
+    Show(show::ShowArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Demo(args) => demo::run(args),
+        Command::Show(args) => show::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}`: the error and its causes on one line, no backtrace dump.
+            eprintln!("traceq: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

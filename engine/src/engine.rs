@@ -232,7 +232,11 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> EngineBuilder<K> {
     /// work at all.
     ///
     /// Any `opentelemetry::trace::Tracer` will do: `opentelemetry::global::tracer("traceq")`,
-    /// or an SDK provider's `provider.tracer("traceq")`.
+    /// or an SDK provider's `provider.tracer("traceq")`. A tracer that gives a new root span no
+    /// valid span context records nothing and never will (the API's no-op tracer,
+    /// `global::tracer` with no provider installed, a shut-down SDK provider): on seeing one the
+    /// engine stops tracing for good, so that it costs what no tracer costs, and handlers get
+    /// `Context::current()` as without a tracer.
     #[must_use]
     pub fn tracer<T>(self, tracer: T) -> Self
     where

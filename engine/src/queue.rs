@@ -545,13 +545,9 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         let s = &*self.shared;
         match s.state.load(Ordering::SeqCst) {
             SHUT_DOWN => true,
-            DRAINING => {
-                if s.fifo.is_empty() && s.processing.load(Ordering::SeqCst) == 0 {
-                    self.finish_drain();
-                    true
-                } else {
-                    false
-                }
+            DRAINING if s.fifo.is_empty() && s.processing.load(Ordering::SeqCst) == 0 => {
+                self.finish_drain();
+                true
             }
             _ => false,
         }

@@ -194,7 +194,7 @@ pub struct SamplerMetrics {
     pub traces_dropped_on_shutdown: u64,
     /// Spans of those traces.
     pub spans_dropped_on_shutdown: u64,
-    /// Kept spans lost because the export queue was full (processor only).
+    /// Spans lost because the processor's queue was full (processor only).
     pub spans_dropped_queue_full: u64,
     /// Spans offered after shutdown and ignored (processor only).
     pub spans_dropped_after_shutdown: u64,

@@ -1,22 +1,25 @@
 //! The in-process front door: an `opentelemetry_sdk` [`SpanProcessor`].
 //!
-//! `on_end` runs on the thread that ended the span, so it only buffers: it takes one shard lock
-//! for a hash-map insert and never waits for I/O. Decisions due by time and all exports happen
-//! on one background thread (`force_flush` and `shutdown` decide on the calling thread, which
-//! waits anyway), which polls the sampler every `poll_interval`, exports kept spans in
-//! batches of `max_export_batch_size`, and drives the exporter's futures with
-//! `futures::executor::block_on` (no async runtime needed). No lock is held across an export.
-//! Spans decided on the caller's thread (late spans of kept traces, traces over the span cap or
-//! decided early under pressure) reach the thread through a bounded queue; when it is full they
-//! are counted in `spans_dropped_queue_full`, never waited for.
+//! `on_end` runs on the thread that ended the span, so it does as little as the SDK's batch
+//! processor: it moves the span into a bounded queue and returns. When the queue is full the span
+//! is counted in `spans_dropped_queue_full`, never waited for. Like the batch processor, it does
+//! not wake the background thread for every span: only when the queue holds a batch (or on a
+//! flush, shutdown, or the thread's own tick). One background thread takes spans off the queue
+//! into the sampler's buffer, decides due traces every `poll_interval`, exports
+//! kept spans in batches of `max_export_batch_size`, and drives the exporter's futures with
+//! `futures::executor::block_on` (no async runtime needed). Only that thread touches the
+//! exporter, so no lock is held across an export. `force_flush` waits until every span queued
+//! before it is buffered, then decides half of the buffer on the calling thread (which waits
+//! anyway) while the background thread decides the other half and exports everything kept.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use opentelemetry::Context;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
@@ -31,23 +34,29 @@ use crate::sampler::TailSampler;
 
 /// Default spans per export call (as the SDK's batch processor).
 pub const DEFAULT_MAX_EXPORT_BATCH_SIZE: usize = 512;
-/// Default capacity of the queue to the export thread, in messages (batches of kept spans).
-pub const DEFAULT_MAX_QUEUE_MESSAGES: usize = 4096;
+/// Default capacity of the queue between `on_end` and the background thread, in spans. The
+/// queue's slots are allocated up front (about 6 MiB at this size).
+pub const DEFAULT_MAX_QUEUE_SIZE: usize = 16_384;
 /// Default interval between checks for due traces.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(100);
-/// How long `force_flush` waits for the export thread.
+/// How long `force_flush` waits for the background thread.
 pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Settings of the processor's export side.
+/// Longest the background thread sleeps before looking at the queue again.
+const MAX_TICK: Duration = Duration::from_millis(10);
+/// Spans ingested per clock reading.
+const SPANS_PER_CLOCK_READ: usize = 256;
+
+/// Settings of the processor's queue and export side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcessorConfig {
     /// Most spans per export call.
     pub max_export_batch_size: usize,
-    /// Capacity of the queue between `on_end` and the export thread, in messages.
-    pub max_queue_messages: usize,
-    /// How often the export thread decides due traces.
+    /// Capacity of the queue between `on_end` and the background thread, in spans.
+    pub max_queue_size: usize,
+    /// How often the background thread decides due traces.
     pub poll_interval: Duration,
-    /// How long `force_flush` waits for the export thread before reporting a timeout.
+    /// How long `force_flush` waits for the background thread before reporting a timeout.
     pub flush_timeout: Duration,
 }
 
@@ -55,21 +64,23 @@ impl Default for ProcessorConfig {
     fn default() -> Self {
         Self {
             max_export_batch_size: DEFAULT_MAX_EXPORT_BATCH_SIZE,
-            max_queue_messages: DEFAULT_MAX_QUEUE_MESSAGES,
+            max_queue_size: DEFAULT_MAX_QUEUE_SIZE,
             poll_interval: DEFAULT_POLL_INTERVAL,
             flush_timeout: DEFAULT_FLUSH_TIMEOUT,
         }
     }
 }
 
+/// Requests to the background thread; spans travel on their own queue.
 enum Message {
-    Kept(Vec<SpanData>),
-    /// Decide this part of the buffer (a flush split between the caller and the worker).
-    DecidePart(usize, usize),
-    /// Export these (decided by the caller), then flush the exporter.
-    Flush(Vec<SpanData>, Sender<OTelSdkResult>),
-    /// Export these (decided by the caller), then shut the exporter down.
-    Shutdown(Vec<SpanData>, Sender<OTelSdkResult>, Duration),
+    /// The span queue holds a batch.
+    Wake,
+    /// Everything queued before is buffered: say so, then decide the second half of the buffer.
+    FlushStart(Sender<()>),
+    /// Export these (the first half, decided by the caller), then flush the exporter.
+    FlushFinish(Vec<SpanData>, Sender<OTelSdkResult>),
+    /// Decide (or drop) everything, export, shut the exporter down and stop.
+    Shutdown(Sender<OTelSdkResult>, Duration),
     Resource(Resource),
 }
 
@@ -102,7 +113,11 @@ enum Message {
 /// ```
 pub struct TailSamplingProcessor {
     sampler: Arc<TailSampler<SpanData>>,
+    spans: Sender<SpanData>,
     tx: Sender<Message>,
+    /// A `Wake` is on its way; cleared by the background thread when it drains the queue.
+    wake_sent: Arc<AtomicBool>,
+    wake_at: usize,
     worker: Mutex<Option<JoinHandle<()>>>,
     shut_down: AtomicBool,
     flush_timeout: Duration,
@@ -118,7 +133,7 @@ impl fmt::Debug for TailSamplingProcessor {
 }
 
 impl TailSamplingProcessor {
-    /// A processor with `config`, the real clock and default export settings.
+    /// A processor with `config`, the real clock and default queue and export settings.
     ///
     /// # Errors
     ///
@@ -147,11 +162,11 @@ impl TailSamplingProcessor {
         Self::new(exporter, SamplerConfig::from_yaml(yaml)?)
     }
 
-    /// A processor with every part given: sampler config, export settings and clock.
+    /// A processor with every part given: sampler config, queue and export settings, clock.
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] when a setting is invalid or the export thread cannot start.
+    /// [`ConfigError`] when a setting is invalid or the background thread cannot start.
     pub fn with_parts<E: SpanExporter + 'static>(
         exporter: E,
         config: SamplerConfig,
@@ -160,7 +175,7 @@ impl TailSamplingProcessor {
     ) -> Result<Self, ConfigError> {
         for (field, v) in [
             ("max_export_batch_size", processor.max_export_batch_size),
-            ("max_queue_messages", processor.max_queue_messages),
+            ("max_queue_size", processor.max_queue_size),
         ] {
             if v == 0 {
                 return Err(ConfigError::Setting {
@@ -170,15 +185,21 @@ impl TailSamplingProcessor {
             }
         }
         let sampler = Arc::new(TailSampler::with_clock(config, clock)?);
-        let (tx, rx) = bounded(processor.max_queue_messages);
+        let (spans, span_rx) = bounded(processor.max_queue_size);
+        let (tx, rx) = bounded(64);
+        let wake_sent = Arc::new(AtomicBool::new(false));
         let worker = Worker {
             sampler: sampler.clone(),
             exporter,
             rx,
+            spans: span_rx,
+            wake_sent: wake_sent.clone(),
+            tick: processor
+                .poll_interval
+                .clamp(Duration::from_millis(1), MAX_TICK),
             batch: processor.max_export_batch_size,
             poll_interval: processor.poll_interval.max(Duration::from_millis(1)),
             pending: Vec::new(),
-            deferred: std::collections::VecDeque::new(),
             part_result: Ok(()),
         };
         let handle = std::thread::Builder::new()
@@ -187,7 +208,13 @@ impl TailSamplingProcessor {
             .map_err(ConfigError::Thread)?;
         Ok(Self {
             sampler,
+            spans,
             tx,
+            wake_sent,
+            wake_at: processor
+                .max_export_batch_size
+                .min(processor.max_queue_size / 2)
+                .max(1),
             worker: Mutex::new(Some(handle)),
             shut_down: AtomicBool::new(false),
             flush_timeout: processor.flush_timeout,
@@ -200,21 +227,19 @@ impl TailSamplingProcessor {
         self.sampler.metrics()
     }
 
-    fn call(
-        &self,
-        make: impl FnOnce(Sender<OTelSdkResult>) -> Message,
-        timeout: Duration,
-    ) -> OTelSdkResult {
-        let (ack_tx, ack_rx) = bounded(1);
-        let deadline = Instant::now() + timeout;
+    fn send(&self, msg: Message, deadline: Instant) -> OTelSdkResult {
+        let timeout = deadline.saturating_duration_since(Instant::now());
         self.tx
-            .send_timeout(make(ack_tx), timeout)
-            .map_err(|_| OTelSdkError::Timeout(timeout))?;
-        match ack_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(result) => result,
+            .send_timeout(msg, timeout)
+            .map_err(|_| OTelSdkError::Timeout(self.flush_timeout))
+    }
+
+    fn wait<T>(rx: &Receiver<T>, deadline: Instant, timeout: Duration) -> Result<T, OTelSdkError> {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(v) => Ok(v),
             Err(RecvTimeoutError::Timeout) => Err(OTelSdkError::Timeout(timeout)),
             Err(RecvTimeoutError::Disconnected) => Err(OTelSdkError::InternalFailure(
-                "export thread stopped".to_owned(),
+                "the sampler's background thread stopped".to_owned(),
             )),
         }
     }
@@ -231,18 +256,13 @@ impl SpanProcessor for TailSamplingProcessor {
                 .fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let mut kept = Vec::new();
-        self.sampler.ingest(span, &mut kept);
-        if kept.is_empty() {
-            return;
-        }
-        let n = kept.len() as u64;
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-            self.tx.try_send(Message::Kept(kept))
-        {
+        if self.spans.try_send(span).is_err() {
             counters
                 .spans_dropped_queue_full
-                .fetch_add(n, Ordering::Relaxed);
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        if self.spans.len() >= self.wake_at && !self.wake_sent.swap(true, Ordering::AcqRel) {
+            let _ = self.tx.try_send(Message::Wake);
         }
     }
 
@@ -251,14 +271,15 @@ impl SpanProcessor for TailSamplingProcessor {
         if self.shut_down.load(Ordering::Acquire) {
             return Ok(());
         }
-        // The caller is waiting anyway: it decides half of the buffer while the export thread
-        // decides the other half, then the export thread exports everything kept.
-        self.tx
-            .send_timeout(Message::DecidePart(1, 2), self.flush_timeout)
-            .map_err(|_| OTelSdkError::Timeout(self.flush_timeout))?;
+        let deadline = Instant::now() + self.flush_timeout;
+        let (drained_tx, drained_rx) = bounded(1);
+        self.send(Message::FlushStart(drained_tx), deadline)?;
+        Self::wait(&drained_rx, deadline, self.flush_timeout)?;
         let mut kept = Vec::new();
         self.sampler.flush_part(0, 2, &mut kept);
-        self.call(|ack| Message::Flush(kept, ack), self.flush_timeout)
+        let (ack_tx, ack_rx) = bounded(1);
+        self.send(Message::FlushFinish(kept, ack_tx), deadline)?;
+        Self::wait(&ack_rx, deadline, self.flush_timeout)?
     }
 
     /// Decides (or, if so configured, drops) every pending trace, exports everything kept and
@@ -267,13 +288,12 @@ impl SpanProcessor for TailSamplingProcessor {
         if self.shut_down.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let mut kept = Vec::new();
-        self.sampler.shutdown(&mut kept);
-        let result = self.call(|ack| Message::Shutdown(kept, ack, timeout), timeout);
-        if result.is_ok() {
-            if let Some(handle) = self.worker.lock().take() {
-                let _ = handle.join();
-            }
+        let deadline = Instant::now() + timeout;
+        let (ack_tx, ack_rx) = bounded(1);
+        self.send(Message::Shutdown(ack_tx, timeout), deadline)?;
+        let result = Self::wait(&ack_rx, deadline, timeout)?;
+        if let Some(handle) = self.worker.lock().take() {
+            let _ = handle.join();
         }
         result
     }
@@ -303,56 +323,44 @@ struct Worker<E> {
     sampler: Arc<TailSampler<SpanData>>,
     exporter: E,
     rx: Receiver<Message>,
+    spans: Receiver<SpanData>,
+    wake_sent: Arc<AtomicBool>,
+    tick: Duration,
     batch: usize,
     poll_interval: Duration,
     pending: Vec<SpanData>,
-    /// Result of the last `DecidePart` export, reported by the flush that follows it.
+    /// Result of exporting the half of a flush decided here, reported when the flush finishes.
     part_result: OTelSdkResult,
-    /// Requests met while draining the queue, handled next, in order.
-    deferred: std::collections::VecDeque<Message>,
 }
 
 impl<E: SpanExporter> Worker<E> {
     fn run(mut self) {
         let mut next_poll = Instant::now() + self.poll_interval;
         loop {
-            let next = match self.deferred.pop_front() {
-                Some(msg) => Ok(msg),
-                None => self
-                    .rx
-                    .recv_timeout(next_poll.saturating_duration_since(Instant::now())),
-            };
-            match next {
-                Ok(Message::Kept(mut spans)) => {
-                    self.pending.append(&mut spans);
-                    if self.pending.len() >= self.batch {
-                        // Failures are counted in `export_failures`; nobody waits for this result.
-                        let _ = self.export_pending();
-                    }
-                }
-                Ok(Message::DecidePart(part, parts)) => {
-                    self.sampler.flush_part(part, parts, &mut self.pending);
-                    // Reported by the flush that asked for this part.
+            let msg = self.rx.recv_timeout(self.tick);
+            // Spans queued before a request are buffered before it is handled.
+            self.drain_spans();
+            match msg {
+                Ok(Message::Wake) | Err(RecvTimeoutError::Timeout) => {}
+                Ok(Message::FlushStart(drained)) => {
+                    let _ = drained.send(());
+                    self.sampler.flush_part(1, 2, &mut self.pending);
                     self.part_result = self.export_pending();
                 }
-                Ok(Message::Flush(mut kept, ack)) => {
-                    self.drain_queue();
+                Ok(Message::FlushFinish(mut kept, ack)) => {
                     self.pending.append(&mut kept);
                     let part = std::mem::replace(&mut self.part_result, Ok(()));
                     let exported = part.and(self.export_pending());
                     let _ = ack.send(exported.and(self.exporter.force_flush()));
                 }
-                Ok(Message::Shutdown(mut kept, ack, timeout)) => {
-                    self.drain_queue();
-                    self.pending.append(&mut kept);
-                    // Spans ingested while the caller was deciding.
+                Ok(Message::Shutdown(ack, timeout)) => {
                     self.sampler.shutdown(&mut self.pending);
                     let exported = self.export_pending();
                     let _ = ack.send(exported.and(self.exporter.shutdown_with_timeout(timeout)));
+                    self.discard_queue();
                     return;
                 }
                 Ok(Message::Resource(resource)) => self.exporter.set_resource(&resource),
-                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     self.sampler.shutdown(&mut self.pending);
                     let _ = self.export_pending();
@@ -368,13 +376,42 @@ impl<E: SpanExporter> Worker<E> {
         }
     }
 
-    /// Moves already-queued kept spans into `pending` (they were sent before the flush request).
-    fn drain_queue(&mut self) {
-        while let Ok(msg) = self.rx.try_recv() {
+    /// Buffers every queued span, reading the clock once per run of spans.
+    fn drain_spans(&mut self) {
+        self.wake_sent.store(false, Ordering::Release);
+        loop {
+            let spans = &self.spans;
+            let n = self.sampler.ingest_batch(
+                std::iter::from_fn(|| spans.try_recv().ok()).take(SPANS_PER_CLOCK_READ),
+                &mut self.pending,
+            );
+            if self.pending.len() >= self.batch {
+                // Failures are counted in `export_failures`; nobody waits for this result.
+                let _ = self.export_pending();
+            }
+            if n < SPANS_PER_CLOCK_READ {
+                break;
+            }
+        }
+    }
+
+    /// Counts spans that raced with shutdown into the queue; answers late requests.
+    fn discard_queue(&mut self) {
+        let counters = self.sampler.counters();
+        let stale_spans = self.spans.try_iter().count() as u64;
+        counters
+            .spans_dropped_after_shutdown
+            .fetch_add(stale_spans, Ordering::Relaxed);
+        let stale: VecDeque<Message> = self.rx.try_iter().collect();
+        for msg in stale {
             match msg {
-                Message::Kept(mut spans) => self.pending.append(&mut spans),
-                Message::Resource(resource) => self.exporter.set_resource(&resource),
-                control => self.deferred.push_back(control),
+                Message::FlushStart(drained) => {
+                    let _ = drained.send(());
+                }
+                Message::FlushFinish(_, ack) | Message::Shutdown(ack, _) => {
+                    let _ = ack.send(Ok(()));
+                }
+                Message::Wake | Message::Resource(_) => {}
             }
         }
     }

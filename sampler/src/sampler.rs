@@ -164,8 +164,23 @@ impl<S: SpanView> TailSampler<S> {
     /// that reached `max_spans_per_trace`, traces decided early under pressure) that are kept are
     /// appended to `kept`, annotated. Never blocks on I/O; holds one shard lock briefly.
     pub fn ingest(&self, span: S, kept: &mut Vec<S>) {
-        let trace_id = span.trace_id();
+        self.ingest_at(span, nanos(self.clock.now()), kept);
+    }
+
+    /// [`Self::ingest`] for a run of spans, reading the clock once for all of them (spans that
+    /// arrive together are stamped with the same time). Returns how many spans were offered.
+    pub fn ingest_batch<I: IntoIterator<Item = S>>(&self, spans: I, kept: &mut Vec<S>) -> usize {
         let now = nanos(self.clock.now());
+        let mut n = 0;
+        for span in spans {
+            self.ingest_at(span, now, kept);
+            n += 1;
+        }
+        n
+    }
+
+    fn ingest_at(&self, span: S, now: u64, kept: &mut Vec<S>) {
+        let trace_id = span.trace_id();
         let mut shard = self.shard(trace_id).lock();
         shard.stats.spans_received += 1;
         // Most spans belong to a trace already buffered: only a trace's first span (or a late

@@ -124,7 +124,10 @@ async fn reconcile(
 async fn main() -> anyhow::Result<()> {
     let spans = run().await?;
     let shown = traces(records_from_sdk(spans));
-    println!("kept {} traces (every one with an error):\n", shown.len());
+    println!(
+        "kept {} traces: every one with an error, and 10% of the rest\n",
+        shown.len()
+    );
     for trace in &shown {
         println!("{}", Waterfall::plain().render(trace));
     }

@@ -108,3 +108,150 @@ async fn long_job_should_keep_the_failing_segment_and_the_ones_after_it() {
         .iter()
         .any(|l| l.trace_id == six.trace_id && l.kind.as_deref() == Some("previous_segment")));
 }
+
+#[allow(dead_code)]
+#[path = "../examples/operation_tasks.rs"]
+mod operation_tasks;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operation_tasks_should_nest_steps_under_tasks_and_compose_operations() {
+    let records = records_from_sdk(operation_tasks::run().await.unwrap());
+    let all = traces(records);
+    let release: Vec<_> = all
+        .iter()
+        .filter(|t| t.spans.iter().any(|s| s.name == "operation release"))
+        .collect();
+    assert_eq!(
+        release.len(),
+        1,
+        "one trace for the release, retries included"
+    );
+    let release = release[0];
+    let ops = release
+        .spans
+        .iter()
+        .filter(|s| s.name == "operation release");
+    assert_eq!(
+        ops.count(),
+        2,
+        "the flaky post-run failed the first attempt"
+    );
+    assert!(release.has_error());
+    // Every task span has its three steps as children, and says where it came from.
+    for task in release.spans.iter().filter(|s| s.name.starts_with("task ")) {
+        let steps: Vec<&str> = release
+            .spans
+            .iter()
+            .filter(|s| s.parent_span_id.as_deref() == Some(task.span_id.as_str()))
+            .map(|s| s.name.as_str())
+            .collect();
+        assert!(
+            steps == ["pre-run", "run", "post-run"],
+            "{}: {steps:?}",
+            task.name
+        );
+        let origin = task.attribute("operation.origin").unwrap();
+        assert!(origin == "build" || origin == "migrate");
+    }
+    let origins: HashSet<&str> = release
+        .spans
+        .iter()
+        .filter_map(|s| s.attribute("operation.origin"))
+        .collect();
+    assert_eq!(origins, HashSet::from(["build", "migrate"]));
+    assert!(all
+        .iter()
+        .any(|t| t.spans.iter().any(|s| s.name == "operation build")));
+}
+
+#[allow(dead_code)]
+#[path = "../examples/cli_root_span.rs"]
+mod cli_root_span;
+
+fn read_file(path: &std::path::Path) -> Vec<traceq::exporter::SpanRecord> {
+    let file = std::fs::File::open(path).unwrap();
+    let read = traceq::exporter::read_otlp_json_lines(std::io::BufReader::new(file)).unwrap();
+    assert!(read.errors.is_empty());
+    read.spans
+}
+
+#[test]
+fn cli_root_span_should_name_the_root_after_the_command_and_flush_on_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cli.jsonl");
+    let path = file.to_str().unwrap();
+    cli_root_span::run(["inventory", "--traces-file", path, "sync", "--items", "4"]).unwrap();
+    let all = traces(read_file(&file));
+    assert_eq!(all.len(), 1, "one run, one trace");
+    let roots: Vec<_> = all[0].roots().collect();
+    assert_eq!(roots.len(), 1);
+    assert_eq!(roots[0].name, "sync");
+    assert_eq!(roots[0].attribute("cli.args.items"), Some("4"));
+    let items = all[0]
+        .spans
+        .iter()
+        .filter(|s| s.name == "item sync")
+        .count();
+    assert_eq!(items, 4, "every item's span was flushed before exit");
+
+    // An error still flushes, and marks the root.
+    let failed = dir.path().join("failed.jsonl");
+    let path = failed.to_str().unwrap();
+    cli_root_span::run([
+        "inventory",
+        "--traces-file",
+        path,
+        "sync",
+        "--fail-item",
+        "1",
+    ])
+    .unwrap();
+    let all = traces(read_file(&failed));
+    assert!(all[0].has_error());
+
+    // No exporter configured: nothing written, the command still works.
+    cli_root_span::run(["inventory", "status"]).unwrap();
+    // A bad command line is refused before any span exists.
+    assert!(cli_root_span::run(["inventory", "--traces-file", path, "nope"]).is_err());
+}
+
+#[allow(dead_code)]
+#[path = "../examples/http_propagation.rs"]
+mod http_propagation;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_propagation_should_continue_the_callers_trace_across_both_services() {
+    let report = tokio::time::timeout(std::time::Duration::from_secs(30), http_propagation::run())
+        .await
+        .expect("bounded in time")
+        .unwrap();
+    let records = records_from_sdk(report.spans);
+    let all = traces(records);
+    for (client, order) in [
+        (report.w3c_client_trace, "1001"),
+        (report.b3_client_trace, "1002"),
+    ] {
+        let id = format!("{client:032x}");
+        let trace = all
+            .iter()
+            .find(|t| t.trace_id == id)
+            .expect("the client's trace");
+        let names: HashSet<&str> = trace.spans.iter().map(|s| s.name.as_str()).collect();
+        for name in [
+            "POST /orders",
+            "item orders",
+            "process orders",
+            &format!("POST /payments/{order}"),
+        ] {
+            assert!(names.contains(name), "{name} missing from {names:?}");
+        }
+        assert_eq!(trace.roots().count(), 1, "one tree under the client span");
+    }
+    // W3C baggage from the first client reached the engine's spans.
+    let item = all
+        .iter()
+        .flat_map(|t| &t.spans)
+        .find(|s| s.name == "item orders" && s.attribute("traceq.item.key") == Some("1001"))
+        .unwrap();
+    assert_eq!(item.attribute("tenant"), Some("acme"));
+}

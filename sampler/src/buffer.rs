@@ -113,6 +113,7 @@ impl<S: SpanView> Shard<S> {
     }
 
     /// Buffers `span`; returns the trace's span count.
+    #[inline(always)]
     pub(crate) fn add(&mut self, span: S, now: u64, after_root: u64) -> usize {
         let trace_id = span.trace_id();
         let size = span.size_bytes();

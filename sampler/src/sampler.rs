@@ -179,6 +179,8 @@ impl<S: SpanView> TailSampler<S> {
         n
     }
 
+    // Inlined so a large span is moved from the queue into the buffer without extra copies.
+    #[inline(always)]
     fn ingest_at(&self, span: S, now: u64, kept: &mut Vec<S>) {
         let trace_id = span.trace_id();
         let mut shard = self.shard(trace_id).lock();

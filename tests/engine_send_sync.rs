@@ -1,7 +1,9 @@
 //! The public types can be shared across threads and tasks.
 
 use traceq_engine::rate_limit::{ExponentialBackoff, FastSlow, MaxOf, NoDelay, TokenBucket};
-use traceq_engine::{Engine, EngineBuilder, EngineHandle, Outcome, Queue, QueueConfig, QueueMetrics};
+use traceq_engine::{
+    Engine, EngineBuilder, EngineHandle, Outcome, Queue, QueueConfig, QueueMetrics,
+};
 
 fn is_send_sync<T: Send + Sync>() {}
 

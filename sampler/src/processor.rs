@@ -9,8 +9,8 @@
 //! kept spans in batches of `max_export_batch_size`, and drives the exporter's futures with
 //! `futures::executor::block_on` (no async runtime needed). Only that thread touches the
 //! exporter, so no lock is held across an export. `force_flush` waits until every span queued
-//! before it is buffered, then decides half of the buffer on the calling thread (which waits
-//! anyway) while the background thread decides the other half and exports everything kept.
+//! before it is buffered, then the calling thread (which waits anyway) and the background thread
+//! decide the buffer together, shard by shard, and the background thread exports everything kept.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -30,7 +30,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::SamplerConfig;
 use crate::error::ConfigError;
 use crate::metrics::SamplerMetrics;
-use crate::sampler::TailSampler;
+use crate::sampler::{FlushCursor, TailSampler};
 
 /// Default spans per export call (as the SDK's batch processor).
 pub const DEFAULT_MAX_EXPORT_BATCH_SIZE: usize = 512;
@@ -75,9 +75,9 @@ impl Default for ProcessorConfig {
 enum Message {
     /// The span queue holds a batch.
     Wake,
-    /// Everything queued before is buffered: say so, then decide the second half of the buffer.
-    FlushStart(Sender<()>),
-    /// Export these (the first half, decided by the caller), then flush the exporter.
+    /// Everything queued before is buffered: say so, then help the caller decide the buffer.
+    FlushStart(Sender<()>, Arc<FlushCursor>),
+    /// Export these (the caller's share of the flush), then flush the exporter.
     FlushFinish(Vec<SpanData>, Sender<OTelSdkResult>),
     /// Decide (or drop) everything, export, shut the exporter down and stop.
     Shutdown(Sender<OTelSdkResult>, Duration),
@@ -273,10 +273,11 @@ impl SpanProcessor for TailSamplingProcessor {
         }
         let deadline = Instant::now() + self.flush_timeout;
         let (drained_tx, drained_rx) = bounded(1);
-        self.send(Message::FlushStart(drained_tx), deadline)?;
+        let cursor = Arc::new(FlushCursor::new());
+        self.send(Message::FlushStart(drained_tx, cursor.clone()), deadline)?;
         Self::wait(&drained_rx, deadline, self.flush_timeout)?;
         let mut kept = Vec::new();
-        self.sampler.flush_part(0, 2, &mut kept);
+        self.sampler.flush_shared(&cursor, &mut kept);
         let (ack_tx, ack_rx) = bounded(1);
         self.send(Message::FlushFinish(kept, ack_tx), deadline)?;
         Self::wait(&ack_rx, deadline, self.flush_timeout)?
@@ -342,9 +343,9 @@ impl<E: SpanExporter> Worker<E> {
             self.drain_spans();
             match msg {
                 Ok(Message::Wake) | Err(RecvTimeoutError::Timeout) => {}
-                Ok(Message::FlushStart(drained)) => {
+                Ok(Message::FlushStart(drained, cursor)) => {
                     let _ = drained.send(());
-                    self.sampler.flush_part(1, 2, &mut self.pending);
+                    self.sampler.flush_shared(&cursor, &mut self.pending);
                     self.part_result = self.export_pending();
                 }
                 Ok(Message::FlushFinish(mut kept, ack)) => {
@@ -405,7 +406,7 @@ impl<E: SpanExporter> Worker<E> {
         let stale: VecDeque<Message> = self.rx.try_iter().collect();
         for msg in stale {
             match msg {
-                Message::FlushStart(drained) => {
+                Message::FlushStart(drained, _) => {
                     let _ = drained.send(());
                 }
                 Message::FlushFinish(_, ack) | Message::Shutdown(ack, _) => {

@@ -13,8 +13,8 @@
 
 use std::fmt;
 use std::hash::BuildHasher;
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 
 use foldhash::fast::FixedState;
@@ -31,6 +31,20 @@ use crate::error::ConfigError;
 use crate::metrics::{Counters, PolicyMetrics, SamplerMetrics, Trigger};
 use crate::policy::{EvalContext, Outcome, PolicySet};
 use crate::span::{AttrValue, SpanView, StatusKind};
+
+/// Which shard a shared flush takes next (see [`TailSampler::flush_shared`]).
+#[derive(Debug, Default)]
+pub struct FlushCursor {
+    next: AtomicUsize,
+}
+
+impl FlushCursor {
+    /// A cursor at the first shard.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
 
 /// Smallest share of `num_traces` a shard gets; fewer shards are used for tiny buffers.
 const MIN_TRACES_PER_SHARD: usize = 16;
@@ -239,21 +253,21 @@ impl<S: SpanView> TailSampler<S> {
     /// Decides every pending trace now; kept spans are appended to `kept`.
     /// Returns the number of traces decided.
     pub fn flush(&self, kept: &mut Vec<S>) -> usize {
-        self.flush_part(0, 1, kept)
+        self.flush_shared(&FlushCursor::new(), kept)
     }
 
-    /// Decides the pending traces of one of `parts` disjoint parts of the buffer (`part` in
-    /// `0..parts`), so several threads can flush in parallel; together the parts cover every
-    /// trace. Returns the number of traces decided.
-    ///
-    /// # Panics
-    ///
-    /// If `part >= parts` (a programming error).
-    pub fn flush_part(&self, part: usize, parts: usize, kept: &mut Vec<S>) -> usize {
-        assert!(part < parts, "flush part {part} out of 0..{parts}");
+    /// Decides pending traces shard by shard, taking the next shard from `cursor`, so several
+    /// threads calling it with one cursor flush the buffer together, each taking shards while
+    /// any are left (the faster thread simply takes more). Returns the number of traces decided
+    /// by this call.
+    pub fn flush_shared(&self, cursor: &FlushCursor, kept: &mut Vec<S>) -> usize {
         let now = nanos(self.clock.now());
         let mut decided = 0;
-        for shard in self.shards.iter().skip(part).step_by(parts) {
+        loop {
+            let next = cursor.next.fetch_add(1, Relaxed);
+            let Some(shard) = self.shards.get(next) else {
+                break;
+            };
             let mut shard = shard.lock();
             for trace_id in shard.take_all() {
                 self.decide(&mut shard, trace_id, Trigger::Flush, now, kept);

@@ -15,7 +15,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use opentelemetry::trace::{Span as _, Status, Tracer as _, TracerProvider as _};
 use opentelemetry::KeyValue;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter as _};
 use opentelemetry_sdk::Resource;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -26,7 +27,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use traceq::engine::{Attempt, AttemptError, Engine, OutcomeKind};
-use traceq::exporter::{read_otlp_json_lines, traces, OtlpJsonFileExporter, Waterfall};
+use traceq::exporter::{
+    read_otlp_json_lines, traces, OtlpJsonFileExporter, TraceRecord, Waterfall,
+};
 use traceq::sampler::{SamplerConfig, TailSamplingProcessor};
 
 /// The long job's key; its job id is what follows `jobs/`.
@@ -60,6 +63,11 @@ pub(crate) struct DemoArgs {
     /// Where the kept traces are written, as OTLP-JSON lines.
     #[arg(long, default_value = "traceq-traces.jsonl")]
     output: PathBuf,
+    /// Send the kept traces to this OTLP/HTTP receiver instead of the file: the base URL of a
+    /// collector's or Jaeger's OTLP/HTTP port, e.g. http://localhost:4318 (`/v1/traces` is
+    /// appended). Plain http only.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Default)]
@@ -105,7 +113,44 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    runtime.block_on(demo(args))
+    let resource = Resource::builder().with_service_name("traceq-demo").build();
+    // Built before entering the runtime: the OTLP exporter's blocking HTTP client must not be
+    // created on an async thread.
+    let processor = Arc::new(processor(&args, &resource)?);
+    runtime.block_on(demo(args, resource, processor))
+}
+
+/// The URL OTLP/HTTP traces are posted to.
+fn traces_url(endpoint: &str) -> String {
+    let base = endpoint.trim_end_matches('/');
+    if base.ends_with("/v1/traces") {
+        base.to_owned()
+    } else {
+        format!("{base}/v1/traces")
+    }
+}
+
+/// The tail sampler, exporting to the file or, with `--otlp-endpoint`, over OTLP/HTTP.
+fn processor(args: &DemoArgs, resource: &Resource) -> anyhow::Result<TailSamplingProcessor> {
+    let config = sampler_config(args.sample_percent)?;
+    Ok(match &args.otlp_endpoint {
+        None => {
+            let exporter = OtlpJsonFileExporter::create(&args.output)
+                .with_context(|| format!("creating {}", args.output.display()))?
+                .with_resource(resource);
+            TailSamplingProcessor::new(exporter, config)?
+        }
+        Some(endpoint) => {
+            let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_endpoint(traces_url(endpoint))
+                .with_timeout(Duration::from_secs(5))
+                .build()
+                .with_context(|| format!("the OTLP exporter for {endpoint}"))?;
+            exporter.set_resource(resource);
+            TailSamplingProcessor::new(exporter, config)?
+        }
+    })
 }
 
 fn object_key(i: usize) -> String {
@@ -129,15 +174,11 @@ policies:
     SamplerConfig::from_yaml(&yaml).context("the demo's sampler configuration")
 }
 
-async fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    let resource = Resource::builder().with_service_name("traceq-demo").build();
-    let exporter = OtlpJsonFileExporter::create(&args.output)
-        .with_context(|| format!("creating {}", args.output.display()))?
-        .with_resource(&resource);
-    let processor = Arc::new(TailSamplingProcessor::new(
-        exporter,
-        sampler_config(args.sample_percent)?,
-    )?);
+async fn demo(
+    args: DemoArgs,
+    resource: Resource,
+    processor: Arc<TailSamplingProcessor>,
+) -> anyhow::Result<()> {
     let provider = SdkTracerProvider::builder()
         .with_resource(resource)
         .with_span_processor(SharedProcessor::new(Arc::clone(&processor)))
@@ -303,22 +344,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let m = handle.metrics();
     let s = processor.metrics();
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    let read = {
-        let file = std::fs::File::open(&args.output)
-            .with_context(|| format!("reading back {}", args.output.display()))?;
-        read_otlp_json_lines(BufReader::new(file))?
-    };
-    let kept = traces(read.spans);
-    let segments = kept
-        .iter()
-        .filter(|t| {
-            t.spans
-                .iter()
-                .any(|s| s.attribute("traceq.job.id") == Some(LONG_JOB_ID))
-        })
-        .count();
-
-    let row = |label: &str, value: String| println!("  {label:<44} {value:>10}");
+    let row = |label: &str, value: String| println!("  {label:<48} {value:>10}");
     println!(
         "traceq demo: {} objects, {} workers, {:.1} s of events, {:.1} s in all",
         args.objects,
@@ -327,14 +353,13 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         ran_for.as_secs_f64()
     );
     println!("\n work queue");
-    row(
-        "watch events (adds)",
-        (events + args.objects as u64 + 1).to_string(),
-    );
+    let adds = events + args.objects as u64 + 1;
+    row("watch events (adds)", adds.to_string());
     row("adds that queued a key", m.adds_total.to_string());
+    let processed = load(&tally.succeeded) + load(&tally.exhausted);
     row(
         "items processed (succeeded or forgotten)",
-        (load(&tally.succeeded) + load(&tally.exhausted)).to_string(),
+        processed.to_string(),
     );
     row("attempts", load(&tally.attempts).to_string());
     row(
@@ -362,44 +387,69 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     row("traces kept", s.global_count_traces_sampled.to_string());
     for p in &s.policies {
         row(
-            &format!("  kept by policy {}", p.policy),
+            &format!("  by policy {}", p.policy),
             p.traces_kept.to_string(),
         );
     }
     if s.traces_kept_by_job_linkage > 0 {
-        row(
-            "  kept by job linkage",
-            s.traces_kept_by_job_linkage.to_string(),
-        );
+        row("  by job linkage", s.traces_kept_by_job_linkage.to_string());
     }
     row(
         "traces dropped",
         s.global_count_traces_not_sampled.to_string(),
     );
-    row("spans written", s.spans_exported.to_string());
-    row("long job segments (linked traces)", segments.to_string());
+    row("spans exported", s.spans_exported.to_string());
     let lost = s.spans_dropped_queue_full + s.export_failures;
     if lost > 0 {
         row(
-            "spans lost (export queue full / failed exports)",
+            "spans lost (export queue full) + failed exports",
             lost.to_string(),
         );
     }
+    match &args.otlp_endpoint {
+        Some(endpoint) => {
+            println!("\n kept traces sent to {}", traces_url(endpoint));
+            if s.export_failures > 0 {
+                bail!("{} exports to {endpoint} failed", s.export_failures);
+            }
+            Ok(())
+        }
+        None => show_kept(&args.output),
+    }
+}
+
+/// Reads the demo's file back: the long job's segments, and the waterfall of one error trace.
+fn show_kept(output: &std::path::Path) -> anyhow::Result<()> {
+    let read = {
+        let file = std::fs::File::open(output)
+            .with_context(|| format!("reading back {}", output.display()))?;
+        read_otlp_json_lines(BufReader::new(file))?
+    };
+    let kept = traces(read.spans);
+    let segments = kept
+        .iter()
+        .filter(|t| {
+            t.spans
+                .iter()
+                .any(|s| s.attribute("traceq.job.id") == Some(LONG_JOB_ID))
+        })
+        .count();
     println!(
-        "\n kept traces: {} ({} with errors) in {}",
+        "\n kept traces: {} ({} with errors, {} segments of the long job) in {}",
         kept.len(),
         kept.iter().filter(|t| t.has_error()).count(),
-        args.output.display()
+        segments,
+        output.display()
     );
 
-    // One kept error trace: preferably an object that exhausted its retries.
-    let exhausted = |t: &&traceq::exporter::TraceRecord| {
+    // One kept error trace: preferably an object that exhausted its retries, in one segment.
+    let exhausted = |t: &TraceRecord| {
         t.spans
             .iter()
             .any(|s| s.attribute("traceq.outcome") == Some("exhausted_retries"))
     };
-    let whole = |t: &&traceq::exporter::TraceRecord| t.spans.iter().all(|s| s.links.is_empty());
-    let errors: Vec<_> = kept.iter().filter(|t| t.has_error()).collect();
+    let whole = |t: &TraceRecord| t.spans.iter().all(|s| s.links.is_empty());
+    let errors: Vec<&TraceRecord> = kept.iter().filter(|t| t.has_error()).collect();
     let example = errors
         .iter()
         .find(|t| exhausted(t) && whole(t))
@@ -416,7 +466,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     }
     println!(
         "\n see them all: traceq show {} [--errors] [--trace ID]",
-        args.output.display()
+        output.display()
     );
     Ok(())
 }

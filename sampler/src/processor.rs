@@ -75,8 +75,8 @@ impl Default for ProcessorConfig {
 enum Message {
     /// The span queue holds a batch.
     Wake,
-    /// Everything queued before is buffered: say so, then help the caller decide the buffer.
-    FlushStart(Sender<()>, Arc<FlushCursor>),
+    /// Help the caller decide the buffer, shard by shard.
+    FlushStart(Arc<FlushCursor>),
     /// Export these (the caller's share of the flush), then flush the exporter.
     FlushFinish(Vec<SpanData>, Sender<OTelSdkResult>),
     /// Decide (or drop) everything, export, shut the exporter down and stop.
@@ -114,6 +114,11 @@ enum Message {
 pub struct TailSamplingProcessor {
     sampler: Arc<TailSampler<SpanData>>,
     spans: Sender<SpanData>,
+    /// The queue's receiving end, for `force_flush` to buffer what is queued.
+    queued: Receiver<SpanData>,
+    /// Held while spans taken off the queue are being buffered, so `force_flush` knows when
+    /// every span queued before it is in the buffer.
+    ingest_lock: Arc<Mutex<()>>,
     tx: Sender<Message>,
     /// A `Wake` is on its way; cleared by the background thread when it drains the queue.
     wake_sent: Arc<AtomicBool>,
@@ -188,11 +193,13 @@ impl TailSamplingProcessor {
         let (spans, span_rx) = bounded(processor.max_queue_size);
         let (tx, rx) = bounded(64);
         let wake_sent = Arc::new(AtomicBool::new(false));
+        let ingest_lock = Arc::new(Mutex::new(()));
         let worker = Worker {
             sampler: sampler.clone(),
             exporter,
             rx,
-            spans: span_rx,
+            spans: span_rx.clone(),
+            ingest_lock: ingest_lock.clone(),
             wake_sent: wake_sent.clone(),
             tick: processor
                 .poll_interval
@@ -209,6 +216,8 @@ impl TailSamplingProcessor {
         Ok(Self {
             sampler,
             spans,
+            queued: span_rx,
+            ingest_lock,
             tx,
             wake_sent,
             wake_at: processor
@@ -272,11 +281,20 @@ impl SpanProcessor for TailSamplingProcessor {
             return Ok(());
         }
         let deadline = Instant::now() + self.flush_timeout;
-        let (drained_tx, drained_rx) = bounded(1);
-        let cursor = Arc::new(FlushCursor::new());
-        self.send(Message::FlushStart(drained_tx, cursor.clone()), deadline)?;
-        Self::wait(&drained_rx, deadline, self.flush_timeout)?;
         let mut kept = Vec::new();
+        {
+            // Once we hold the lock and the queue is empty, every span queued before this call
+            // is in the buffer.
+            let _ingesting = self.ingest_lock.lock();
+            while self
+                .sampler
+                .ingest_batch(self.queued.try_iter().take(SPANS_PER_CLOCK_READ), &mut kept)
+                > 0
+            {}
+        }
+        // Ask the background thread to help, but do not wait for it to start.
+        let cursor = Arc::new(FlushCursor::new());
+        self.send(Message::FlushStart(cursor.clone()), deadline)?;
         self.sampler.flush_shared(&cursor, &mut kept);
         let (ack_tx, ack_rx) = bounded(1);
         self.send(Message::FlushFinish(kept, ack_tx), deadline)?;
@@ -325,6 +343,7 @@ struct Worker<E> {
     exporter: E,
     rx: Receiver<Message>,
     spans: Receiver<SpanData>,
+    ingest_lock: Arc<Mutex<()>>,
     wake_sent: Arc<AtomicBool>,
     tick: Duration,
     batch: usize,
@@ -343,8 +362,7 @@ impl<E: SpanExporter> Worker<E> {
             self.drain_spans();
             match msg {
                 Ok(Message::Wake) | Err(RecvTimeoutError::Timeout) => {}
-                Ok(Message::FlushStart(drained, cursor)) => {
-                    let _ = drained.send(());
+                Ok(Message::FlushStart(cursor)) => {
                     self.sampler.flush_shared(&cursor, &mut self.pending);
                     self.part_result = self.export_pending();
                 }
@@ -381,11 +399,15 @@ impl<E: SpanExporter> Worker<E> {
     fn drain_spans(&mut self) {
         self.wake_sent.store(false, Ordering::Release);
         loop {
-            let spans = &self.spans;
-            let n = self.sampler.ingest_batch(
-                std::iter::from_fn(|| spans.try_recv().ok()).take(SPANS_PER_CLOCK_READ),
-                &mut self.pending,
-            );
+            // Taking spans off the queue and buffering them happen under the ingest lock, which
+            // is released before any export.
+            let n = {
+                let _ingesting = self.ingest_lock.lock();
+                self.sampler.ingest_batch(
+                    self.spans.try_iter().take(SPANS_PER_CLOCK_READ),
+                    &mut self.pending,
+                )
+            };
             if self.pending.len() >= self.batch {
                 // Failures are counted in `export_failures`; nobody waits for this result.
                 let _ = self.export_pending();
@@ -406,9 +428,7 @@ impl<E: SpanExporter> Worker<E> {
         let stale: VecDeque<Message> = self.rx.try_iter().collect();
         for msg in stale {
             match msg {
-                Message::FlushStart(drained, _) => {
-                    let _ = drained.send(());
-                }
+                Message::FlushStart(_) => {}
                 Message::FlushFinish(_, ack) | Message::Shutdown(ack, _) => {
                     let _ = ack.send(Ok(()));
                 }

@@ -1,6 +1,6 @@
 //! Tests of the core: decision triggers, caches, job linkage, bounds, counters.
 
-// The sampler buffers boxed SDK spans (see `TailSampler`), so kept spans come back boxed.
+// These tests run the core on boxed spans (the `Box<S>` span view), so kept spans come back boxed.
 #![allow(clippy::vec_box)]
 
 use std::sync::Arc;

@@ -15,14 +15,12 @@ use crate::rate_limit::{
     self, ExponentialBackoff, MaxOf, RateLimitError, RateLimiter, TokenBucket,
 };
 use crate::trace::{
-    span_name, ItemTraces, JobContext, KeyFormat, TraceConfig, DEFAULT_MAX_SPANS_PER_SEGMENT,
-    DEFAULT_MAX_TRACE_AGE,
+    span_name, ErasedTracer, ItemTraces, JobContext, KeyFormat, TraceConfig,
+    DEFAULT_MAX_SPANS_PER_SEGMENT, DEFAULT_MAX_TRACE_AGE,
 };
 use attempt::run_attempt;
-use opentelemetry::global::BoxedTracer;
 use opentelemetry::trace::Tracer;
 use opentelemetry::Context;
-use std::any::Any;
 use std::fmt;
 use std::hash::Hash;
 use std::sync::Arc;
@@ -62,24 +60,8 @@ type JobIdOf<K> = Arc<dyn Fn(&K) -> Option<String> + Send + Sync>;
 
 /// The tracing half of the builder; `None` until a tracer is given.
 struct TracingChoice<K> {
-    tracer: BoxedTracer,
+    tracer: Box<dyn ErasedTracer>,
     key_format: KeyFormat<K>,
-}
-
-/// Boxes a tracer for the engine, without boxing twice one that is boxed already.
-fn boxed_tracer<T>(tracer: T) -> BoxedTracer
-where
-    T: Tracer + Send + Sync + 'static,
-    T::Span: Send + Sync + 'static,
-{
-    let any: Box<dyn Any> = Box::new(tracer);
-    match any.downcast::<BoxedTracer>() {
-        Ok(boxed) => *boxed,
-        Err(any) => match any.downcast::<T>() {
-            Ok(tracer) => BoxedTracer::new(tracer),
-            Err(_) => unreachable!("the box holds a T"),
-        },
-    }
 }
 
 enum LimiterChoice<K> {
@@ -260,7 +242,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> EngineBuilder<K> {
         T::Span: Send + Sync + 'static,
     {
         self.tracing = Some(TracingChoice {
-            tracer: boxed_tracer(tracer),
+            tracer: Box::new(tracer),
             key_format: Arc::new(key_format),
         });
         self

@@ -2,12 +2,12 @@
 //! the handler's [`JobContext`].
 
 use super::attributes as attr;
+use super::ErasedTracer;
 use crate::clock::Clock;
 use crate::engine::OutcomeKind;
 use opentelemetry::baggage::{Baggage, BaggageExt, KeyValueMetadata};
-use opentelemetry::global::BoxedTracer;
 use opentelemetry::trace::{
-    Link, Span, SpanBuilder, SpanContext, SpanKind, Status, TraceContextExt, TraceId, Tracer,
+    Link, SpanBuilder, SpanContext, SpanKind, Status, TraceContextExt, TraceId,
 };
 use opentelemetry::{Context, KeyValue, StringValue, Value};
 use parking_lot::Mutex;
@@ -23,7 +23,7 @@ pub const DEFAULT_MAX_SPANS_PER_SEGMENT: u32 = 10_000;
 
 /// Engine-wide tracing settings, fixed at build.
 pub(crate) struct TraceConfig {
-    pub(crate) tracer: BoxedTracer,
+    pub(crate) tracer: Box<dyn ErasedTracer>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) max_age: Duration,
     pub(crate) max_spans: u32,
@@ -176,19 +176,16 @@ impl Item {
         let attrs = baggage_attrs(&baggage);
         let base = Context::new().with_baggage(baggage);
         let builder = item_builder(cfg, 1, &attrs);
-        let span = match parent {
-            Some(p) if p.span().span_context().is_valid() => {
-                cfg.tracer.build_with_context(builder, p)
-            }
+        let item_cx = match parent {
+            Some(p) if p.span().span_context().is_valid() => cfg.tracer.start_in(builder, p, &base),
             _ => {
-                let span = cfg.tracer.build_with_context(builder, &base);
-                if !span.span_context().is_valid() {
+                let item_cx = cfg.tracer.start_in(builder, &base, &base);
+                if !item_cx.span().span_context().is_valid() {
                     return None;
                 }
-                span
+                item_cx
             }
         };
-        let item_cx = base.with_span(span);
         let first_trace_id = item_cx.span().span_context().trace_id();
         Some(Self {
             state: Mutex::new(State {
@@ -233,8 +230,7 @@ impl Item {
         st.attempts_total += 1;
         let wait = now.saturating_duration_since(st.queued_at);
         let builder = attempt_builder(cfg, number, wait, st.segment, &st.attrs);
-        let span = cfg.tracer.build_with_context(builder, &st.item_cx);
-        let cx = st.item_cx.with_span(span);
+        let cx = cfg.tracer.start_in(builder, &st.item_cx, &st.item_cx);
         st.attempt = Some(Running { cx, number });
     }
 
@@ -360,9 +356,8 @@ impl State {
         let previous = self.item_cx.span().span_context().clone();
         let builder = item_builder(cfg, self.segment, &self.attrs)
             .with_links(vec![link_to(previous, "previous_segment")]);
-        let next = cfg.tracer.build_with_context(builder, &self.base);
-        let next_sc = next.span_context().clone();
-        let next_cx = self.base.with_span(next);
+        let next_cx = cfg.tracer.start_in(builder, &self.base, &self.base);
+        let next_sc = next_cx.span().span_context().clone();
         self.spans = 1;
         if let Some(running) = self.attempt.take() {
             let span = running.cx.span();
@@ -382,9 +377,8 @@ impl State {
                 &self.attrs,
             )
             .with_links(vec![link_to(previous, "previous_segment")]);
-            let continued = cfg.tracer.build_with_context(builder, &next_cx);
             self.attempt = Some(Running {
-                cx: next_cx.with_span(continued),
+                cx: cfg.tracer.start_in(builder, &next_cx, &next_cx),
                 number: running.number,
             });
             self.spans += 1;

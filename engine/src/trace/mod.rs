@@ -53,7 +53,9 @@ pub mod attributes;
 mod item;
 mod items;
 pub mod propagation;
+mod tracer;
 
 pub(crate) use item::{span_name, TraceConfig};
 pub use item::{JobContext, DEFAULT_MAX_SPANS_PER_SEGMENT, DEFAULT_MAX_TRACE_AGE};
 pub(crate) use items::{ItemTraces, KeyFormat};
+pub(crate) use tracer::ErasedTracer;

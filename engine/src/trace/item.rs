@@ -74,10 +74,9 @@ pub(crate) type AttemptEnd = Option<Running>;
 
 #[derive(Debug)]
 struct State {
-    /// Baggage only, no span: the parent of every new segment's root.
+    /// Baggage only, no span: the parent of every new segment's root. Every baggage entry is
+    /// copied onto each span the engine starts.
     base: Context,
-    /// Every baggage entry, copied onto each span the engine starts.
-    attrs: Vec<KeyValue>,
     /// The current segment's item span.
     item_cx: Context,
     attempt: Option<Running>,
@@ -100,26 +99,28 @@ fn copy_baggage(baggage: &Baggage) -> Baggage {
         .collect()
 }
 
-fn baggage_attrs(baggage: &Baggage) -> Vec<KeyValue> {
-    baggage
-        .iter()
-        .map(|(k, (v, _))| KeyValue::new(k.clone(), Value::String(v.clone())))
-        .collect()
+/// Copies every baggage entry onto `attrs`, straight from the baggage: no vector in between.
+fn push_baggage(attrs: &mut Vec<KeyValue>, baggage: &Baggage) {
+    attrs.extend(
+        baggage
+            .iter()
+            .map(|(k, (v, _))| KeyValue::new(k.clone(), Value::String(v.clone()))),
+    );
 }
 
 /// Room for the attributes set after a span started (outcome, attempts, segment flags, job id),
 /// so the SDK's attribute vector is not reallocated then.
 const LATE_ATTRIBUTES: usize = 4;
 
-fn item_builder(cfg: &TraceConfig, segment: i64, attrs: &[KeyValue]) -> SpanBuilder {
-    let mut all = Vec::with_capacity(3 + attrs.len() + LATE_ATTRIBUTES);
+fn item_builder(cfg: &TraceConfig, segment: i64, baggage: &Baggage) -> SpanBuilder {
+    let mut all = Vec::with_capacity(3 + baggage.len() + LATE_ATTRIBUTES);
     all.push(KeyValue::new(attr::MESSAGING_SYSTEM, attr::SYSTEM));
     all.push(KeyValue::new(
         attr::MESSAGING_DESTINATION_NAME,
         Value::String(cfg.queue_name.clone()),
     ));
     all.push(KeyValue::new(attr::SEGMENT, segment));
-    all.extend_from_slice(attrs);
+    push_baggage(&mut all, baggage);
     let mut builder = SpanBuilder::from_name(cfg.item_span_name).with_kind(SpanKind::Internal);
     builder.attributes = Some(all); // as is: `with_attributes` would not keep the spare room
     builder
@@ -130,9 +131,9 @@ fn attempt_builder(
     number: u32,
     wait: Duration,
     segment: i64,
-    attrs: &[KeyValue],
+    baggage: &Baggage,
 ) -> SpanBuilder {
-    let mut all = Vec::with_capacity(7 + attrs.len() + LATE_ATTRIBUTES);
+    let mut all = Vec::with_capacity(7 + baggage.len() + LATE_ATTRIBUTES);
     all.push(KeyValue::new(attr::MESSAGING_SYSTEM, attr::SYSTEM));
     all.push(KeyValue::new(
         attr::MESSAGING_DESTINATION_NAME,
@@ -143,7 +144,7 @@ fn attempt_builder(
     all.push(KeyValue::new(attr::RETRY, number > 1));
     all.push(KeyValue::new(attr::QUEUE_WAIT_MS, wait.as_secs_f64() * 1e3));
     all.push(KeyValue::new(attr::SEGMENT, segment));
-    all.extend_from_slice(attrs);
+    push_baggage(&mut all, baggage);
     let mut builder = SpanBuilder::from_name(cfg.attempt_span_name).with_kind(SpanKind::Consumer);
     builder.attributes = Some(all);
     builder
@@ -173,9 +174,8 @@ impl Item {
             baggage.insert(attr::JOB_ID, Arc::<str>::from(id));
         }
         let has_job_id = baggage.get(attr::JOB_ID).is_some();
-        let attrs = baggage_attrs(&baggage);
+        let builder = item_builder(cfg, 1, &baggage);
         let base = Context::new().with_baggage(baggage);
-        let builder = item_builder(cfg, 1, &attrs);
         let item_cx = match parent {
             Some(p) if p.span().span_context().is_valid() => cfg.tracer.start_in(builder, p, &base),
             _ => {
@@ -190,7 +190,6 @@ impl Item {
         Some(Self {
             state: Mutex::new(State {
                 base,
-                attrs,
                 item_cx,
                 attempt: None,
                 segment: 1,
@@ -229,7 +228,7 @@ impl Item {
         st.spans += 1;
         st.attempts_total += 1;
         let wait = now.saturating_duration_since(st.queued_at);
-        let builder = attempt_builder(cfg, number, wait, st.segment, &st.attrs);
+        let builder = attempt_builder(cfg, number, wait, st.segment, st.base.baggage());
         let cx = cfg.tracer.start_in(builder, &st.item_cx, &st.item_cx);
         st.attempt = Some(Running { cx, number });
     }
@@ -339,7 +338,6 @@ impl State {
             let id: Arc<str> = self.first_trace_id.to_string().into();
             let mut baggage = copy_baggage(self.base.baggage());
             baggage.insert(attr::JOB_ID, Arc::clone(&id));
-            self.attrs = baggage_attrs(&baggage);
             self.base = Context::new().with_baggage(baggage);
             self.item_cx
                 .span()
@@ -354,7 +352,7 @@ impl State {
         }
         self.segment += 1;
         let previous = self.item_cx.span().span_context().clone();
-        let builder = item_builder(cfg, self.segment, &self.attrs)
+        let builder = item_builder(cfg, self.segment, self.base.baggage())
             .with_links(vec![link_to(previous, "previous_segment")]);
         let next_cx = cfg.tracer.start_in(builder, &self.base, &self.base);
         let next_sc = next_cx.span().span_context().clone();
@@ -374,7 +372,7 @@ impl State {
                 running.number,
                 Duration::ZERO,
                 self.segment,
-                &self.attrs,
+                self.base.baggage(),
             )
             .with_links(vec![link_to(previous, "previous_segment")]);
             self.attempt = Some(Running {

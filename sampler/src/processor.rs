@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -122,6 +122,9 @@ pub struct TailSamplingProcessor {
     tx: Sender<Message>,
     /// A `Wake` is on its way; cleared by the background thread when it drains the queue.
     wake_sent: Arc<AtomicBool>,
+    /// Spans offered so far; every `wake_at`-th one wakes the background thread. A counter of
+    /// our own, because asking the queue its length reads the consumer's side of it.
+    offered: AtomicUsize,
     wake_at: usize,
     worker: Mutex<Option<JoinHandle<()>>>,
     shut_down: AtomicBool,
@@ -220,6 +223,7 @@ impl TailSamplingProcessor {
             ingest_lock,
             tx,
             wake_sent,
+            offered: AtomicUsize::new(0),
             wake_at: processor
                 .max_export_batch_size
                 .min(processor.max_queue_size / 2)
@@ -270,7 +274,8 @@ impl SpanProcessor for TailSamplingProcessor {
                 .spans_dropped_queue_full
                 .fetch_add(1, Ordering::Relaxed);
         }
-        if self.spans.len() >= self.wake_at && !self.wake_sent.swap(true, Ordering::AcqRel) {
+        let offered = self.offered.fetch_add(1, Ordering::Relaxed) + 1;
+        if offered % self.wake_at == 0 && !self.wake_sent.swap(true, Ordering::AcqRel) {
             let _ = self.tx.try_send(Message::Wake);
         }
     }

@@ -15,7 +15,7 @@ use crate::rate_limit::{
     self, ExponentialBackoff, MaxOf, RateLimitError, RateLimiter, TokenBucket,
 };
 use crate::trace::{
-    span_name, ErasedTracer, ItemTraces, JobContext, KeyFormat, TraceConfig,
+    display_text, span_name, ErasedTracer, ItemTraces, JobContext, KeyFormat, TraceConfig,
     DEFAULT_MAX_SPANS_PER_SEGMENT, DEFAULT_MAX_TRACE_AGE,
 };
 use attempt::run_attempt;
@@ -226,14 +226,14 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> EngineBuilder<K> {
         T::Span: Send + Sync + 'static,
         K: fmt::Display,
     {
-        self.tracer_with_key_format(tracer, |key: &K| key.to_string())
+        self.traced(tracer, Arc::new(|key: &K| display_text(key)))
     }
 
     /// As [`tracer`](Self::tracer), for keys without `Display`: `key_format` gives the text of
     /// a key's `traceq.item.key`.
     #[must_use]
     pub fn tracer_with_key_format<T>(
-        mut self,
+        self,
         tracer: T,
         key_format: impl Fn(&K) -> String + Send + Sync + 'static,
     ) -> Self
@@ -241,9 +241,17 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> EngineBuilder<K> {
         T: Tracer + Send + Sync + 'static,
         T::Span: Send + Sync + 'static,
     {
+        self.traced(tracer, Arc::new(move |key: &K| key_format(key).into()))
+    }
+
+    fn traced<T>(mut self, tracer: T, key_format: KeyFormat<K>) -> Self
+    where
+        T: Tracer + Send + Sync + 'static,
+        T::Span: Send + Sync + 'static,
+    {
         self.tracing = Some(TracingChoice {
             tracer: Box::new(tracer),
-            key_format: Arc::new(key_format),
+            key_format,
         });
         self
     }

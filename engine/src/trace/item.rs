@@ -162,18 +162,20 @@ impl Item {
     /// API's, or `global::tracer` with no provider installed), and tracing is pointless.
     pub(crate) fn start(
         cfg: &TraceConfig,
-        key: String,
+        key: Arc<str>,
         job_id: Option<String>,
         parent: Option<&Context>,
     ) -> Option<Self> {
         let now = cfg.clock.now();
         let mut baggage = parent.map_or_else(Baggage::new, |p| copy_baggage(p.baggage()));
+        // Without a job id or a parent's baggage there is no job id entry: no lookup needed.
+        let may_have_job_id = job_id.is_some() || parent.is_some();
         // Shared strings: every copy onto a span is a reference count, not an allocation.
-        baggage.insert(attr::ITEM_KEY, Arc::<str>::from(key));
+        baggage.insert(attr::ITEM_KEY, key);
         if let Some(id) = job_id {
             baggage.insert(attr::JOB_ID, Arc::<str>::from(id));
         }
-        let has_job_id = baggage.get(attr::JOB_ID).is_some();
+        let has_job_id = may_have_job_id && baggage.get(attr::JOB_ID).is_some();
         let builder = item_builder(cfg, 1, &baggage);
         let base = Context::new().with_baggage(baggage);
         let item_cx = match parent {

@@ -84,6 +84,27 @@ pub(crate) struct Shard<S> {
 /// Most span slots reserved up front for a new trace.
 const MAX_SIZE_HINT: usize = 64;
 
+/// Appends `span` to `entry`; returns (bytes added, generation, span count, root ended).
+#[inline(always)]
+fn push<S: SpanView>(entry: &mut TraceEntry<S>, span: S, now: u64) -> (usize, u64, usize, bool) {
+    let size = span.size_bytes();
+    let is_root = span.is_local_root();
+    // A new entry's reserved room is charged with its first span (old capacity counts as 0).
+    let old_cap = if entry.spans.is_empty() {
+        0
+    } else {
+        entry.spans.capacity()
+    };
+    entry.spans.push(span);
+    // The vector's slots hold each span's inline part; `size` counts it too.
+    let delta =
+        size.saturating_sub(size_of::<S>()) + (entry.spans.capacity() - old_cap) * size_of::<S>();
+    entry.bytes += delta;
+    entry.last_seen = now;
+    entry.root_ended |= is_root;
+    (delta, entry.generation, entry.spans.len(), entry.root_ended)
+}
+
 /// Folds a trace id into the 64-bit key of the dropped-decision cache.
 pub(crate) fn fold(trace_id: TraceId) -> u64 {
     let v = u128::from_be_bytes(trace_id.to_bytes());
@@ -112,60 +133,64 @@ impl<S: SpanView> Shard<S> {
         }
     }
 
-    /// Buffers `span`; returns the trace's span count.
+    /// Buffers `span` if its trace is already buffered (the common case, one map lookup);
+    /// otherwise hands it back.
     #[inline(always)]
-    pub(crate) fn add(&mut self, span: S, now: u64, after_root: u64) -> usize {
+    pub(crate) fn add_existing(&mut self, span: S, now: u64, after_root: u64) -> Result<usize, S> {
         let trace_id = span.trace_id();
-        let size = span.size_bytes();
-        let is_root = span.is_local_root();
-        let mut created = None;
-        let hint = self.size_hint;
-        let entry = self.traces.entry(trace_id).or_insert_with(|| {
-            let generation = self.next_generation;
-            created = Some(generation);
-            TraceEntry {
-                spans: Vec::with_capacity(hint),
-                generation,
-                first_seen: now,
-                last_seen: now,
-                root_ended: false,
-                bytes: TRACE_OVERHEAD,
+        match self.traces.get_mut(&trace_id) {
+            Some(entry) => {
+                let (delta, generation, len, root_ended) = push(entry, span, now);
+                self.bytes += delta;
+                self.spans += 1;
+                if root_ended {
+                    self.push_root_due(trace_id, generation, now, after_root);
+                }
+                Ok(len)
             }
-        });
-        // A new entry's reserved room is charged with its first span (old capacity counts as 0).
-        let old_cap = if entry.spans.is_empty() {
-            0
-        } else {
-            entry.spans.capacity()
-        };
-        entry.spans.push(span);
-        // The vector's slots hold each span's inline part; `size` counts it too.
-        let delta = size.saturating_sub(size_of::<S>())
-            + (entry.spans.capacity() - old_cap) * size_of::<S>();
-        entry.bytes += delta;
-        entry.last_seen = now;
-        entry.root_ended |= is_root;
-        let (generation, len, root_ended) = (entry.generation, entry.spans.len(), entry.root_ended);
-        self.bytes += delta;
-        self.spans += 1;
-        if let Some(generation) = created {
-            self.next_generation += 1;
-            self.bytes += TRACE_OVERHEAD;
-            self.stats.traces_received += 1;
-            self.by_age.push_back(QueueItem {
-                at: now,
-                trace_id,
-                generation,
-            });
+            None => Err(span),
         }
+    }
+
+    /// Buffers `span`, starting its trace if needed; returns the trace's span count.
+    pub(crate) fn add(&mut self, span: S, now: u64, after_root: u64) -> usize {
+        let span = match self.add_existing(span, now, after_root) {
+            Ok(len) => return len,
+            Err(span) => span,
+        };
+        let trace_id = span.trace_id();
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let mut entry = TraceEntry {
+            spans: Vec::with_capacity(self.size_hint),
+            generation,
+            first_seen: now,
+            last_seen: now,
+            root_ended: false,
+            bytes: TRACE_OVERHEAD,
+        };
+        let (delta, _, len, root_ended) = push(&mut entry, span, now);
+        self.traces.insert(trace_id, entry);
+        self.bytes += TRACE_OVERHEAD + delta;
+        self.spans += 1;
+        self.stats.traces_received += 1;
+        self.by_age.push_back(QueueItem {
+            at: now,
+            trace_id,
+            generation,
+        });
         if root_ended {
-            self.root_due.push_back(QueueItem {
-                at: now.saturating_add(after_root),
-                trace_id,
-                generation,
-            });
+            self.push_root_due(trace_id, generation, now, after_root);
         }
         len
+    }
+
+    fn push_root_due(&mut self, trace_id: TraceId, generation: u64, now: u64, after_root: u64) {
+        self.root_due.push_back(QueueItem {
+            at: now.saturating_add(after_root),
+            trace_id,
+            generation,
+        });
     }
 
     /// Takes a trace out of the buffer.

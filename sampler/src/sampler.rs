@@ -201,21 +201,24 @@ impl<S: SpanView> TailSampler<S> {
         shard.stats.spans_received += 1;
         // Most spans belong to a trace already buffered: only a trace's first span (or a late
         // one) needs the decision caches.
-        if !shard.traces.contains_key(&trace_id) {
-            if let Some(decision) = shard.kept.get(&trace_id).cloned() {
-                shard.stats.late_sampled += 1;
-                drop(shard);
-                let mut span = span;
-                span.annotate(&decision);
-                kept.push(span);
-                return;
+        let len = match shard.add_existing(span, now, self.after_root) {
+            Ok(len) => len,
+            Err(span) => {
+                if let Some(decision) = shard.kept.get(&trace_id).cloned() {
+                    shard.stats.late_sampled += 1;
+                    drop(shard);
+                    let mut span = span;
+                    span.annotate(&decision);
+                    kept.push(span);
+                    return;
+                }
+                if shard.dropped.contains(fold(trace_id)) {
+                    shard.stats.late_not_sampled += 1;
+                    return;
+                }
+                shard.add(span, now, self.after_root)
             }
-            if shard.dropped.contains(fold(trace_id)) {
-                shard.stats.late_not_sampled += 1;
-                return;
-            }
-        }
-        let len = shard.add(span, now, self.after_root);
+        };
         if len >= self.max_spans {
             self.decide(&mut shard, trace_id, Trigger::MaxSpans, now, kept);
         }

@@ -220,13 +220,24 @@ impl<S: SpanView> TailSampler<S> {
             }
         };
         if len >= self.max_spans {
-            self.decide(&mut shard, trace_id, Trigger::MaxSpans, now, kept);
+            let resource = self.resource.read().clone();
+            self.decide(
+                &mut shard,
+                trace_id,
+                Trigger::MaxSpans,
+                now,
+                &resource,
+                kept,
+            );
         }
-        while shard.traces.len() > self.shard_traces || shard.bytes > self.shard_bytes {
-            let Some(oldest) = shard.pop_oldest() else {
-                break;
-            };
-            self.decide(&mut shard, oldest, Trigger::Pressure, now, kept);
+        if shard.traces.len() > self.shard_traces || shard.bytes > self.shard_bytes {
+            let resource = self.resource.read().clone();
+            while shard.traces.len() > self.shard_traces || shard.bytes > self.shard_bytes {
+                let Some(oldest) = shard.pop_oldest() else {
+                    break;
+                };
+                self.decide(&mut shard, oldest, Trigger::Pressure, now, &resource, kept);
+            }
         }
         shard.compact();
     }
@@ -235,6 +246,7 @@ impl<S: SpanView> TailSampler<S> {
     /// Returns the number of traces decided.
     pub fn poll(&self, kept: &mut Vec<S>) -> usize {
         let now = nanos(self.clock.now());
+        let resource = self.resource.read().clone();
         let mut decided = 0;
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
@@ -245,7 +257,7 @@ impl<S: SpanView> TailSampler<S> {
                     Due::Root => Trigger::Root,
                     Due::Wait => Trigger::Wait,
                 };
-                self.decide(&mut shard, trace_id, trigger, now, kept);
+                self.decide(&mut shard, trace_id, trigger, now, &resource, kept);
                 decided += 1;
             }
             shard.compact();
@@ -265,6 +277,7 @@ impl<S: SpanView> TailSampler<S> {
     /// by this call.
     pub fn flush_shared(&self, cursor: &FlushCursor, kept: &mut Vec<S>) -> usize {
         let now = nanos(self.clock.now());
+        let resource = self.resource.read().clone();
         let mut decided = 0;
         loop {
             let next = cursor.next.fetch_add(1, Relaxed);
@@ -273,7 +286,7 @@ impl<S: SpanView> TailSampler<S> {
             };
             let mut shard = shard.lock();
             for trace_id in shard.take_all() {
-                self.decide(&mut shard, trace_id, Trigger::Flush, now, kept);
+                self.decide(&mut shard, trace_id, Trigger::Flush, now, &resource, kept);
                 decided += 1;
             }
         }
@@ -324,15 +337,15 @@ impl<S: SpanView> TailSampler<S> {
         trace_id: TraceId,
         trigger: Trigger,
         now: u64,
+        resource: &[KeyValue],
         kept: &mut Vec<S>,
     ) {
         let Some(mut entry) = shard.remove(trace_id) else {
             return;
         };
-        let resource = self.resource.read().clone();
         let cx = EvalContext {
             trace_id,
-            resource: &resource,
+            resource,
             bytes: entry.bytes,
             now_nanos: now,
         };

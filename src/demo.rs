@@ -355,7 +355,10 @@ async fn demo(
     println!("\n work queue");
     let adds = events + args.objects as u64 + 1;
     row("watch events (adds)", adds.to_string());
-    row("adds that queued a key", m.adds_total.to_string());
+    row(
+        "queue adds (workqueue_adds_total, retries incl.)",
+        m.adds_total.to_string(),
+    );
     let processed = load(&tally.succeeded) + load(&tally.exhausted);
     row(
         "items processed (succeeded or forgotten)",

@@ -106,3 +106,20 @@ fn show_should_read_a_clean_file_with_success() {
     assert!(out.stderr.is_empty());
     assert_golden(&out, "clean.txt");
 }
+
+#[test]
+fn show_should_read_stdin_given_a_dash() {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_traceq"))
+        .args(["show", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = std::fs::read(fixture("clean.jsonl")).unwrap();
+    child.stdin.take().unwrap().write_all(&input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_golden(&out, "clean.txt");
+}

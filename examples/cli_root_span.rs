@@ -20,8 +20,10 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
-use traceq::engine::{Attempt, Engine};
+use traceq::engine::{Attempt, Engine, OutcomeKind};
 use traceq::exporter::OtlpJsonFileExporter;
 
 /// A small inventory tool.
@@ -143,12 +145,19 @@ async fn execute(command: &Command, tracer: BoxedTracer, cx: &Context) -> anyhow
             Ok(())
         }
         Command::Sync { items, fail_item } => {
+            let failed = Arc::new(AtomicUsize::new(0));
+            let failures = Arc::clone(&failed);
             let engine = Engine::<String>::builder()
                 .name("sync")
                 .workers(2)
                 .max_retries(1)
                 .backoff(Duration::from_millis(5), Duration::from_millis(20))
                 .tracer(tracer)
+                .on_outcome(move |o| {
+                    if matches!(o.kind, OutcomeKind::Exhausted { .. }) {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
                 .build()?;
             let handle = engine.handle();
             for i in 0..*items {
@@ -177,7 +186,9 @@ async fn execute(command: &Command, tracer: BoxedTracer, cx: &Context) -> anyhow
             }
             handle.shutdown_with_drain().await;
             workers.await?;
-            println!("inventory: synced {items} items");
+            let failed = failed.load(Ordering::Relaxed);
+            println!("inventory: synced {} of {items} items", items - failed);
+            anyhow::ensure!(failed == 0, "{failed} item(s) failed to sync");
             Ok(())
         }
     }

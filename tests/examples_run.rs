@@ -197,17 +197,20 @@ fn cli_root_span_should_name_the_root_after_the_command_and_flush_on_exit() {
     // An error still flushes, and marks the root.
     let failed = dir.path().join("failed.jsonl");
     let path = failed.to_str().unwrap();
-    cli_root_span::run([
+    let result = cli_root_span::run([
         "inventory",
         "--traces-file",
         path,
         "sync",
         "--fail-item",
         "1",
-    ])
-    .unwrap();
+    ]);
+    assert!(result.is_err(), "an item failed, so the command fails");
     let all = traces(read_file(&failed));
-    assert!(all[0].has_error());
+    assert_eq!(all.len(), 1);
+    let root = all[0].roots().next().unwrap();
+    assert_eq!(root.name, "sync");
+    assert_eq!(root.error.as_deref(), Some("1 item(s) failed to sync"));
 
     // No exporter configured: nothing written, the command still works.
     cli_root_span::run(["inventory", "status"]).unwrap();

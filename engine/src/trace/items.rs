@@ -10,11 +10,11 @@ use super::JobContext;
 use crate::engine::OutcomeKind;
 use crate::queue::Queue;
 use foldhash::fast::RandomState;
+use hashbrown::hash_table::{Entry, HashTable};
 use opentelemetry::Context;
 use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::fmt;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -65,7 +65,10 @@ pub(crate) struct ItemTraces<K> {
     cfg: Arc<TraceConfig>,
     key_format: KeyFormat<K>,
     job_id_of: Option<JobIdOf<K>>,
-    items: Mutex<HashMap<K, Arc<Item>, RandomState>>,
+    /// Each key's trace. A table hashed by hand, so an operation hashes the key once, outside
+    /// the lock, and finds its entry with one probe.
+    items: Mutex<HashTable<(K, Arc<Item>)>>,
+    hasher: RandomState,
     /// Set once the tracer proved a no-op (see [`Item::start`]): from then on no tracing work.
     noop: AtomicBool,
 }
@@ -83,7 +86,7 @@ impl<K> Drop for ItemTraces<K> {
     /// An engine dropped without running to its end still ends its items' traces, so each
     /// carries an outcome.
     fn drop(&mut self) {
-        for item in std::mem::take(self.items.get_mut()).into_values() {
+        for (_, item) in std::mem::take(self.items.get_mut()) {
             item.drop_at_shutdown();
         }
     }
@@ -99,7 +102,8 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> ItemTraces<K> {
             cfg: Arc::new(cfg),
             key_format,
             job_id_of,
-            items: Mutex::new(HashMap::default()),
+            items: Mutex::new(HashTable::new()),
+            hasher: RandomState::default(),
             noop: AtomicBool::new(false),
         }
     }
@@ -131,12 +135,13 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> ItemTraces<K> {
             // will not run.
             return add(queue, key);
         }
+        let hash = self.hasher.hash_one(&key);
         let mut items = self.items.lock();
-        match items.get(&key) {
-            Some(item) => item.coalesced(parent),
-            None => {
+        match items.entry(hash, |(k, _)| *k == key, |(k, _)| self.hasher.hash_one(k)) {
+            Entry::Occupied(entry) => entry.get().1.coalesced(parent),
+            Entry::Vacant(entry) => {
                 if let Some(item) = self.start(&key, parent) {
-                    items.insert(key.clone(), item);
+                    entry.insert((key.clone(), item));
                 }
             }
         }
@@ -150,13 +155,14 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> ItemTraces<K> {
         if self.is_noop() {
             return None;
         }
+        let hash = self.hasher.hash_one(key);
         let item = {
             let mut items = self.items.lock();
-            match items.get(key) {
-                Some(item) => Arc::clone(item),
-                None => {
+            match items.entry(hash, |(k, _)| k == key, |(k, _)| self.hasher.hash_one(k)) {
+                Entry::Occupied(entry) => Arc::clone(&entry.get().1),
+                Entry::Vacant(entry) => {
                     let item = self.start(key, None)?;
-                    items.insert(key.clone(), Arc::clone(&item));
+                    entry.insert((key.clone(), Arc::clone(&item)));
                     item
                 }
             }
@@ -174,13 +180,18 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> ItemTraces<K> {
         item: &Arc<Item>,
         settle: impl FnOnce() -> OutcomeKind,
     ) -> OutcomeKind {
+        let hash = self.hasher.hash_one(key);
         let (kind, running) = {
             let mut items = self.items.lock();
             let kind = settle();
             let requeued = matches!(kind, OutcomeKind::Requeued { .. });
             let running: AttemptEnd = item.take_running(&self.cfg, requeued);
-            if !requeued && items.get(key).is_some_and(|i| Arc::ptr_eq(i, item)) {
-                items.remove(key);
+            if !requeued {
+                // Only if the entry is still the trace this attempt ran in.
+                let ours = |(k, i): &(K, Arc<Item>)| k == key && Arc::ptr_eq(i, item);
+                if let Ok(entry) = items.find_entry(hash, ours) {
+                    entry.remove();
+                }
             }
             (kind, running)
         };
@@ -191,7 +202,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> ItemTraces<K> {
     /// Ends the traces of every key left when the engine stopped, as dropped at shutdown.
     pub(crate) fn drop_all(&self) {
         let items = std::mem::take(&mut *self.items.lock());
-        for item in items.into_values() {
+        for (_, item) in items {
             item.drop_at_shutdown();
         }
     }

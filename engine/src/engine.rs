@@ -15,7 +15,7 @@ use crate::rate_limit::{
     self, ExponentialBackoff, MaxOf, RateLimitError, RateLimiter, TokenBucket,
 };
 use crate::trace::{
-    display_text, span_name, ErasedTracer, ItemTraces, JobContext, KeyFormat, TraceConfig,
+    display_text, interned, ErasedTracer, ItemTraces, JobContext, KeyFormat, TraceConfig,
     DEFAULT_MAX_SPANS_PER_SEGMENT, DEFAULT_MAX_TRACE_AGE,
 };
 use attempt::run_attempt;
@@ -341,9 +341,9 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> EngineBuilder<K> {
                 clock: self.trace_clock,
                 max_age: self.max_trace_age,
                 max_spans: self.max_spans_per_segment,
-                queue_name: Arc::<str>::from(self.name.as_str()).into(),
-                item_span_name: span_name(format!("item {}", self.name)),
-                attempt_span_name: span_name(format!("process {}", self.name)),
+                queue_name: interned(self.name.clone()).into(),
+                item_span_name: interned(format!("item {}", self.name)),
+                attempt_span_name: interned(format!("process {}", self.name)),
             };
             Arc::new(ItemTraces::new(cfg, choice.key_format, self.job_id_of))
         });

@@ -27,15 +27,18 @@ pub(crate) struct TraceConfig {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) max_age: Duration,
     pub(crate) max_spans: u32,
+    /// Interned (see [`interned`]), as the span names: copying it onto a span is a plain copy,
+    /// not a reference count.
     pub(crate) queue_name: StringValue,
-    /// Interned (see [`span_name`]): a span name costs no allocation per span.
+    /// Interned (see [`interned`]): a span name costs no allocation per span.
     pub(crate) item_span_name: &'static str,
     pub(crate) attempt_span_name: &'static str,
 }
 
-/// Interns a span name. Names derive from queue names, so the set is small and bounded by the
-/// number of distinct queue names a process uses; each is kept for the process's life.
-pub(crate) fn span_name(name: String) -> &'static str {
+/// Interns a queue name or a span name. Span names derive from queue names, so the set is small
+/// and bounded by the number of distinct queue names a process uses; each is kept for the
+/// process's life.
+pub(crate) fn interned(name: String) -> &'static str {
     static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
     let mut names = NAMES.get_or_init(Mutex::default).lock();
     if let Some(known) = names.get(name.as_str()) {

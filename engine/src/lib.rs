@@ -25,6 +25,6 @@ pub use engine::{
     OutcomeKind, DEFAULT_MAX_RETRIES, DEFAULT_WORKERS,
 };
 pub use metrics::QueueMetrics;
-pub use queue::{Queue, QueueConfig, DEFAULT_NAME, MAX_DELAY};
+pub use queue::{Queue, QueueConfig, DEFAULT_NAME, INBOX_BOUND, MAX_DELAY};
 pub use rate_limit::RateLimiter;
 pub use trace::JobContext;

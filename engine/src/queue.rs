@@ -8,26 +8,28 @@
 //! - A plain [`Queue::add`] of a key that waits out a delay queues it now; the pending delayed add
 //!   stays and fires later (a no-op if the key is still queued then), as in client-go.
 //!
-//! How it is built, and why: dedup is exact only if every decision about one key sees that key's
-//! queued / dirty / in-process / waiting state at once, but nothing requires seeing other keys'.
-//! So per-key state lives in 64 cache-padded shards chosen by the key's hash (computed once per
-//! operation), the FIFO is a lock-free segmented queue, and delayed adds sit in a heap behind their
-//! own lock. A producer and a consumer then touch the same lock only when they touch the same shard
-//! at the same moment. Getters park on a `tokio::sync::Notify`; an add wakes one only when a
-//! getter is parked.
+//! How it is built, and why: the queue's state (the FIFO, each key's slot, the delay heap) sits
+//! behind one lock that only consumers take on the fast path. A plain [`Queue::add`] does not take
+//! it: it pushes the key onto a lock-free inbox, and whoever next takes the lock (a getter, `done`,
+//! `len`, ...) first applies every pending add in order: dedup, dirty marking, FIFO push. So every
+//! operation observes all adds that returned before it started, exactly as if they had been
+//! applied at once, while producers and consumers no longer write the same memory per key: the
+//! per-key table stays in the consumers' cache. A producer that finds the inbox past
+//! [`INBOX_BOUND`] applies it itself, so duplicates cannot pile up while no getter runs. Getters
+//! park on a `tokio::sync::Notify`; an add wakes one only when a getter is parked.
 
-mod shard;
+mod keys;
 
 use crate::clock::{Clock, TokioClock};
-use crate::metrics::{Histogram, QueueMetrics};
+use crate::metrics::QueueMetrics;
 use crate::rate_limit::{self, RateLimiter};
 use crossbeam_queue::SegQueue;
 use crossbeam_utils::CachePadded;
 use foldhash::fast::RandomState;
+use keys::{Added, Keys};
 use parking_lot::{Mutex, MutexGuard};
-use shard::{Added, Shard};
 use std::cmp::Ordering as CmpOrdering;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
 use std::pin::pin;
@@ -106,8 +108,9 @@ impl<K> QueueConfig<K> {
     }
 }
 
-/// Shards of per-key state; a power of two.
-const SHARDS: usize = 64;
+/// Pending plain adds past which a producer applies the inbox itself, bounding the memory that
+/// duplicate adds can take while no getter runs.
+pub const INBOX_BOUND: usize = 4096;
 /// `next_deadline` when no delayed add is pending.
 const NO_DEADLINE: u64 = u64::MAX;
 
@@ -143,21 +146,29 @@ impl<K> Ord for Delayed<K> {
     }
 }
 
+/// Everything behind the lock.
+struct Core<K> {
+    keys: Keys<K>,
+    fifo: VecDeque<(u64, K)>,
+    heap: BinaryHeap<Delayed<K>>,
+    next_seq: u64,
+    /// Keys handed out and not yet done.
+    processing: usize,
+}
+
 struct Shared<K> {
     name: String,
     hasher: RandomState,
-    shards: Box<[CachePadded<Mutex<Shard<K>>>]>,
-    fifo: SegQueue<(u64, K)>,
-    delays: Mutex<BinaryHeap<Delayed<K>>>,
-    /// Earliest pending deadline in nanoseconds after `epoch`, or `NO_DEADLINE`: lets every
-    /// operation skip the heap (and the clock) while no delayed add is pending.
+    /// Plain adds not yet applied, in order, with the time of the add when metrics are on.
+    inbox: SegQueue<(u64, K, Option<Instant>)>,
+    /// Length of the inbox, maintained by producers (up) and appliers (down, per batch).
+    inbox_len: CachePadded<AtomicUsize>,
+    core: CachePadded<Mutex<Core<K>>>,
+    /// Earliest pending deadline in nanoseconds after `epoch`, or `NO_DEADLINE`: lets a producer
+    /// skip the clock and the lock while no delayed add is pending.
     next_deadline: AtomicU64,
     epoch: Instant,
-    /// Numbers delayed adds, so equal deadlines are queued in add order.
-    next_seq: AtomicU64,
     state: AtomicU8,
-    /// Keys handed out and not yet done, plus getters between taking a key and marking it.
-    processing: AtomicUsize,
     /// Getters parked on `available`.
     getters: AtomicUsize,
     dropped_adds_total: AtomicU64,
@@ -217,6 +228,9 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Default for Queue<K> {
     }
 }
 
+/// The locked core, with every pending add applied and every due delayed add promoted.
+type Locked<'a, K> = MutexGuard<'a, Core<K>>;
+
 impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
     /// A queue with the default configuration (client-go's default controller rate limiter).
     pub fn new() -> Self {
@@ -230,16 +244,18 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
             shared: Arc::new(Shared {
                 name: config.name,
                 hasher: RandomState::default(),
-                shards: (0..SHARDS)
-                    .map(|_| CachePadded::new(Mutex::new(Shard::default())))
-                    .collect(),
-                fifo: SegQueue::new(),
-                delays: Mutex::new(BinaryHeap::new()),
+                inbox: SegQueue::new(),
+                inbox_len: CachePadded::new(AtomicUsize::new(0)),
+                core: CachePadded::new(Mutex::new(Core {
+                    keys: Keys::default(),
+                    fifo: VecDeque::new(),
+                    heap: BinaryHeap::new(),
+                    next_seq: 0,
+                    processing: 0,
+                })),
                 next_deadline: AtomicU64::new(NO_DEADLINE),
                 epoch,
-                next_seq: AtomicU64::new(0),
                 state: AtomicU8::new(RUNNING),
-                processing: AtomicUsize::new(0),
                 getters: AtomicUsize::new(0),
                 dropped_adds_total: AtomicU64::new(0),
                 exhausted_total: AtomicU64::new(0),
@@ -261,11 +277,6 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         self.shared.hasher.hash_one(key)
     }
 
-    fn shard(&self, hash: u64) -> MutexGuard<'_, Shard<K>> {
-        // Bits 32.. pick the shard; the table inside uses the low bits and the top seven.
-        self.shared.shards[(hash >> 32) as usize & (SHARDS - 1)].lock()
-    }
-
     fn metrics_now(&self) -> Option<Instant> {
         self.shared.metrics_on.then(|| self.shared.clock.now())
     }
@@ -280,17 +291,77 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Pushes a key onto the FIFO and wakes a parked getter, if any.
-    fn push(&self, hash: u64, key: K) {
-        self.shared.fifo.push((hash, key));
-        self.wake_one_if_parked();
+    /// Takes the lock, applies every pending add and promotes every due delayed add.
+    fn lock(&self) -> Locked<'_, K> {
+        let mut core = self.shared.core.lock();
+        self.apply(&mut core);
+        self.promote(&mut core);
+        core
+    }
+
+    /// Applies the inbox: each pending add, in order, as a plain add.
+    fn apply(&self, core: &mut Core<K>) {
+        let s = &*self.shared;
+        let mut applied = 0;
+        while let Some((hash, key, added_at)) = s.inbox.pop() {
+            applied += 1;
+            if core.keys.add(hash, &key, added_at) == Added::Queued {
+                core.fifo.push_back((hash, key));
+            }
+        }
+        if applied > 0 {
+            s.inbox_len.fetch_sub(applied, Ordering::Relaxed);
+        }
+    }
+
+    /// Queues every delayed key whose deadline has passed, in deadline order. After shutdown or
+    /// during a drain, waiting keys stay waiting.
+    fn promote(&self, core: &mut Core<K>) {
+        let s = &*self.shared;
+        let Some(top) = core.heap.peek() else {
+            return;
+        };
+        if s.state.load(Ordering::Relaxed) != RUNNING {
+            return;
+        }
+        let now = s.clock.now();
+        if top.at > now {
+            return;
+        }
+        let metrics_now = s.metrics_on.then_some(now);
+        while core.heap.peek().is_some_and(|top| top.at <= now) {
+            let Some(d) = core.heap.pop() else { break };
+            if core.keys.take_due(&d.key, d.seq)
+                && core.keys.add(d.hash, &d.key, metrics_now) == Added::Queued
+            {
+                core.fifo.push_back((d.hash, d.key));
+            }
+        }
+        self.store_next_deadline(core);
+    }
+
+    fn store_next_deadline(&self, core: &Core<K>) {
+        let s = &*self.shared;
+        let next = core.heap.peek().map_or(NO_DEADLINE, |top| {
+            let offset = top.at.saturating_duration_since(s.epoch).as_nanos();
+            u64::try_from(offset).unwrap_or(NO_DEADLINE - 1)
+        });
+        s.next_deadline.store(next, Ordering::Release);
+    }
+
+    /// Whether a delayed add is due: the one check a producer makes before its lock-free push, so
+    /// that deadlines that passed are queued before its key, as they would have been on time.
+    fn deadline_due(&self) -> bool {
+        let s = &*self.shared;
+        let next = s.next_deadline.load(Ordering::Acquire);
+        next != NO_DEADLINE
+            && s.clock.now().saturating_duration_since(s.epoch).as_nanos() >= u128::from(next)
     }
 
     fn wake_one_if_parked(&self) {
         // Either the parked getter sees the key, or we see the getter. The getter side is
-        // `getters += 1; fence(SeqCst); pop`. Ours is the FIFO push, whose tail update is a
-        // `SeqCst` read-modify-write (crossbeam-queue's `SegQueue::push`), then this `SeqCst`
-        // load; a fence here as well would cost a full barrier on every add for nothing.
+        // `getters += 1; fence(SeqCst); look`. Ours follows a `SeqCst` read-modify-write (the
+        // inbox push's tail update, or the lock's release and a fence), then this `SeqCst` load.
         if self.shared.getters.load(Ordering::SeqCst) > 0 {
             self.shared.available.notify_one();
         }
@@ -299,15 +370,19 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
     /// Queues `key` unless it is queued already; marks it dirty if it is being processed.
     /// Ignored (and counted in `dropped_adds_total`) after shutdown.
     pub fn add(&self, key: K) {
-        self.promote();
+        let s = &*self.shared;
+        if self.deadline_due() {
+            drop(self.lock());
+        }
         if self.refuses_adds() {
             return self.refuse();
         }
         let hash = self.hash(&key);
-        let added = self.shard(hash).add(hash, &key, self.metrics_now());
-        if added == Added::Queued {
-            self.push(hash, key);
+        s.inbox.push((hash, key, self.metrics_now()));
+        if s.inbox_len.fetch_add(1, Ordering::Relaxed) >= INBOX_BOUND {
+            drop(self.lock());
         }
+        self.wake_one_if_parked();
     }
 
     /// Queues `key` after `delay` (clamped to [`MAX_DELAY`]); a zero delay is a plain add. If the
@@ -316,31 +391,28 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         if delay.is_zero() {
             return self.add(key);
         }
-        self.promote();
+        let mut core = self.lock();
         if self.refuses_adds() {
             return self.refuse();
         }
         let hash = self.hash(&key);
         let at = deadline(self.shared.clock.now(), delay);
-        let seq = self.shard(hash).schedule(&key, at, &self.shared.next_seq);
-        if let Some(seq) = seq {
-            self.push_delayed(Delayed { at, seq, hash, key });
-        }
+        self.schedule(&mut core, hash, key, at);
     }
 
-    fn push_delayed(&self, d: Delayed<K>) {
-        let s = &*self.shared;
-        let offset = d.at.saturating_duration_since(s.epoch).as_nanos();
-        let offset = u64::try_from(offset).unwrap_or(NO_DEADLINE - 1);
-        let earliest = {
-            let mut heap = s.delays.lock();
-            heap.push(d);
-            s.next_deadline.fetch_min(offset, Ordering::SeqCst) > offset
-        };
+    /// Records a delayed add under the lock; wakes a parked getter if it is the new earliest.
+    fn schedule(&self, core: &mut Locked<'_, K>, hash: u64, key: K, at: Instant) {
+        let seq = core.next_seq;
+        if !core.keys.schedule(&key, at, seq) {
+            return;
+        }
+        core.next_seq += 1;
+        let earliest = core.heap.peek().is_none_or(|top| at < top.at);
+        core.heap.push(Delayed { at, seq, hash, key });
         if earliest {
-            // A parked getter re-arms its timer for the new, earlier deadline. No FIFO push
-            // precedes this, so order the heap update before the check explicitly.
+            self.store_next_deadline(core);
             fence(Ordering::SeqCst);
+            // A parked getter re-arms its timer for the new, earlier deadline.
             self.wake_one_if_parked();
         }
     }
@@ -351,51 +423,47 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
     /// a no-op: it takes no token from the limiter and counts no failure. So spurious re-adds of a
     /// failing key never make its backoff grow faster than once per failed attempt.
     pub fn add_rate_limited(&self, key: K) {
-        self.promote();
+        let s = &*self.shared;
+        let mut core = self.lock();
         if self.refuses_adds() {
             return self.refuse();
         }
-        let s = &*self.shared;
         let hash = self.hash(&key);
-        let mut shard = self.shard(hash);
-        if shard.rate_limited_add_coalesces(hash, &key) {
+        if core.keys.rate_limited_add_coalesces(hash, &key) {
             return;
         }
-        shard.count_requeue(&key);
+        core.keys.count_requeue(&key);
         let delay = s.limiter.when(&key);
         if delay.is_zero() {
-            let added = shard.add(hash, &key, self.metrics_now());
-            drop(shard);
-            if added == Added::Queued {
-                self.push(hash, key);
+            let now = self.metrics_now();
+            if core.keys.add(hash, &key, now) == Added::Queued {
+                core.fifo.push_back((hash, key));
+                drop(core);
+                fence(Ordering::SeqCst);
+                self.wake_one_if_parked();
             }
             return;
         }
         let at = deadline(s.clock.now(), delay);
-        let seq = shard.schedule(&key, at, &self.shared.next_seq);
-        drop(shard);
-        if let Some(seq) = seq {
-            self.push_delayed(Delayed { at, seq, hash, key });
-        }
+        self.schedule(&mut core, hash, key, at);
     }
 
     /// Clears `key`'s failure history, in the queue and in the rate limiter.
     pub fn forget(&self, key: &K) {
-        self.shard(self.hash(key)).forget(key);
+        self.shared.core.lock().keys.forget(key);
         self.shared.limiter.forget(key);
     }
 
     /// Rate-limited adds of `key` counted since it was last forgotten.
     pub fn num_requeues(&self, key: &K) -> u32 {
-        self.shard(self.hash(key)).num_requeues(key)
+        self.shared.core.lock().keys.num_requeues(key)
     }
 
     /// Keys queued and ready to be handed out (client-go's `Len`). Keys waiting out a delay are
     /// not counted here but in [`waiting_len`](Self::waiting_len); keys being processed in
     /// [`processing_len`](Self::processing_len).
     pub fn len(&self) -> usize {
-        self.promote();
-        self.shared.fifo.len()
+        self.lock().fifo.len()
     }
 
     /// Whether no key is queued and ready.
@@ -405,17 +473,12 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
 
     /// Keys waiting out a delay or backoff before they are queued.
     pub fn waiting_len(&self) -> usize {
-        self.promote();
-        self.shared
-            .shards
-            .iter()
-            .map(|s| s.lock().waiting_len())
-            .sum()
+        self.lock().keys.waiting_len()
     }
 
     /// Keys handed out and not yet done.
     pub fn processing_len(&self) -> usize {
-        self.shared.processing.load(Ordering::SeqCst)
+        self.shared.core.lock().processing
     }
 
     /// Whether [`shutdown`](Self::shutdown) (or a drain) has begun.
@@ -423,67 +486,24 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         self.refuses_adds()
     }
 
-    /// Queues every delayed key whose deadline has passed, in deadline order. Called first by
-    /// every operation, so the FIFO order follows deadlines however rarely the queue is touched;
-    /// one atomic load while no delayed add is pending. After shutdown or during a drain, waiting
-    /// keys stay waiting.
-    fn promote(&self) {
+    /// Takes the first queued key and marks it in process; with its requeue count. The second
+    /// value says whether more keys are ready.
+    fn take(&self) -> Option<((K, u32), bool)> {
         let s = &*self.shared;
-        let next = s.next_deadline.load(Ordering::Acquire);
-        if next == NO_DEADLINE || s.state.load(Ordering::Relaxed) != RUNNING {
-            return;
-        }
-        let now = s.clock.now();
-        if now.saturating_duration_since(s.epoch).as_nanos() < u128::from(next) {
-            return;
-        }
-        let due: Vec<Delayed<K>> = {
-            let mut heap = s.delays.lock();
-            let mut due = Vec::new();
-            while heap.peek().is_some_and(|top| top.at <= now) {
-                due.extend(heap.pop());
-            }
-            let next = heap.peek().map_or(NO_DEADLINE, |top| {
-                let offset = top.at.saturating_duration_since(s.epoch).as_nanos();
-                u64::try_from(offset).unwrap_or(NO_DEADLINE - 1)
-            });
-            s.next_deadline.store(next, Ordering::Release);
-            due
-        };
-        let metrics_now = s.metrics_on.then_some(now);
-        for d in due {
-            let mut shard = self.shard(d.hash);
-            if shard.take_due(&d.key, d.seq)
-                && shard.add(d.hash, &d.key, metrics_now) == Added::Queued
-            {
-                drop(shard);
-                self.push(d.hash, d.key);
-            }
-        }
-    }
-
-    /// Takes the first queued key and marks it in process; with its requeue count.
-    fn take(&self) -> Option<(K, u32)> {
-        let s = &*self.shared;
-        self.promote();
+        let mut core = self.lock();
         if s.state.load(Ordering::SeqCst) == SHUT_DOWN {
             return None;
         }
-        // Counted before the pop, so a drain never sees an empty FIFO and nothing in process
-        // while a key is between the two.
-        s.processing.fetch_add(1, Ordering::SeqCst);
-        let Some((hash, key)) = s.fifo.pop() else {
-            self.finish_one();
-            return None;
-        };
-        let requeues = self.shard(hash).start(hash, &key, self.metrics_now());
-        Some((key, requeues))
+        let (hash, key) = core.fifo.pop_front()?;
+        let requeues = core.keys.start(hash, &key, self.metrics_now());
+        core.processing += 1;
+        Some(((key, requeues), !core.fifo.is_empty()))
     }
 
     /// Hands out the first queued key without waiting; `None` when none is ready or after
     /// shutdown. The caller must call [`done`](Self::done) with it.
     pub fn try_get(&self) -> Option<K> {
-        self.take().map(|(key, _)| key)
+        self.take().map(|((key, _), _)| key)
     }
 
     /// Waits for a key and hands it out; `None` once the queue is shut down. The caller must call
@@ -496,7 +516,11 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
     pub(crate) async fn get_counted(&self) -> Option<(K, u32)> {
         let s = &*self.shared;
         loop {
-            if let Some(taken) = self.take() {
+            if let Some((taken, more)) = self.take() {
+                // More keys are ready (a batch promoted, say): wake another getter for them.
+                if more {
+                    self.wake_one_if_parked();
+                }
                 return Some(taken);
             }
             if self.finished() {
@@ -505,12 +529,12 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
             let mut notified = pin!(s.available.notified());
             notified.as_mut().enable();
             let parked = Parked::new(&s.getters);
-            // Pairs with the fence in `wake_one_if_parked`.
+            // Pairs with `wake_one_if_parked`.
             fence(Ordering::SeqCst);
-            if let Some(taken) = self.take() {
+            if let Some((taken, more)) = self.take() {
                 drop(parked);
                 // We may have absorbed a wake-up meant for another getter: pass it on.
-                if !s.fifo.is_empty() {
+                if more {
                     self.wake_one_if_parked();
                 }
                 return Some(taken);
@@ -545,9 +569,15 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         let s = &*self.shared;
         match s.state.load(Ordering::SeqCst) {
             SHUT_DOWN => true,
-            DRAINING if s.fifo.is_empty() && s.processing.load(Ordering::SeqCst) == 0 => {
-                self.finish_drain();
-                true
+            DRAINING => {
+                let core = self.lock();
+                if core.fifo.is_empty() && core.processing == 0 {
+                    drop(core);
+                    self.finish_drain();
+                    true
+                } else {
+                    false
+                }
             }
             _ => false,
         }
@@ -555,33 +585,32 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
 
     /// Marks `key` done. If it was added while it was being processed, it is queued again.
     pub fn done(&self, key: &K) {
-        self.promote();
         let hash = self.hash(key);
-        let requeued = self.shard(hash).done(hash, key, self.metrics_now());
-        self.after_done(hash, key, requeued);
+        let mut core = self.lock();
+        let requeued = core.keys.done(hash, key, self.metrics_now());
+        self.after_done(core, hash, key, requeued);
     }
 
-    fn after_done(&self, hash: u64, key: &K, requeued: Option<bool>) {
-        match requeued {
-            None => {}
-            Some(true) => {
-                self.push(hash, key.clone());
-                self.finish_one();
-            }
-            Some(false) => self.finish_one(),
-        }
-    }
-
-    /// One key less in process; the last one out completes a shutdown or drain.
-    fn finish_one(&self) {
+    fn after_done(&self, mut core: Locked<'_, K>, hash: u64, key: &K, requeued: Option<bool>) {
         let s = &*self.shared;
-        if s.processing.fetch_sub(1, Ordering::SeqCst) != 1 {
-            return;
+        let Some(requeued) = requeued else { return };
+        if requeued {
+            core.fifo.push_back((hash, key.clone()));
         }
-        match s.state.load(Ordering::SeqCst) {
-            SHUT_DOWN => s.drained.notify_waiters(),
-            DRAINING if s.fifo.is_empty() => self.finish_drain(),
-            _ => {}
+        core.processing -= 1;
+        let idle = core.processing == 0;
+        let empty = core.fifo.is_empty();
+        drop(core);
+        if requeued {
+            fence(Ordering::SeqCst);
+            self.wake_one_if_parked();
+        }
+        if idle {
+            match s.state.load(Ordering::SeqCst) {
+                SHUT_DOWN => s.drained.notify_waiters(),
+                DRAINING if empty => self.finish_drain(),
+                _ => {}
+            }
         }
     }
 
@@ -600,7 +629,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
     pub fn shutdown(&self) {
         self.shared.state.store(SHUT_DOWN, Ordering::SeqCst);
         self.shared.available.notify_waiters();
-        if self.shared.processing.load(Ordering::SeqCst) == 0 {
+        if self.processing_len() == 0 {
             self.shared.drained.notify_waiters();
         }
     }
@@ -618,10 +647,16 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
     /// queue is shut down. Keys waiting out a delay are not waited for and stay unprocessed.
     pub async fn shutdown_with_drain_queued(&self) {
         let s = &*self.shared;
+        // Apply (and promote) what was accepted before the drain began.
+        drop(self.lock());
         let _ = s
             .state
             .compare_exchange(RUNNING, DRAINING, Ordering::SeqCst, Ordering::SeqCst);
-        if s.fifo.is_empty() && s.processing.load(Ordering::SeqCst) == 0 {
+        let idle = {
+            let core = self.lock();
+            core.fifo.is_empty() && core.processing == 0
+        };
+        if idle {
             self.finish_drain();
         }
         s.available.notify_waiters();
@@ -633,9 +668,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         loop {
             let mut notified = pin!(s.drained.notified());
             notified.as_mut().enable();
-            if s.state.load(Ordering::SeqCst) == SHUT_DOWN
-                && s.processing.load(Ordering::SeqCst) == 0
-            {
+            if s.state.load(Ordering::SeqCst) == SHUT_DOWN && self.processing_len() == 0 {
                 return;
             }
             notified.await;
@@ -644,35 +677,28 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
 
     /// A snapshot of the queue's metrics.
     pub fn metrics(&self) -> QueueMetrics {
-        self.promote();
         let s = &*self.shared;
+        let core = self.lock();
         let now = s.clock.now();
-        let mut m = QueueMetrics {
+        let (unfinished, longest) = if s.metrics_on {
+            core.keys.in_process_seconds(now)
+        } else {
+            (0.0, 0.0)
+        };
+        QueueMetrics {
             name: s.name.clone(),
-            depth: s.fifo.len() as u64,
-            processing: s.processing.load(Ordering::SeqCst) as u64,
+            depth: core.fifo.len() as u64,
+            waiting: core.keys.waiting_len() as u64,
+            processing: core.processing as u64,
+            adds_total: core.keys.adds_total,
+            retries_total: core.keys.retries_total,
+            queue_duration: core.keys.queue_duration.clone(),
+            work_duration: core.keys.work_duration.clone(),
+            unfinished_work_seconds: unfinished,
+            longest_running_processor_seconds: longest,
             dropped_adds_total: s.dropped_adds_total.load(Ordering::Relaxed),
             exhausted_total: s.exhausted_total.load(Ordering::Relaxed),
-            ..QueueMetrics::default()
-        };
-        let (mut queue_duration, mut work_duration) = (Histogram::default(), Histogram::default());
-        for shard in s.shards.iter() {
-            let shard = shard.lock();
-            m.waiting += shard.waiting_len() as u64;
-            m.adds_total += shard.adds_total;
-            m.retries_total += shard.retries_total;
-            queue_duration.merge(&shard.queue_duration);
-            work_duration.merge(&shard.work_duration);
-            if s.metrics_on {
-                let (sum, longest) = shard.in_process_seconds(now);
-                m.unfinished_work_seconds += sum;
-                m.longest_running_processor_seconds =
-                    m.longest_running_processor_seconds.max(longest);
-            }
         }
-        m.queue_duration = queue_duration;
-        m.work_duration = work_duration;
-        m
     }
 
     /// Engine path for a failed attempt: counts the failure and re-queues `key` after the limiter's
@@ -680,45 +706,34 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
     /// Unlike [`add_rate_limited`](Self::add_rate_limited) this always counts: it is a failed
     /// attempt, not an add.
     pub(crate) fn fail(&self, key: &K, max_retries: u32) -> Failure {
-        self.promote();
         let s = &*self.shared;
         let hash = self.hash(key);
-        let mut delayed = None;
-        let mut shard = self.shard(hash);
-        let requeues = shard.num_requeues(key);
+        let mut core = self.lock();
+        let requeues = core.keys.num_requeues(key);
         let failure = if self.refuses_adds() {
-            shard.forget(key);
+            core.keys.forget(key);
             Failure::Dropped
         } else if requeues < max_retries {
-            shard.count_requeue(key);
+            core.keys.count_requeue(key);
             let delay = s.limiter.when(key).min(MAX_DELAY);
             if delay.is_zero() {
                 // Still in process: dirty, so `done` below queues it again.
-                shard.mark_dirty(hash, key);
+                core.keys.mark_dirty(hash, key);
             } else {
                 let at = deadline(s.clock.now(), delay);
-                delayed = shard.schedule(key, at, &s.next_seq).map(|seq| Delayed {
-                    at,
-                    seq,
-                    hash,
-                    key: key.clone(),
-                });
+                self.schedule(&mut core, hash, key.clone(), at);
             }
             Failure::Requeued {
                 attempt: requeues + 1,
                 delay,
             }
         } else {
-            shard.forget(key);
+            core.keys.forget(key);
             s.exhausted_total.fetch_add(1, Ordering::Relaxed);
             Failure::Exhausted { requeues }
         };
-        let requeued = shard.done(hash, key, self.metrics_now());
-        drop(shard);
-        if let Some(d) = delayed {
-            self.push_delayed(d);
-        }
-        self.after_done(hash, key, requeued);
+        let requeued = core.keys.done(hash, key, self.metrics_now());
+        self.after_done(core, hash, key, requeued);
         if matches!(failure, Failure::Exhausted { .. } | Failure::Dropped) {
             s.limiter.forget(key);
         }
@@ -726,16 +741,13 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
     }
 
     /// Engine path for a successful attempt: forgets `key`'s history and marks it done, under one
-    /// shard lock.
+    /// lock.
     pub(crate) fn succeed(&self, key: &K) {
-        self.promote();
         let hash = self.hash(key);
-        let (had_history, requeued) = {
-            let mut shard = self.shard(hash);
-            let had_history = shard.forget(key);
-            (had_history, shard.done(hash, key, self.metrics_now()))
-        };
-        self.after_done(hash, key, requeued);
+        let mut core = self.lock();
+        let had_history = core.keys.forget(key);
+        let requeued = core.keys.done(hash, key, self.metrics_now());
+        self.after_done(core, hash, key, requeued);
         if had_history {
             self.shared.limiter.forget(key);
         }

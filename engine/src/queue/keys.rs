@@ -1,16 +1,12 @@
-//! One shard of the queue's per-key state.
-//!
-//! A key's slot (queued, or in process and maybe dirty), its pending delayed add and its requeue
-//! count live in the shard its hash selects, so every decision about one key is taken under one
-//! shard lock while operations on other keys proceed in parallel. The FIFO and the delay heap are
-//! shared; see the parent module.
+//! The queue's per-key state: each key's slot (queued, or in process and maybe dirty), its pending
+//! delayed add and its requeue count, plus the counters that go with them. It lives behind the
+//! queue's lock, so every decision about a key sees all of its state at once.
 
 use crate::metrics::Histogram;
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 /// Where a key the queue holds stands.
@@ -32,7 +28,7 @@ pub(super) enum Added {
 }
 
 #[derive(Debug)]
-pub(super) struct Shard<K> {
+pub(super) struct Keys<K> {
     slots: HashTable<(u64, K, Slot)>,
     /// Pending delayed add of a key: its deadline and the sequence number of its heap entry.
     waiting: HashMap<K, (Instant, u64), RandomState>,
@@ -43,7 +39,7 @@ pub(super) struct Shard<K> {
     pub(super) work_duration: Histogram,
 }
 
-impl<K> Default for Shard<K> {
+impl<K> Default for Keys<K> {
     fn default() -> Self {
         Self {
             slots: HashTable::new(),
@@ -57,7 +53,7 @@ impl<K> Default for Shard<K> {
     }
 }
 
-impl<K: Eq + Hash + Clone> Shard<K> {
+impl<K: Eq + Hash + Clone> Keys<K> {
     fn slot_mut(&mut self, hash: u64, key: &K) -> Option<&mut Slot> {
         self.slots
             .find_mut(hash, |(h, k, _)| *h == hash && k == key)
@@ -86,16 +82,16 @@ impl<K: Eq + Hash + Clone> Shard<K> {
 
     /// Records a delayed add of `key` at `at`; the earliest pending deadline wins. Returns the
     /// sequence number for the heap entry when one must be pushed.
-    /// `seq` numbers delayed adds across all shards, so equal deadlines keep their add order.
-    pub(super) fn schedule(&mut self, key: &K, at: Instant, seq: &AtomicU64) -> Option<u64> {
+    /// Records `seq` as `key`'s pending delayed add at `at`, unless an earlier one is pending.
+    /// Returns whether a heap entry must be pushed.
+    pub(super) fn schedule(&mut self, key: &K, at: Instant, seq: u64) -> bool {
         if let Some(&(existing, _)) = self.waiting.get(key) {
             if existing <= at {
-                return None;
+                return false;
             }
         }
-        let seq = seq.fetch_add(1, Ordering::Relaxed);
         self.waiting.insert(key.clone(), (at, seq));
-        Some(seq)
+        true
     }
 
     /// Takes `key` out of waiting if `seq` is still its pending delayed add.

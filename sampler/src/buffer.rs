@@ -81,6 +81,9 @@ pub(crate) struct Shard<S> {
     pub(crate) tally: DecisionTally,
 }
 
+/// How many of the oldest traces pressure looks at to find one whose root has ended.
+pub(crate) const PRESSURE_LOOKAHEAD: usize = 16;
+
 /// Most span slots reserved up front for a new trace.
 const MAX_SIZE_HINT: usize = 64;
 
@@ -208,14 +211,28 @@ impl<S: SpanView> Shard<S> {
             .is_some_and(|e| e.generation == item.generation)
     }
 
-    /// The oldest pending trace, removed from the age queue.
-    pub(crate) fn pop_oldest(&mut self) -> Option<TraceId> {
-        while let Some(item) = self.by_age.pop_front() {
-            if self.is_live(&item) {
-                return Some(item.trace_id);
+    /// The trace to decide early under pressure, removed from the age queue: among the
+    /// [`PRESSURE_LOOKAHEAD`] oldest, the oldest whose local root has ended (it is most likely
+    /// complete, so deciding it now loses nothing); failing that, the oldest.
+    pub(crate) fn pop_for_pressure(&mut self) -> Option<TraceId> {
+        while let Some(front) = self.by_age.front() {
+            if self.is_live(front) {
+                break;
             }
+            self.by_age.pop_front();
         }
-        None
+        let complete = self
+            .by_age
+            .iter()
+            .take(PRESSURE_LOOKAHEAD)
+            .position(|item| {
+                self.traces
+                    .get(&item.trace_id)
+                    .is_some_and(|e| e.generation == item.generation && e.root_ended)
+            })
+            .unwrap_or(0);
+        let item = self.by_age.remove(complete)?;
+        Some(item.trace_id)
     }
 
     /// The next trace due at `now`, if any.
@@ -323,6 +340,19 @@ mod tests {
     }
 
     #[test]
+    fn pressure_should_prefer_an_old_trace_whose_root_ended_over_one_in_progress() {
+        let mut s = shard();
+        s.add(TestSpan::new(1, 2).child_of(1).build(), 0, 10);
+        s.add(TestSpan::new(2, 1).build(), 1, 10);
+        s.add(TestSpan::new(3, 2).child_of(1).build(), 2, 10);
+        assert_eq!(s.pop_for_pressure(), Some(TraceId::from(2)));
+        assert_eq!(s.pop_for_pressure(), Some(TraceId::from(1)));
+        s.remove(TraceId::from(2));
+        s.remove(TraceId::from(1));
+        assert_eq!(s.pop_for_pressure(), Some(TraceId::from(3)));
+    }
+
+    #[test]
     fn stale_queue_items_should_be_skipped_and_compacted() {
         let mut s = shard();
         for t in 1..=3000u128 {
@@ -330,7 +360,7 @@ mod tests {
             s.remove(TraceId::from(t));
         }
         s.compact();
-        assert_eq!(s.pop_oldest(), None);
+        assert_eq!(s.pop_for_pressure(), None);
         assert_eq!(s.pop_due(1000, 10, 10), None);
     }
 }

@@ -35,7 +35,10 @@
 //! - A trace is decided `decision_wait_after_root` (2 s) after its local root span ended, not
 //!   only `decision_wait` after its first span; a span whose parent is remote is a local root.
 //! - Memory is bounded in bytes too, and a full buffer decides its oldest traces early (counted
-//!   in `traces_decided_early`) instead of dropping them undecided.
+//!   in `traces_decided_early`) instead of dropping them undecided, preferring, among the 16
+//!   oldest, one whose root span has ended. A trace decided early while still in progress
+//!   decides its later spans too (they follow the cached decision), so a late error span of a
+//!   trace dropped under pressure is dropped: size the buffer so pressure stays rare.
 //! - Decision caches are on by default (`decision_cache` sizes of 0 turn them off); dropped ids
 //!   are kept in a compact fingerprint filter.
 //! - `invert_match` simply inverts a policy (the Collector's `disableinvertdecisions` behaviour);

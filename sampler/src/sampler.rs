@@ -233,7 +233,7 @@ impl<S: SpanView> TailSampler<S> {
         if shard.traces.len() > self.shard_traces || shard.bytes > self.shard_bytes {
             let resource = self.resource.read().clone();
             while shard.traces.len() > self.shard_traces || shard.bytes > self.shard_bytes {
-                let Some(oldest) = shard.pop_oldest() else {
+                let Some(oldest) = shard.pop_for_pressure() else {
                     break;
                 };
                 self.decide(&mut shard, oldest, Trigger::Pressure, now, &resource, kept);

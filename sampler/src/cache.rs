@@ -39,10 +39,6 @@ impl<K: Hash + Eq + Copy, V> BoundedMap<K, V> {
         self.map.get(key)
     }
 
-    pub(crate) fn contains(&self, key: &K) -> bool {
-        self.get(key).is_some()
-    }
-
     /// Inserts or replaces; returns how many old entries were forgotten to make room.
     pub(crate) fn insert(&mut self, key: K, value: V) -> usize {
         if self.capacity == 0 {
@@ -131,7 +127,7 @@ mod tests {
         assert_eq!(m.insert(2, "b"), 0);
         assert_eq!(m.insert(1, "a2"), 0);
         assert_eq!(m.insert(3, "c"), 1);
-        assert!(!m.contains(&1));
+        assert!(m.get(&1).is_none());
         assert_eq!(m.get(&2), Some(&"b"));
         assert_eq!(m.get(&3), Some(&"c"));
         assert_eq!(m.len(), 2);
@@ -141,7 +137,7 @@ mod tests {
     fn bounded_map_of_capacity_zero_should_remember_nothing() {
         let mut m = BoundedMap::new(0);
         m.insert(1, ());
-        assert!(!m.contains(&1));
+        assert!(m.get(&1).is_none());
         assert_eq!(m.len(), 0);
     }
 

@@ -10,6 +10,10 @@ use std::sync::Arc;
 use opentelemetry::trace::TraceState;
 use opentelemetry::{KeyValue, Value};
 
+/// Span attribute carrying a trace's segment number within its job (set by traceq's engine when
+/// it splits a long job). Job linkage keeps only segments at or after the one kept for an error.
+pub const SEGMENT_ATTRIBUTE: &str = "traceq.segment";
+
 /// Attribute naming the policy that kept the trace.
 pub const POLICY_ATTRIBUTE: &str = "traceq.sampling.policy";
 /// Attribute holding the adjusted count, `1 / sampling probability`, as a double.

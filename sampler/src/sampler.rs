@@ -26,7 +26,7 @@ use crate::buffer::{fold, Due, Shard};
 use crate::cache::{fingerprint, BoundedMap};
 use crate::clock::{nanos, Clock, SystemClock};
 use crate::config::SamplerConfig;
-use crate::decision::{KeptDecision, JOB_LINKAGE_POLICY};
+use crate::decision::{KeptDecision, JOB_LINKAGE_POLICY, SEGMENT_ATTRIBUTE};
 use crate::error::ConfigError;
 use crate::metrics::{Counters, PolicyMetrics, SamplerMetrics, Trigger};
 use crate::policy::{EvalContext, Outcome, PolicySet};
@@ -81,7 +81,8 @@ pub struct TailSampler<S> {
     shard_traces: usize,
     shard_bytes: usize,
     job_key: String,
-    jobs: Mutex<BoundedMap<u64, ()>>,
+    /// Jobs kept for an error, with the earliest segment so kept (`i64::MIN` when unknown).
+    jobs: Mutex<BoundedMap<u64, i64>>,
     /// True once any job was kept for an error: until then no trace needs its job id looked up.
     any_job: AtomicBool,
     job_decision: Arc<KeptDecision>,
@@ -331,6 +332,16 @@ impl<S: SpanView> TailSampler<S> {
             })
     }
 
+    /// The trace's segment number within its job, if the engine split it.
+    fn segment_of(spans: &[S]) -> Option<i64> {
+        spans
+            .iter()
+            .find_map(|s| match s.attribute(SEGMENT_ATTRIBUTE)? {
+                AttrValue::I64(i) => Some(i),
+                _ => None,
+            })
+    }
+
     fn decide(
         &self,
         shard: &mut Shard<S>,
@@ -362,18 +373,30 @@ impl<S: SpanView> TailSampler<S> {
                 Some(self.policies.decision(index).clone())
             }
             Outcome::Dropped { .. } => None,
+            // Later segments follow an error segment; earlier ones, decided after it, do not.
             Outcome::NotSampled if self.any_job.load(Relaxed) => match self.job_of(&entry.spans) {
-                Some(job) if self.jobs.lock().contains(&job) => {
-                    tally.job_linked += 1;
-                    Some(self.job_decision.clone())
+                Some(job) => {
+                    let from = self.jobs.lock().get(&job).copied();
+                    let segment = Self::segment_of(&entry.spans);
+                    match from {
+                        Some(from) if segment.is_none_or(|seg| seg >= from) => {
+                            tally.job_linked += 1;
+                            Some(self.job_decision.clone())
+                        }
+                        _ => None,
+                    }
                 }
-                _ => None,
+                None => None,
             },
             Outcome::NotSampled => None,
         };
         if decision.is_some() && entry.spans.iter().any(|s| s.status() == StatusKind::Error) {
             if let Some(job) = self.job_of(&entry.spans) {
-                self.jobs.lock().insert(job, ());
+                let segment = Self::segment_of(&entry.spans).unwrap_or(i64::MIN);
+                let mut jobs = self.jobs.lock();
+                if jobs.get(&job).is_none_or(|&from| segment < from) {
+                    jobs.insert(job, segment);
+                }
                 self.any_job.store(true, Relaxed);
             }
         }

@@ -184,6 +184,29 @@ fn later_segments_of_a_job_kept_for_an_error_should_be_kept() {
 }
 
 #[test]
+fn only_segments_at_or_after_the_error_segment_should_be_linked() {
+    let (s, _clock) = sampler(errors_only());
+    let span = |trace: u128, segment: i64| {
+        TestSpan::new(trace, 1)
+            .attr(KeyValue::new("traceq.job.id", "job-9"))
+            .attr(KeyValue::new("traceq.segment", segment))
+    };
+    let mut kept = Vec::new();
+    ingest(&s, span(6, 6).error().build(), &mut kept);
+    s.flush(&mut kept);
+    // Segment 5 is decided after segment 6 failed, but comes before it: not linked.
+    ingest(&s, span(5, 5).build(), &mut kept);
+    ingest(&s, span(7, 7).build(), &mut kept);
+    s.flush(&mut kept);
+    let kept_segments: Vec<_> = kept.iter().map(|k| k.attribute("traceq.segment")).collect();
+    assert_eq!(
+        kept_segments,
+        vec![Some(AttrValue::I64(6)), Some(AttrValue::I64(7))]
+    );
+    assert_eq!(s.metrics().traces_kept_by_job_linkage, 1);
+}
+
+#[test]
 fn a_job_kept_without_an_error_should_not_link_its_segments() {
     let cfg = SamplerConfig::default().with_policies(vec![PolicyConfig::span_count_for_test(2)]);
     let (s, _clock) = sampler(cfg);

@@ -23,44 +23,6 @@ pub(crate) type KeyFormat<K> = Arc<dyn Fn(&K) -> Arc<str> + Send + Sync>;
 /// Gives a key's job id, if it has one.
 pub(crate) type JobIdOf<K> = Arc<dyn Fn(&K) -> Option<String> + Send + Sync>;
 
-/// Room for a key's text on the stack; a longer text is formatted into a `String` first.
-const STACK_TEXT: usize = 64;
-
-/// `value`'s `Display` text as a shared string, formatted on the stack: one allocation, not a
-/// `String` and then a copy of it.
-pub(crate) fn display_text<T: fmt::Display + ?Sized>(value: &T) -> Arc<str> {
-    let mut text = StackText {
-        bytes: [0; STACK_TEXT],
-        len: 0,
-    };
-    match fmt::write(&mut text, format_args!("{value}")) {
-        Ok(()) => Arc::from(text.as_str()),
-        // Too long for the stack (or `Display` failed, which `to_string` reports).
-        Err(fmt::Error) => Arc::from(value.to_string()),
-    }
-}
-
-struct StackText {
-    bytes: [u8; STACK_TEXT],
-    len: usize,
-}
-
-impl StackText {
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.bytes[..self.len]).expect("only whole `str`s are written")
-    }
-}
-
-impl fmt::Write for StackText {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let end = self.len + s.len();
-        let room = self.bytes.get_mut(self.len..end).ok_or(fmt::Error)?;
-        room.copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
-}
-
 pub(crate) struct ItemTraces<K> {
     cfg: Arc<TraceConfig>,
     key_format: KeyFormat<K>,
@@ -205,23 +167,5 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> ItemTraces<K> {
         for (_, item) in items {
             item.drop_at_shutdown();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn display_text_should_match_to_string_below_and_above_the_stack_room() {
-        for text in [
-            "",
-            "order-1",
-            &"k".repeat(STACK_TEXT),
-            &"é".repeat(STACK_TEXT),
-        ] {
-            assert_eq!(&*display_text(text), text);
-        }
-        assert_eq!(&*display_text(&u64::MAX), u64::MAX.to_string());
     }
 }

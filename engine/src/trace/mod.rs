@@ -57,5 +57,5 @@ mod tracer;
 
 pub(crate) use item::{interned, TraceConfig};
 pub use item::{JobContext, DEFAULT_MAX_SPANS_PER_SEGMENT, DEFAULT_MAX_TRACE_AGE};
-pub(crate) use items::{display_text, ItemTraces, KeyFormat};
+pub(crate) use items::{ItemTraces, KeyFormat};
 pub(crate) use tracer::ErasedTracer;

@@ -180,10 +180,7 @@ async fn execute(command: &Command, tracer: BoxedTracer, cx: &Context) -> anyhow
                     .await
             });
             // Wait until every item is done (retries in backoff included), then stop.
-            let queue = handle.queue().clone();
-            while queue.len() + queue.waiting_len() + queue.processing_len() > 0 {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
+            handle.queue().wait_idle().await;
             handle.shutdown_with_drain().await;
             workers.await?;
             let failed = failed.load(Ordering::Relaxed);

@@ -200,10 +200,7 @@ pub(crate) async fn run() -> anyhow::Result<Report> {
     cx.span().end();
 
     // Both orders processed (adds happen before the 202), then stop everything.
-    let queue = handle.queue().clone();
-    while queue.len() + queue.waiting_len() + queue.processing_len() > 0 {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    handle.queue().wait_idle().await;
     handle.shutdown_with_drain().await;
     workers.await?;
     for server in servers {

@@ -71,10 +71,7 @@ pub(crate) async fn run() -> anyhow::Result<Vec<SpanData>> {
             .await
     });
     // Wait for every object to be forgotten (success or retries exhausted), then stop.
-    let queue = handle.queue().clone();
-    while queue.len() + queue.waiting_len() + queue.processing_len() > 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    handle.queue().wait_idle().await;
     handle.shutdown_with_drain().await;
     workers.await?;
 

@@ -127,10 +127,7 @@ async fn load() {
         p.await.unwrap();
     }
     // Wait for the queue to settle: nothing queued, waiting out a backoff, or in process.
-    let q = handle.queue().clone();
-    while q.len() + q.waiting_len() + q.processing_len() > 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    handle.queue().wait_idle().await;
     handle.shutdown_with_drain().await;
     run.await.unwrap();
 

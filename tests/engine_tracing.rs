@@ -644,13 +644,9 @@ async fn concurrent_adds_and_failures_should_keep_every_trace_whole() {
     for p in producers {
         p.await.unwrap();
     }
-    for _ in 0..5_000 {
-        let q = handle.queue();
-        if q.is_empty() && q.waiting_len() == 0 && q.processing_len() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    tokio::time::timeout(Duration::from_secs(5), handle.queue().wait_idle())
+        .await
+        .expect("the queue settles");
     handle.shutdown_with_drain().await;
     run.await.unwrap();
 

@@ -180,6 +180,8 @@ struct Shared<K> {
     available: Notify,
     /// Drains wait here for the last key in process.
     drained: Notify,
+    /// `wait_idle` waits here for nothing to be queued, waiting or in process.
+    idle: Notify,
 }
 
 /// A rate-limited work queue with client-go semantics. Cloning gives another handle to the same
@@ -264,6 +266,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
                 clock: config.clock,
                 available: Notify::new(),
                 drained: Notify::new(),
+                idle: Notify::new(),
             }),
         }
     }
@@ -600,7 +603,11 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         core.processing -= 1;
         let idle = core.processing == 0;
         let empty = core.fifo.is_empty();
+        let settled = idle && empty && core.keys.waiting_len() == 0;
         drop(core);
+        if settled {
+            s.idle.notify_waiters();
+        }
         if requeued {
             fence(Ordering::SeqCst);
             self.wake_one_if_parked();
@@ -661,6 +668,27 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         }
         s.available.notify_waiters();
         self.wait_drained().await;
+    }
+
+    /// Waits until the queue is idle: no key queued, waiting out a delay, or in process (and no
+    /// add pending). Returns at once if it is idle now. Later adds can make it busy again; this
+    /// says only that it was idle at one moment, which is what a producer that has finished adding
+    /// needs before [`shutdown_with_drain`](Self::shutdown_with_drain).
+    pub async fn wait_idle(&self) {
+        let s = &*self.shared;
+        loop {
+            let mut notified = pin!(s.idle.notified());
+            notified.as_mut().enable();
+            if self.is_idle() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        let core = self.lock();
+        core.fifo.is_empty() && core.processing == 0 && core.keys.waiting_len() == 0
     }
 
     async fn wait_drained(&self) {

@@ -21,13 +21,7 @@ where
     let handle = engine.handle();
     let run = tokio::spawn(async move { engine.run(handler).await });
     // Wait until nothing is queued, waiting or in process, then stop.
-    loop {
-        let q = handle.queue();
-        if q.is_empty() && q.waiting_len() == 0 && q.processing_len() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    handle.queue().wait_idle().await;
     handle.shutdown_with_drain().await;
     run.await.unwrap();
 }

@@ -291,3 +291,29 @@ async fn metrics_should_measure_queue_and_work_time() {
     assert_eq!(m.adds_total, 1);
     assert_eq!(m.name, "m");
 }
+
+#[tokio::test(start_paused = true)]
+async fn wait_idle_should_return_once_nothing_is_queued_waiting_or_in_process() {
+    let q = Queue::<u8>::with_config(QueueConfig::default().with_rate_limiter(NoDelay));
+    timeout(Duration::from_secs(1), q.wait_idle())
+        .await
+        .expect("an empty queue is idle");
+    q.add(1);
+    q.add_after(2, Duration::from_secs(10));
+    let idle = tokio::spawn({
+        let q = q.clone();
+        async move { q.wait_idle().await }
+    });
+    let one = q.get().await.unwrap();
+    q.done(&one);
+    tokio::task::yield_now().await;
+    assert!(!idle.is_finished(), "key 2 still waits out its delay");
+    let two = q.get().await.unwrap(); // wakes when key 2's delay passes
+    tokio::task::yield_now().await;
+    assert!(!idle.is_finished(), "key 2 is in process");
+    q.done(&two);
+    timeout(Duration::from_secs(1), idle)
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -84,7 +84,9 @@ struct State {
     item_cx: Context,
     attempt: Option<Running>,
     segment: i64,
-    segment_started: Instant,
+    /// When the current segment reaches the maximum age; `None` if that is past the clock's
+    /// range. A comparison per check, not a subtraction.
+    segment_due: Option<Instant>,
     /// Spans counted against the current segment's budget.
     spans: u32,
     attempts_total: i64,
@@ -198,7 +200,7 @@ impl Item {
                 item_cx,
                 attempt: None,
                 segment: 1,
-                segment_started: now,
+                segment_due: now.checked_add(cfg.max_age),
                 spans: 1,
                 attempts_total: 0,
                 queued_at: now,
@@ -329,7 +331,7 @@ impl State {
         if self.ended {
             return;
         }
-        let too_old = now.saturating_duration_since(self.segment_started) >= cfg.max_age;
+        let too_old = self.segment_due.is_some_and(|due| now >= due);
         let too_big = self.spans.saturating_add(incoming) > cfg.max_spans;
         if too_old || too_big {
             self.cut(cfg, now);
@@ -395,7 +397,7 @@ impl State {
         );
         old.end();
         self.item_cx = next_cx;
-        self.segment_started = now;
+        self.segment_due = now.checked_add(cfg.max_age);
     }
 
     fn end_item(

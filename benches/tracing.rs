@@ -25,12 +25,12 @@
 //!
 //! | variant               | instructions | added per item   | allocations |
 //! |-----------------------|--------------|------------------|-------------|
-//! | untraced              | 1,103        | -                | 0.02        |
-//! | noop_provider         | 1,162        | 59 (+5.3%)       | 0.04        |
-//! | sdk_always_on_discard | 13,825       | 12,722           | 13.0        |
+//! | untraced              | 1,104        | -                | 0.02        |
+//! | noop_provider         | 1,163        | 59 (+5.3%)       | 0.04        |
+//! | sdk_always_on_discard | 13,765       | 12,661           | 13.0        |
 //! | sdk_floor (no engine) | 11,014       | -                | 12.0        |
 //!
-//! So the engine's own tracing work is ~1,700 instructions per item (13,825 - 1,103 - 11,014:
+//! So the engine's own tracing work is ~1,650 instructions per item (13,765 - 1,104 - 11,014:
 //! the trace table, the item's state and lock, three clock reads, the attribute vectors); before
 //! this round of work it was ~2,900 (SDK 15,058 with 16.0 allocations; untraced 1,117). The floor
 //! is the SDK's start, end and export of two spans (~5,300), `Baggage::insert` with its key
@@ -43,7 +43,7 @@
 //! Time does not follow instructions here: in the SDK variant the code run per item (tokio, the
 //! queue, the engine, the SDK, malloc) no longer fits the 32 KiB instruction cache, so every
 //! function misses it once per item (50 to 95 misses per item, depending on code layout, against
-//! under 1 for sdk_floor's tight loop); 1,200 fewer instructions moved CPU time by less than
+//! under 1 for sdk_floor's tight loop); 1,300 fewer instructions moved CPU time by less than
 //! run-to-run noise.
 //!
 //! `cargo bench --bench tracing -- --warm-up-time 1 --measurement-time 3`, medians of three runs

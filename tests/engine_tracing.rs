@@ -6,27 +6,16 @@
 use opentelemetry::baggage::BaggageExt;
 use opentelemetry::trace::{SpanId, SpanKind, Status, TraceContextExt, Tracer, TracerProvider};
 use opentelemetry::Value;
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::Duration;
 use traceq_engine::trace::attributes as attr;
 use traceq_engine::{Attempt, Engine, EngineHandle};
 
-fn provider() -> (SdkTracerProvider, InMemorySpanExporter) {
-    let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .build();
-    (provider, exporter)
-}
+mod common;
 
-fn attr_of<'a>(span: &'a SpanData, key: &str) -> Option<&'a Value> {
-    span.attributes
-        .iter()
-        .find(|kv| kv.key.as_str() == key)
-        .map(|kv| &kv.value)
-}
+use common::{attr_of, provider};
 
 fn event_attr<'a>(span: &'a SpanData, event: &str, key: &str) -> Option<&'a Value> {
     span.events

@@ -4,7 +4,7 @@
 
 use opentelemetry::trace::{Span, SpanId, TraceId, Tracer, TracerProvider};
 use opentelemetry::Value;
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,20 +12,9 @@ use traceq_engine::clock::ManualClock;
 use traceq_engine::trace::attributes as attr;
 use traceq_engine::{Attempt, Engine};
 
-fn provider() -> (SdkTracerProvider, InMemorySpanExporter) {
-    let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .build();
-    (provider, exporter)
-}
+mod common;
 
-fn attr_of<'a>(span: &'a SpanData, key: &str) -> Option<&'a Value> {
-    span.attributes
-        .iter()
-        .find(|kv| kv.key.as_str() == key)
-        .map(|kv| &kv.value)
-}
+use common::{attr_of, provider};
 
 fn named<'a>(spans: &'a [SpanData], name: &str) -> Vec<&'a SpanData> {
     let mut v: Vec<&SpanData> = spans.iter().filter(|s| s.name == name).collect();

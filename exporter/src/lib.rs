@@ -13,7 +13,9 @@
 //! collector writes. Why a waterfall of our own: a new user should see a kept trace without
 //! running a tracing backend.
 
+pub mod collector;
 mod file;
+pub mod otlp;
 mod record;
 mod waterfall;
 

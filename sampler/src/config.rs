@@ -188,7 +188,7 @@ struct RawConfig {
 }
 
 /// Parses a Go-style duration: `500ms`, `2s`, `1m30s`, `1.5h` (units ns, us, µs, ms, s, m, h).
-pub(crate) fn parse_duration(field: &'static str, text: &str) -> Result<Duration, ConfigError> {
+pub fn parse_duration(field: &'static str, text: &str) -> Result<Duration, ConfigError> {
     let bad = || ConfigError::Setting {
         field,
         reason: format!("`{text}` is not a duration like `500ms`, `2s` or `1m30s`"),

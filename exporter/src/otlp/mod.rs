@@ -1,0 +1,9 @@
+//! OTLP spans as the collector holds them: the encoded bytes as received, plus the few fields the
+//! sampler reads, so nothing is converted to SDK objects and a kept span leaves as it came.
+
+mod request;
+mod span;
+mod wire;
+
+pub use request::{decode_json_request, decode_request, encode_request, DecodeError};
+pub use span::OtlpSpan;

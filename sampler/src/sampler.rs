@@ -464,6 +464,23 @@ impl<S: SpanView> TailSampler<S> {
         self.shard_bytes * self.shards.len()
     }
 
+    /// The largest number of traces the buffer may hold (the sum of the shards' shares).
+    #[must_use]
+    pub fn trace_capacity(&self) -> usize {
+        self.shard_traces * self.shards.len()
+    }
+
+    /// Traces and accounted bytes in the buffer now. Cheaper than [`Self::metrics`]: one brief
+    /// lock per shard, no allocation; a front door checks it to refuse data before the buffer
+    /// would have to decide traces early.
+    #[must_use]
+    pub fn occupancy(&self) -> (usize, usize) {
+        self.shards.iter().fold((0, 0), |(traces, bytes), shard| {
+            let s = shard.lock();
+            (traces + s.traces.len(), bytes + s.bytes)
+        })
+    }
+
     pub(crate) fn counters(&self) -> &Counters {
         &self.counters
     }

@@ -358,3 +358,19 @@ fn two_threads_sharing_a_flush_cursor_should_decide_every_trace_once() {
     );
     assert_eq!(s.flush(&mut kept), 0);
 }
+
+#[test]
+fn occupancy_should_count_buffered_traces_and_bytes_until_they_are_decided() {
+    let (s, _clock) = sampler(errors_only().with_num_traces(1000));
+    assert_eq!(s.occupancy(), (0, 0));
+    assert!(s.trace_capacity() <= 1000 && s.trace_capacity() > 0);
+    let mut kept = Vec::new();
+    ingest(&s, TestSpan::new(1, 1).build(), &mut kept);
+    ingest(&s, TestSpan::new(1, 2).child_of(1).build(), &mut kept);
+    ingest(&s, TestSpan::new(2, 3).build(), &mut kept);
+    let (traces, bytes) = s.occupancy();
+    assert_eq!(traces, 2);
+    assert_eq!(bytes as u64, s.metrics().bytes_buffered);
+    s.flush(&mut kept);
+    assert_eq!(s.occupancy(), (0, 0));
+}

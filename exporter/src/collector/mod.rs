@@ -9,7 +9,12 @@
 //! ```
 
 mod config;
+mod export;
 mod metrics;
+mod pipeline;
+mod prometheus;
+mod receiver;
+mod service;
 mod sink;
 
 pub use config::{
@@ -20,5 +25,11 @@ pub use config::{
     DEFAULT_RETRY_INITIAL, DEFAULT_RETRY_MAX_ELAPSED, DEFAULT_RETRY_MAX_INTERVAL,
     DEFAULT_SEND_BATCH_SIZE, DEFAULT_SHUTDOWN_TIMEOUT,
 };
+pub use export::{ExportBatch, ExportSetupError, ExporterQueue};
 pub use metrics::{ExporterMetrics, ReceiverMetrics};
+pub use receiver::{
+    decode_grpc_body, decode_http_body, GrpcRejection, HttpRejection, OtlpReceiver, Protocol,
+    ReceiverError,
+};
+pub use service::{Collector, CollectorError, CollectorStatus};
 pub use sink::{Refused, SpanSink};

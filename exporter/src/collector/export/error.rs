@@ -1,0 +1,96 @@
+//! Why an exporter could not start.
+//!
+//! Everything that can be wrong with an exporter's configuration is found when it starts, so
+//! nothing fails halfway through a run; a downstream that is down is not an error here (OTLP
+//! connections are made lazily and retried).
+
+use std::path::PathBuf;
+
+/// An exporter that could not be started. Every message names the exporter.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExportSetupError {
+    /// The endpoint is not a usable address.
+    #[error("exporter `{exporter}`: endpoint `{endpoint}` is invalid: {reason}")]
+    InvalidEndpoint {
+        /// The exporter's name.
+        exporter: String,
+        /// The endpoint as configured.
+        endpoint: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The endpoint asks for TLS (`https://`), which exporters do not speak.
+    #[error(
+        "exporter `{exporter}`: endpoint `{endpoint}` uses https, but TLS to the downstream is \
+         not supported; use a plain-text `http://` endpoint (e.g. through a local TLS proxy)"
+    )]
+    TlsUnsupported {
+        /// The exporter's name.
+        exporter: String,
+        /// The endpoint as configured.
+        endpoint: String,
+    },
+    /// A configured header is not a valid HTTP header or gRPC metadata entry.
+    #[error("exporter `{exporter}`: header `{header}` is invalid: {reason}")]
+    InvalidHeader {
+        /// The exporter's name.
+        exporter: String,
+        /// The header's name.
+        header: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The output file could not be opened for appending.
+    #[error("exporter `{exporter}`: cannot open `{}` for appending", path.display())]
+    OpenFile {
+        /// The exporter's name.
+        exporter: String,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP client could not be built.
+    #[error("exporter `{exporter}`: cannot build the HTTP client")]
+    Client {
+        /// The exporter's name.
+        exporter: String,
+        /// The client library's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// [`ExporterQueue::start`](super::ExporterQueue::start) was called outside a tokio runtime.
+    #[error("exporter `{exporter}`: must be started inside a tokio runtime")]
+    NoRuntime {
+        /// The exporter's name.
+        exporter: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_should_name_the_exporter_and_say_what_is_wrong() {
+        let tls = ExportSetupError::TlsUnsupported {
+            exporter: "otlp/tempo".into(),
+            endpoint: "https://tempo:4317".into(),
+        }
+        .to_string();
+        assert!(tls.contains("otlp/tempo"), "{tls}");
+        assert!(
+            tls.contains("TLS to the downstream is not supported"),
+            "{tls}"
+        );
+        let open = ExportSetupError::OpenFile {
+            exporter: "file".into(),
+            path: "a/b.jsonl".into(),
+            source: std::io::Error::other("nope"),
+        };
+        assert!(open.to_string().contains("`file`"));
+        assert!(std::error::Error::source(&open).is_some());
+    }
+}

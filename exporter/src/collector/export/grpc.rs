@@ -1,0 +1,232 @@
+//! The OTLP/gRPC exporter: `TraceService/Export` over a lazily connected tonic channel.
+//!
+//! Why a pass-through codec: the pipeline hands over the protobuf encoding of an
+//! `ExportTraceServiceRequest` already, shared by every exporter. Decoding it into prost structs
+//! only for tonic to encode them again would cost a copy of every span and the CPU of both
+//! directions, so the request bytes go out as they are and only the (small) response is decoded.
+//!
+//! Retryable codes are the OTLP specification's: `CANCELLED`, `DEADLINE_EXCEEDED`, `ABORTED`,
+//! `OUT_OF_RANGE`, `UNAVAILABLE`, `DATA_LOSS`, plus connection failures and timeouts (which tonic
+//! reports as `UNAVAILABLE`, `CANCELLED`, or `UNKNOWN` carrying a transport error).
+//! `RESOURCE_EXHAUSTED` is retryable by the specification only when the server attaches a
+//! `google.rpc.RetryInfo`; that detail is not parsed here, so it is treated as permanent.
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use prost::Message;
+use tonic::client::Grpc;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::http::uri::{PathAndQuery, Uri};
+use tonic::metadata::{Ascii, MetadataKey, MetadataMap, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use super::error::ExportSetupError;
+use super::sender::{Accepted, SendError};
+use crate::collector::config::Compression;
+
+/// The gRPC method every OTLP trace receiver serves.
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// The `user-agent` of outgoing requests.
+pub(crate) const USER_AGENT: &str = concat!("traceq-collector/", env!("CARGO_PKG_VERSION"));
+
+/// Sends encoded requests to one OTLP/gRPC downstream.
+pub(crate) struct GrpcSender {
+    client: Grpc<Channel>,
+    metadata: MetadataMap,
+    timeout: Duration,
+}
+
+impl fmt::Debug for GrpcSender {
+    // Header values may be credentials (`authorization`): show the names only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<_> = self
+            .metadata
+            .keys()
+            .map(|k| match k {
+                tonic::metadata::KeyRef::Ascii(k) => k.as_str(),
+                tonic::metadata::KeyRef::Binary(k) => k.as_str(),
+            })
+            .collect();
+        f.debug_struct("GrpcSender")
+            .field("headers", &names)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GrpcSender {
+    /// Validates the endpoint and headers and makes a lazy channel (no connection yet).
+    pub(crate) fn new(
+        name: &str,
+        endpoint: &str,
+        compression: Compression,
+        timeout: Duration,
+        headers: &[(String, String)],
+    ) -> Result<Self, ExportSetupError> {
+        let uri = endpoint_uri(name, endpoint)?;
+        let invalid = |reason: String| ExportSetupError::InvalidEndpoint {
+            exporter: name.to_owned(),
+            endpoint: endpoint.to_owned(),
+            reason,
+        };
+        let channel = Endpoint::from(uri)
+            .user_agent(USER_AGENT)
+            .map_err(|e| invalid(e.to_string()))?
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let mut client = Grpc::new(channel).accept_compressed(CompressionEncoding::Gzip);
+        if compression == Compression::Gzip {
+            client = client.send_compressed(CompressionEncoding::Gzip);
+        }
+        Ok(Self {
+            client,
+            metadata: metadata(name, headers)?,
+            timeout,
+        })
+    }
+
+    /// One `Export` call.
+    pub(crate) async fn send(&self, payload: &Bytes) -> Result<Accepted, SendError> {
+        let mut client = self.client.clone();
+        client
+            .ready()
+            .await
+            .map_err(|e| SendError::retryable(format!("grpc connection: {e}")))?;
+        let mut request = tonic::Request::new(payload.clone());
+        *request.metadata_mut() = self.metadata.clone();
+        request.set_timeout(self.timeout);
+        let path = PathAndQuery::from_static(EXPORT_PATH);
+        match client.unary(request, path, PassThroughCodec).await {
+            Ok(response) => Ok(match response.into_inner().partial_success {
+                Some(p) => Accepted::from_partial_success(p.rejected_spans, p.error_message),
+                None => Accepted::default(),
+            }),
+            Err(status) => Err(classify(&status)),
+        }
+    }
+}
+
+/// `host:port` or `http://host:port` as a URI; `https` is refused with a clear error.
+fn endpoint_uri(name: &str, endpoint: &str) -> Result<Uri, ExportSetupError> {
+    let trimmed = endpoint.trim();
+    let invalid = |reason: &str| ExportSetupError::InvalidEndpoint {
+        exporter: name.to_owned(),
+        endpoint: endpoint.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let text = if trimmed.contains("://") {
+        trimmed.to_owned()
+    } else {
+        format!("http://{trimmed}")
+    };
+    let uri: Uri = text
+        .parse()
+        .map_err(|e: tonic::codegen::http::uri::InvalidUri| invalid(&e.to_string()))?;
+    match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(ExportSetupError::TlsUnsupported {
+                exporter: name.to_owned(),
+                endpoint: endpoint.to_owned(),
+            })
+        }
+        _ => return Err(invalid("the scheme must be http (or none: `host:port`)")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(invalid("no host"));
+    }
+    Ok(uri)
+}
+
+/// The configured headers as gRPC metadata (ASCII values; names lower-cased).
+fn metadata(name: &str, headers: &[(String, String)]) -> Result<MetadataMap, ExportSetupError> {
+    let mut map = MetadataMap::new();
+    for (key, value) in headers {
+        let invalid = |reason: &str| ExportSetupError::InvalidHeader {
+            exporter: name.to_owned(),
+            header: key.clone(),
+            reason: reason.to_owned(),
+        };
+        let k = MetadataKey::<Ascii>::from_bytes(key.to_ascii_lowercase().as_bytes()).map_err(
+            |_| invalid("not a valid ASCII metadata name (`-bin` keys are unsupported)"),
+        )?;
+        let v = MetadataValue::<Ascii>::try_from(value.as_str())
+            .map_err(|_| invalid("the value must be visible ASCII"))?;
+        map.append(k, v);
+    }
+    Ok(map)
+}
+
+/// Sorts a failed call into retryable or permanent, per the OTLP specification.
+fn classify(status: &Status) -> SendError {
+    let retryable = match status.code() {
+        Code::Cancelled
+        | Code::DeadlineExceeded
+        | Code::Aborted
+        | Code::OutOfRange
+        | Code::Unavailable
+        | Code::DataLoss => true,
+        // A status the server sent has no source; one tonic made from a transport error does.
+        Code::Unknown => std::error::Error::source(status).is_some(),
+        _ => false,
+    };
+    let message = format!("grpc status {:?}: {}", status.code(), status.message());
+    SendError {
+        retryable,
+        retry_after: None,
+        message,
+    }
+}
+
+/// Sends `Bytes` as the already-encoded request and decodes the response with prost.
+#[derive(Debug, Clone, Copy, Default)]
+struct PassThroughCodec;
+
+impl Codec for PassThroughCodec {
+    type Encode = Bytes;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = PassThroughCodec;
+    type Decoder = PassThroughCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        Self
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        Self
+    }
+}
+
+impl Encoder for PassThroughCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for PassThroughCodec {
+    type Item = ExportTraceServiceResponse;
+    type Error = Status;
+
+    /// The call's outcome is its gRPC status (in the trailers); the response only carries an
+    /// optional partial success. An undecodable response to an `OK` call is read as a full
+    /// success rather than failing a request the server has taken.
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
+        Ok(Some(
+            ExportTraceServiceResponse::decode(src).unwrap_or_default(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,15 @@
+//! The OTLP receivers, gRPC and HTTP: both are axum servers that read each request within
+//! bounds, decode it without copying spans out of their encoding, and offer the spans to a
+//! [`SpanSink`](crate::collector::SpanSink) whole or not at all.
+
+mod body;
+mod grpc;
+mod http;
+mod server;
+#[cfg(test)]
+mod testing;
+mod tls;
+
+pub use grpc::{decode_grpc_body, GrpcRejection};
+pub use http::{decode_http_body, HttpRejection};
+pub use server::{OtlpReceiver, Protocol, ReceiverError};

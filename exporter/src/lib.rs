@@ -15,6 +15,7 @@
 
 pub mod collector;
 mod file;
+pub mod loadgen;
 pub mod otlp;
 mod record;
 mod waterfall;

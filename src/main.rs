@@ -1,6 +1,8 @@
 //! The `traceq` command line.
 
+mod collector;
 mod demo;
+mod loadgen;
 mod sampling;
 mod show;
 
@@ -17,17 +19,23 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a tail-sampling collector: OTLP in (gRPC and HTTP), tail sampling, OTLP out.
+    Collector(collector::CollectorArgs),
     /// Run a traced, tail-sampled controller over synthetic objects; kept traces go to a file.
     Demo(demo::DemoArgs),
     /// Draw the traces of an OTLP-JSON lines file as waterfalls.
     Show(show::ShowArgs),
+    /// Send synthetic traces over OTLP/gRPC or OTLP/HTTP at a target rate and report on them.
+    Loadgen(loadgen::LoadgenArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Collector(args) => collector::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Show(args) => show::run(args),
+        Command::Loadgen(args) => loadgen::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

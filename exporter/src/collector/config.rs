@@ -64,9 +64,16 @@ pub enum CollectorConfigError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The `tail_sampling` block is invalid.
+    /// The `tail_sampling` block is invalid. (Its message is shown inline, not as a source, so
+    /// an error chain prints it once.)
     #[error("processors.tail_sampling: {0}")]
-    Sampler(#[from] traceq_sampler::ConfigError),
+    Sampler(traceq_sampler::ConfigError),
+}
+
+impl From<traceq_sampler::ConfigError> for CollectorConfigError {
+    fn from(e: traceq_sampler::ConfigError) -> Self {
+        Self::Sampler(e)
+    }
 }
 
 fn field_error(field: impl Into<String>, reason: impl Into<String>) -> CollectorConfigError {

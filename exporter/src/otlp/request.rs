@@ -132,7 +132,8 @@ pub fn encode_request(spans: &[OtlpSpan]) -> Vec<u8> {
     // Group: resource -> scope -> span indices, keeping first-seen order.
     type ResourceKey<'a> = (Option<&'a [u8]>, &'a [u8]);
     type ScopeKey<'a> = (Option<&'a [u8]>, &'a [u8]);
-    let mut resources: Vec<(ResourceKey<'_>, Vec<(ScopeKey<'_>, Vec<usize>)>)> = Vec::new();
+    type Scopes<'a> = Vec<(ScopeKey<'a>, Vec<usize>)>;
+    let mut resources: Vec<(ResourceKey<'_>, Scopes<'_>)> = Vec::new();
     let mut resource_index: HashMap<ResourceKey<'_>, usize> = HashMap::new();
     let mut last: Option<(*const Origin, usize, usize)> = None;
     for (i, span) in spans.iter().enumerate() {

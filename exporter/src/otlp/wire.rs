@@ -126,7 +126,7 @@ impl<'a> Iterator for Fields<'a> {
 
 /// Number of bytes of `v` as a varint.
 pub(crate) fn varint_len(v: u64) -> usize {
-    ((64 - (v | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {

@@ -1,0 +1,239 @@
+//! `traceq collector`: OTLP in, tail sampling, OTLP out, until SIGINT or SIGTERM.
+//!
+//! Configuration: a YAML file in the OpenTelemetry Collector's shape (`--config`), then flags
+//! and environment for the common cases (`--otlp-endpoint` / `OTEL_EXPORTER_OTLP_ENDPOINT` adds
+//! an OTLP exporter, `--file` a file exporter). On a signal it stops receiving, decides every
+//! pending trace, flushes the exporters within the shutdown timeout, prints a summary and exits
+//! 0.
+
+use anyhow::{bail, Context as _};
+use clap::{Args, ValueEnum};
+use std::io::{IsTerminal, Write as _};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use traceq::exporter::collector::{
+    Collector, CollectorConfig, CollectorStatus, Compression, ExportTarget, ExporterConfig,
+    RetryConfig, DEFAULT_EXPORT_TIMEOUT, DEFAULT_QUEUE_SIZE,
+};
+
+/// Protocol of the exporter added by `--otlp-endpoint`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum OtlpProtocol {
+    /// OTLP/gRPC.
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies.
+    #[value(name = "http/protobuf")]
+    HttpProtobuf,
+}
+
+/// Options of `traceq collector`.
+#[derive(Debug, Args)]
+pub(crate) struct CollectorArgs {
+    /// Configuration file (YAML, the OpenTelemetry Collector's receivers / processors.tail_sampling
+    /// / exporters shape). Without it: the defaults of `--print-config`, without exporters.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the effective default configuration and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Add an OTLP exporter to this downstream endpoint (`host:port` or `http://host:port` for
+    /// gRPC; a URL for http/protobuf).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// Protocol of the `--otlp-endpoint` exporter.
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_PROTOCOL",
+        value_enum,
+        default_value = "grpc"
+    )]
+    otlp_protocol: OtlpProtocol,
+    /// Add a file exporter writing OTLP-JSON lines (readable by `traceq show`).
+    #[arg(long, value_name = "PATH")]
+    file: Option<PathBuf>,
+    /// Override the OTLP/gRPC receiver's address.
+    #[arg(long, value_name = "ADDR")]
+    grpc_endpoint: Option<std::net::SocketAddr>,
+    /// Override the OTLP/HTTP receiver's address.
+    #[arg(long, value_name = "ADDR")]
+    http_endpoint: Option<std::net::SocketAddr>,
+    /// Override the `/metrics` and `/healthz` address.
+    #[arg(long, value_name = "ADDR")]
+    metrics_endpoint: Option<std::net::SocketAddr>,
+    /// Show a progress line on stderr (default: when stderr is a terminal).
+    #[arg(long)]
+    progress: Option<bool>,
+}
+
+fn build_config(args: &CollectorArgs) -> anyhow::Result<CollectorConfig> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            CollectorConfig::from_yaml(&text)
+                .with_context(|| format!("invalid configuration in {}", path.display()))?
+        }
+        None => CollectorConfig::default(),
+    };
+    if let Some(endpoint) = args
+        .otlp_endpoint
+        .as_deref()
+        .filter(|e| !e.trim().is_empty())
+    {
+        let target = match args.otlp_protocol {
+            OtlpProtocol::Grpc => ExportTarget::OtlpGrpc {
+                endpoint: endpoint.to_owned(),
+                compression: Compression::Gzip,
+                timeout: DEFAULT_EXPORT_TIMEOUT,
+                headers: Vec::new(),
+            },
+            OtlpProtocol::HttpProtobuf => {
+                if !endpoint.starts_with("http://") {
+                    bail!("--otlp-endpoint: `{endpoint}` is not a URL like http://127.0.0.1:4318 (plain http only)");
+                }
+                ExportTarget::OtlpHttp {
+                    endpoint: endpoint.to_owned(),
+                    compression: Compression::Gzip,
+                    timeout: DEFAULT_EXPORT_TIMEOUT,
+                    headers: Vec::new(),
+                }
+            }
+        };
+        config.exporters.push(ExporterConfig {
+            name: "otlp/flag".into(),
+            target,
+            queue_size: DEFAULT_QUEUE_SIZE,
+            retry: RetryConfig::default(),
+        });
+    }
+    if let Some(path) = &args.file {
+        config.exporters.push(ExporterConfig {
+            name: "file/flag".into(),
+            target: ExportTarget::File { path: path.clone() },
+            queue_size: DEFAULT_QUEUE_SIZE,
+            retry: RetryConfig {
+                enabled: false,
+                ..RetryConfig::default()
+            },
+        });
+    }
+    if let Some(addr) = args.grpc_endpoint {
+        match &mut config.grpc {
+            Some(r) => r.endpoint = addr,
+            None => bail!("--grpc-endpoint: the gRPC receiver is disabled in the configuration"),
+        }
+    }
+    if let Some(addr) = args.http_endpoint {
+        match &mut config.http {
+            Some(r) => r.endpoint = addr,
+            None => bail!("--http-endpoint: the HTTP receiver is disabled in the configuration"),
+        }
+    }
+    if let Some(addr) = args.metrics_endpoint {
+        config.admin = Some(addr);
+    }
+    if config.exporters.is_empty() {
+        bail!(
+            "no exporter: add one under `exporters:` in --config, or use --otlp-endpoint or --file \
+             (`traceq collector --print-config` shows the syntax)"
+        );
+    }
+    Ok(config)
+}
+
+/// Runs the sub-command.
+pub(crate) fn run(args: CollectorArgs) -> anyhow::Result<()> {
+    if args.print_config {
+        print!("{}", CollectorConfig::default_yaml());
+        return Ok(());
+    }
+    let config = build_config(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("traceq-collector")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config, args.progress))
+}
+
+fn addr(a: Option<std::net::SocketAddr>) -> String {
+    a.map_or_else(|| "off".to_owned(), |a| a.to_string())
+}
+
+async fn serve(config: CollectorConfig, progress: Option<bool>) -> anyhow::Result<()> {
+    let collector = Collector::start(&config).await?;
+    let names: Vec<&str> = config.exporters.iter().map(|e| e.name.as_str()).collect();
+    // One machine-readable line: tests and scripts read the bound addresses from it.
+    eprintln!(
+        "traceq collector: listening grpc={} http={} metrics={} exporters={}",
+        addr(collector.grpc_addr()),
+        addr(collector.http_addr()),
+        addr(collector.admin_addr()),
+        names.join(",")
+    );
+    let show_progress = progress.unwrap_or_else(|| std::io::stderr().is_terminal());
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.tick().await;
+    let mut last = (Instant::now(), CollectorStatus::default());
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            name = &mut signal => {
+                if show_progress {
+                    eprintln!();
+                }
+                eprintln!("traceq collector: {name}, deciding pending traces and flushing exporters");
+                break;
+            }
+            _ = ticker.tick(), if show_progress => {
+                let now = (Instant::now(), collector.status());
+                let secs = now.0.duration_since(last.0).as_secs_f64().max(1e-3);
+                let rate = (now.1.spans_received - last.1.spans_received) as f64 / secs;
+                let s = now.1;
+                eprint!(
+                    "\r{:>7.0} s  in {:>10.0} spans/s  kept {:>8} traces  dropped {:>9} traces  buffered {:>7}  exported {:>10} spans  refused {:>8}   ",
+                    started.elapsed().as_secs_f64(), rate, s.traces_kept, s.traces_dropped,
+                    s.traces_buffered, s.spans_exported, s.spans_refused,
+                );
+                let _ = std::io::stderr().flush();
+                last = now;
+            }
+        }
+    }
+    let s = collector.shutdown().await;
+    eprintln!(
+        "traceq collector: received {} spans, refused {}, rejected {} requests; kept {} traces ({} spans), dropped {} traces; exported {} spans, export drops {}",
+        s.spans_received,
+        s.spans_refused,
+        s.requests_rejected,
+        s.traces_kept,
+        s.spans_kept,
+        s.traces_dropped,
+        s.spans_exported,
+        s.spans_export_dropped
+    );
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        },
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn shutdown_signal() -> &'static str {
+    let _ = tokio::signal::ctrl_c().await;
+    "interrupt"
+}

@@ -336,3 +336,70 @@ fn sigterm_should_decide_pending_traces_and_lose_no_kept_trace() {
     let (ids, spans) = trace_ids_in(&out);
     assert_eq!((ids.len(), spans), (50, 150), "{rest}");
 }
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
+}
+
+fn small_buffer_yaml(mode: &str, out: &std::path::Path) -> String {
+    format!(
+        "receivers: {{otlp: {{protocols: {{grpc: {{endpoint: '127.0.0.1:0'}}, http: {{endpoint: '127.0.0.1:0'}}}}}}}}\n\
+         processors: {{tail_sampling: {{decision_wait: 10m, decision_wait_after_root: 10m, max_buffer_bytes: 100000, policies: [{{name: errors, type: status_code, status_code: {{status_codes: [ERROR]}}}}]}}}}\n\
+         exporters: {{file: {{path: '{}'}}}}\n\
+         service: {{on_buffer_full: {mode}, retry_after: 3s, telemetry: {{metrics: {{address: none}}}}}}\n",
+        out.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_buffer_should_refuse_with_retryable_errors_and_stay_within_its_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(&small_buffer_yaml("refuse", &dir.path().join("out.jsonl"))).await;
+    let grpc = c.grpc_addr().unwrap();
+    let mut refused = None;
+    for i in 0..200 {
+        if let Err(status) = export(grpc, request(i * 10, 10, false)).await {
+            refused = Some(status);
+            break;
+        }
+    }
+    let status = refused.expect("a 100 kB buffer never filled");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/v1/traces", c.http_addr().unwrap()))
+        .header("content-type", "application/x-protobuf")
+        .body(request(90_000, 10, false).encode_to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "3");
+    let text = c.metrics_text();
+    assert!(metric(&text, "traceq_bytes_buffered") <= 100_000, "{text}");
+    assert!(metric(&text, "otelcol_receiver_refused_spans{receiver=\"otlp\",transport=\"grpc\"}") > 0);
+    let s = c.shutdown().await;
+    assert!(s.spans_refused >= 60, "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decide_early_mode_should_accept_everything_and_decide_the_oldest_traces_early() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(&small_buffer_yaml("decide_early", &dir.path().join("out.jsonl"))).await;
+    let grpc = c.grpc_addr().unwrap();
+    for i in 0..100 {
+        export(grpc, request(i * 10, 10, i % 10 == 0)).await.unwrap();
+    }
+    let text = c.metrics_text();
+    assert!(metric(&text, "traceq_bytes_buffered") <= 100_000, "{text}");
+    assert!(
+        metric(&text, "traceq_traces_decided_total{trigger=\"early_under_pressure\"}") > 0,
+        "{text}"
+    );
+    let s = c.shutdown().await;
+    assert_eq!(s.spans_received, 3000);
+    assert_eq!(s.spans_refused, 0);
+    // Every error trace was kept, early or at shutdown.
+    assert_eq!(s.traces_kept, 100);
+}

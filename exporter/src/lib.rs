@@ -1,6 +1,11 @@
-//! traceq-exporter: spans to and from OTLP-JSON lines files, and a terminal waterfall of traces.
+//! traceq-exporter: spans to and from OTLP-JSON lines files, a terminal waterfall of traces, and
+//! the OTLP collector (`collector`: receivers, the tail-sampling pipeline, exporters) with its
+//! span codec (`otlp`) and load generator (`loadgen`).
 //!
 //! ```text
+//!  OTLP/gRPC, OTLP/HTTP ─▶ collector::OtlpReceiver ─▶ otlp::OtlpSpan (encoded) ─▶ TailSampler
+//!                                    ─▶ collector::ExporterQueue ─▶ otlp / otlphttp / file / debug
+//!
 //!  SDK spans ─▶ OtlpJsonFileExporter ─▶ file: one ExportTraceServiceRequest per line (OTLP/JSON)
 //!                                                   │
 //!  any OTLP file exporter's output ─────────────────┤

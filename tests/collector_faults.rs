@@ -378,7 +378,12 @@ async fn a_full_buffer_should_refuse_with_retryable_errors_and_stay_within_its_b
     assert_eq!(response.headers()["retry-after"], "3");
     let text = c.metrics_text();
     assert!(metric(&text, "traceq_bytes_buffered") <= 100_000, "{text}");
-    assert!(metric(&text, "otelcol_receiver_refused_spans{receiver=\"otlp\",transport=\"grpc\"}") > 0);
+    assert!(
+        metric(
+            &text,
+            "otelcol_receiver_refused_spans{receiver=\"otlp\",transport=\"grpc\"}"
+        ) > 0
+    );
     let s = c.shutdown().await;
     assert!(s.spans_refused >= 60, "{s:?}");
 }
@@ -386,15 +391,24 @@ async fn a_full_buffer_should_refuse_with_retryable_errors_and_stay_within_its_b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decide_early_mode_should_accept_everything_and_decide_the_oldest_traces_early() {
     let dir = tempfile::tempdir().unwrap();
-    let c = start(&small_buffer_yaml("decide_early", &dir.path().join("out.jsonl"))).await;
+    let c = start(&small_buffer_yaml(
+        "decide_early",
+        &dir.path().join("out.jsonl"),
+    ))
+    .await;
     let grpc = c.grpc_addr().unwrap();
     for i in 0..100 {
-        export(grpc, request(i * 10, 10, i % 10 == 0)).await.unwrap();
+        export(grpc, request(i * 10, 10, i % 10 == 0))
+            .await
+            .unwrap();
     }
     let text = c.metrics_text();
     assert!(metric(&text, "traceq_bytes_buffered") <= 100_000, "{text}");
     assert!(
-        metric(&text, "traceq_traces_decided_total{trigger=\"early_under_pressure\"}") > 0,
+        metric(
+            &text,
+            "traceq_traces_decided_total{trigger=\"early_under_pressure\"}"
+        ) > 0,
         "{text}"
     );
     let s = c.shutdown().await;

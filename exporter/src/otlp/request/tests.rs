@@ -193,3 +193,60 @@ fn truncated_requests_should_be_errors() {
         assert!(decode_request(&bytes[..cut]).is_err(), "cut at {cut}");
     }
 }
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A valid request with random byte edits: flips, truncation, insertions. Arbitrary bytes
+    /// alone rarely get past the first field; edits of a real request reach every level.
+    fn mutated() -> impl Strategy<Value = Vec<u8>> {
+        let base = request().encode_to_vec();
+        let len = base.len();
+        (
+            proptest::collection::vec((0..len, any::<u8>()), 0..6),
+            0..=len,
+            proptest::collection::vec(any::<u8>(), 0..4),
+        )
+            .prop_map(move |(flips, cut, insert)| {
+                let mut bytes = base.clone();
+                for (at, b) in flips {
+                    bytes[at] = b;
+                }
+                bytes.truncate(cut.max(1));
+                let at = cut / 2;
+                for (i, b) in insert.into_iter().enumerate() {
+                    bytes.insert((at + i).min(bytes.len()), b);
+                }
+                bytes
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn decoding_mutated_requests_should_never_panic_and_round_trip_when_accepted(
+            bytes in mutated()
+        ) {
+            if let Ok(spans) = decode_request(&bytes) {
+                for s in &spans {
+                    // Every lookup on accepted spans must be safe too.
+                    let _ = (s.attribute("http.route"), s.attribute("service.name"));
+                    let _ = (s.trace_state("vendor"), s.status(), s.is_local_root());
+                }
+                let again = encode_request(&spans);
+                let back = decode_request(&again).expect("our own encoding decodes");
+                prop_assert_eq!(back.len(), spans.len());
+                prop_assert_eq!(encode_request(&back), again);
+            }
+        }
+
+        #[test]
+        fn decoding_arbitrary_json_should_never_panic(
+            text in "\\PC{0,200}"
+        ) {
+            let _ = decode_json_request(text.as_bytes());
+        }
+    }
+}

@@ -187,6 +187,25 @@ struct RawConfig {
     policies: Vec<serde_yaml::Value>,
 }
 
+/// Deserializes a YAML value so that errors name the offending field's path (`latency.threshold_ms:
+/// invalid type ...`): `serde_yaml::from_value` reports no path, parsing text does. The position
+/// it adds refers to the re-serialized text, not the user's file, so it is cut off.
+fn from_value_with_path<T: serde::de::DeserializeOwned>(
+    value: &serde_yaml::Value,
+) -> Result<T, serde_yaml::Error> {
+    let text = serde_yaml::to_string(value)?;
+    serde_yaml::from_str(&text)
+}
+
+/// The message of a YAML error without its position in re-serialized text.
+pub(crate) fn yaml_message(e: &serde_yaml::Error) -> String {
+    let message = e.to_string();
+    match message.rfind(" at line ") {
+        Some(at) => message[..at].to_owned(),
+        None => message,
+    }
+}
+
 /// Parses a Go-style duration: `500ms`, `2s`, `1m30s`, `1.5h` (units ns, us, µs, ms, s, m, h).
 pub fn parse_duration(field: &'static str, text: &str) -> Result<Duration, ConfigError> {
     let bad = || ConfigError::Setting {
@@ -242,7 +261,9 @@ impl SamplerConfig {
         } else if let Some(t) = doc.get("tail_sampling") {
             doc = t.clone();
         }
-        let raw: RawConfig = serde_yaml::from_value(doc).map_err(yaml_err)?;
+        let raw: RawConfig = from_value_with_path(&doc).map_err(|e| ConfigError::Yaml {
+            message: yaml_message(&e),
+        })?;
         let mut policies = Vec::with_capacity(raw.policies.len());
         for (i, value) in raw.policies.into_iter().enumerate() {
             let name = value
@@ -250,9 +271,9 @@ impl SamplerConfig {
                 .and_then(serde_yaml::Value::as_str)
                 .map_or_else(|| format!("#{}", i + 1), str::to_owned);
             let policy: PolicyConfig =
-                serde_yaml::from_value(value).map_err(|e| ConfigError::PolicyYaml {
+                from_value_with_path(&value).map_err(|e| ConfigError::PolicyYaml {
                     policy: name,
-                    message: e.to_string(),
+                    message: yaml_message(&e),
                 })?;
             policies.push(policy);
         }
@@ -427,6 +448,15 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.starts_with("policy `slow`: "), "{msg}");
         assert!(msg.contains("unknown field `threshold`"), "{msg}");
+
+        // A mistyped value names its path, without a position in re-serialized text.
+        let err = SamplerConfig::from_yaml(
+            "policies: [{name: slow, type: latency, latency: {threshold_ms: -5}}]",
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("latency.threshold_ms"), "{msg}");
+        assert!(!msg.contains(" at line "), "{msg}");
 
         let err = SamplerConfig::from_yaml(
             "decision_wait: soon\npolicies: [{name: a, type: always_sample}]",

@@ -10,14 +10,22 @@
 //! - `engine_noop_handler`: 100,000 keys through an `Engine` with 4 workers and a no-op handler,
 //!   beside 4 tokio tasks sharing one mpsc receiver.
 //!
-//! Last measured 2026-11-22, `cargo bench --bench queue`, 2-vCPU x86_64 VM, 23 GiB, load average
-//! about 2.4 (another job held one core). Medians:
-//!   cycle_single_thread   traceq 105 us / 1,000   crossbeam 29.7 us   tokio mpsc 25.3 us
-//!                         traceq with time metrics 233 us
-//!   cycle_two_threads     traceq 28.6 ms / 200,000   crossbeam 5.35 ms
-//!   producer_consumer     traceq try_get 59.8 ms, async get 58.0 ms / 100,000
-//!                         crossbeam 7.14 ms   tokio mpsc 5.56 ms
-//!   engine_noop_handler   traceq 4 workers 58.0 ms / 100,000   tokio mpsc 4 tasks 17.0 ms
+//! Last measured after the inbox and slab rework (engine/src/queue.rs), 2-vCPU x86_64 VM (AMD
+//! EPYC), load average 1.5-2.8 from other jobs. Each figure is the median of criterion's medians
+//! over runs alternating the previous build and this one (`--warm-up-time 1 --measurement-time
+//! 3`): six runs for cycle_single_thread, two for the rest. Ratios are taken within one run.
+//!   cycle_single_thread   traceq 53.4 us / 1,000 (18.7 M cycles/s; 42.9-69.7 us)
+//!                         crossbeam 21.4 us, tokio mpsc 23.3 us; traceq / crossbeam 2.3x
+//!                         (1.9-3.5x); before: 69.1 us, 3.3x
+//!                         traceq with time metrics 162 us (before: 170 us)
+//!   cycle_two_threads     traceq 11.5-22.0 ms / 200,000   crossbeam 4.2-4.3 ms
+//!                         (before: 13.0-25.1 ms)
+//!   producer_consumer     traceq try_get 11.3 ms, async get 12.1 ms / 100,000 (8.3-8.9 M/s)
+//!                         crossbeam 1.96 ms, tokio mpsc 3.7-11.3 ms
+//!                         (before: try_get 28.8 ms, async get 25.8 ms)
+//!   engine_noop_handler   traceq 4 workers 27.3 ms / 100,000 (3.7 M items/s)
+//!                         tokio mpsc 4 tasks 19.4-25.9 ms (before: traceq 50.3 ms)
+//! Instructions per single-thread add + get + done cycle (callgrind): 525, before 718.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::hint::black_box;

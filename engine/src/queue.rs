@@ -8,32 +8,47 @@
 //! - A plain [`Queue::add`] of a key that waits out a delay queues it now; the pending delayed add
 //!   stays and fires later (a no-op if the key is still queued then), as in client-go.
 //!
-//! How it is built, and why: the queue's state (the FIFO, each key's slot, the delay heap) sits
-//! behind one lock that only consumers take on the fast path. A plain [`Queue::add`] does not take
-//! it: it pushes the key onto a lock-free inbox, and whoever next takes the lock (a getter, `done`,
-//! `len`, ...) first applies every pending add in order: dedup, dirty marking, FIFO push. So every
-//! operation observes all adds that returned before it started, exactly as if they had been
-//! applied at once, while producers and consumers no longer write the same memory per key: the
-//! per-key table stays in the consumers' cache. A producer that finds the inbox past
-//! [`INBOX_BOUND`] applies it itself, so duplicates cannot pile up while no getter runs. Getters
-//! park on a `tokio::sync::Notify`; an add wakes one only when a getter is parked.
+//! How it is built, and why: the queue's state (each key's slot, the FIFO, the delay heap) sits
+//! behind one lock, `core`. Every operation takes it once, so a single-threaded add → get → done
+//! cycle costs three uncontended lock round trips (two atomic read-modify-writes each) and three
+//! hash-table probes at most; see `keys` for the slab that keeps those probes few and small.
+//!
+//! A plain [`Queue::add`] that finds the lock free applies the add at once. One that finds it
+//! taken does not wait behind the holder's work: it pushes the key onto the inbox, a `Vec` behind
+//! a lock held only for that push, and whoever next takes the core's lock (a getter, `done`,
+//! `len`, a later add, ...) first applies every pending add in order: dedup, dirty marking, FIFO
+//! push. So every operation observes all adds that returned before it started, exactly as if
+//! they had been applied at once, and a fast producer never stalls behind its consumers: they take
+//! its adds in batches, one swap of the inbox's buffer each. A producer that finds the inbox past
+//! [`INBOX_BOUND`] applies it itself, so duplicates cannot pile up while no getter runs.
+//!
+//! Getters park on a `tokio::sync::Notify`. Whoever makes a key ready checks, under the lock it
+//! made the key ready with, whether a getter is parked, and wakes one only then. A getter
+//! registers as parked under both locks before its last look (`take_or_park`), so the two cannot
+//! miss each other, and the fast path pays no fence for it.
+//!
+//! Tried and dropped, measured with `benches/queue.rs`: a lock-free `SegQueue` inbox with an
+//! atomic length (three read-modify-writes per add, two more to pop it, and an emptiness check on
+//! every lock that cost more than a whole add does now); a spin lock, or `std::sync::Mutex`,
+//! instead of `parking_lot` (no gain); settling one key and taking the next under one lock (no
+//! gain); keeping 32 bits of each key's hash in the index, so that it grows without reading the
+//! slots (fewer cache misses under callgrind, no difference in wall time).
 
 mod keys;
 
 use crate::clock::{Clock, TokioClock};
 use crate::metrics::QueueMetrics;
 use crate::rate_limit::{self, RateLimiter};
-use crossbeam_queue::SegQueue;
 use crossbeam_utils::CachePadded;
 use foldhash::fast::RandomState;
-use keys::{Added, Keys};
+use keys::Keys;
 use parking_lot::{Mutex, MutexGuard};
 use std::cmp::Ordering as CmpOrdering;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::BinaryHeap;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
 use std::pin::pin;
-use std::sync::atomic::{fence, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -146,30 +161,44 @@ impl<K> Ord for Delayed<K> {
     }
 }
 
+/// A plain add not yet applied: the key's hash, the key, and the time of the add when metrics
+/// are on.
+type Pending<K> = (u64, K, Option<Instant>);
+
 /// Everything behind the lock.
 struct Core<K> {
+    /// Each key's slot and the FIFO.
     keys: Keys<K>,
-    fifo: VecDeque<(u64, K)>,
     heap: BinaryHeap<Delayed<K>>,
     next_seq: u64,
     /// Keys handed out and not yet done.
     processing: usize,
+    /// An empty buffer swapped with the inbox's, so applying the inbox allocates nothing.
+    spare: Vec<Pending<K>>,
+}
+
+/// Plain adds that found the core's lock taken, in order. A producer holds `adds`'s lock only
+/// to push one entry, so it never waits behind a consumer's work.
+struct Inbox<K> {
+    adds: Mutex<Vec<Pending<K>>>,
+    /// `adds.len()`, stored under its lock: whoever holds the core's lock reads it to skip an
+    /// empty inbox without touching the inbox's lock.
+    len: AtomicUsize,
 }
 
 struct Shared<K> {
     name: String,
     hasher: RandomState,
-    /// Plain adds not yet applied, in order, with the time of the add when metrics are on.
-    inbox: SegQueue<(u64, K, Option<Instant>)>,
-    /// Length of the inbox, maintained by producers (up) and appliers (down, per batch).
-    inbox_len: CachePadded<AtomicUsize>,
+    /// Plain adds not yet applied.
+    inbox: CachePadded<Inbox<K>>,
     core: CachePadded<Mutex<Core<K>>>,
     /// Earliest pending deadline in nanoseconds after `epoch`, or `NO_DEADLINE`: lets a producer
     /// skip the clock and the lock while no delayed add is pending.
     next_deadline: AtomicU64,
     epoch: Instant,
     state: AtomicU8,
-    /// Getters parked on `available`.
+    /// Getters parked on `available`. Raised under both locks (see `take_or_park`) and read
+    /// under one of them by whoever makes a key ready, so a wake-up is never missed.
     getters: AtomicUsize,
     dropped_adds_total: AtomicU64,
     exhausted_total: AtomicU64,
@@ -246,14 +275,16 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
             shared: Arc::new(Shared {
                 name: config.name,
                 hasher: RandomState::default(),
-                inbox: SegQueue::new(),
-                inbox_len: CachePadded::new(AtomicUsize::new(0)),
+                inbox: CachePadded::new(Inbox {
+                    adds: Mutex::new(Vec::new()),
+                    len: AtomicUsize::new(0),
+                }),
                 core: CachePadded::new(Mutex::new(Core {
                     keys: Keys::default(),
-                    fifo: VecDeque::new(),
                     heap: BinaryHeap::new(),
                     next_seq: 0,
                     processing: 0,
+                    spare: Vec::new(),
                 })),
                 next_deadline: AtomicU64::new(NO_DEADLINE),
                 epoch,
@@ -303,18 +334,28 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
     }
 
     /// Applies the inbox: each pending add, in order, as a plain add.
+    #[inline]
     fn apply(&self, core: &mut Core<K>) {
-        let s = &*self.shared;
-        let mut applied = 0;
-        while let Some((hash, key, added_at)) = s.inbox.pop() {
-            applied += 1;
-            if core.keys.add(hash, &key, added_at) == Added::Queued {
-                core.fifo.push_back((hash, key));
-            }
+        // An add that returned before this call stored its `len` first (see `add`).
+        if self.shared.inbox.len.load(Ordering::Acquire) != 0 {
+            self.apply_pending(core);
         }
-        if applied > 0 {
-            s.inbox_len.fetch_sub(applied, Ordering::Relaxed);
+    }
+
+    /// `apply`'s work, out of line: the empty check is what every operation pays.
+    #[inline(never)]
+    fn apply_pending(&self, core: &mut Core<K>) {
+        let inbox = &self.shared.inbox;
+        let mut batch = std::mem::take(&mut core.spare);
+        {
+            let mut adds = inbox.adds.lock();
+            std::mem::swap(&mut *adds, &mut batch);
+            inbox.len.store(0, Ordering::Relaxed);
         }
+        for (hash, key, added_at) in batch.drain(..) {
+            core.keys.add(hash, key, added_at);
+        }
+        core.spare = batch;
     }
 
     /// Queues every delayed key whose deadline has passed, in deadline order. After shutdown or
@@ -334,10 +375,8 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         let metrics_now = s.metrics_on.then_some(now);
         while core.heap.peek().is_some_and(|top| top.at <= now) {
             let Some(d) = core.heap.pop() else { break };
-            if core.keys.take_due(&d.key, d.seq)
-                && core.keys.add(d.hash, &d.key, metrics_now) == Added::Queued
-            {
-                core.fifo.push_back((d.hash, d.key));
+            if core.keys.take_due(&d.key, d.seq) {
+                core.keys.add(d.hash, d.key, metrics_now);
             }
         }
         self.store_next_deadline(core);
@@ -361,13 +400,15 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
             && s.clock.now().saturating_duration_since(s.epoch).as_nanos() >= u128::from(next)
     }
 
-    fn wake_one_if_parked(&self) {
-        // Either the parked getter sees the key, or we see the getter. The getter side is
-        // `getters += 1; fence(SeqCst); look`. Ours follows a `SeqCst` read-modify-write (the
-        // inbox push's tail update, or the lock's release and a fence), then this `SeqCst` load.
-        if self.shared.getters.load(Ordering::SeqCst) > 0 {
-            self.shared.available.notify_one();
-        }
+    /// Whether a getter is parked. Called while holding the core's or the inbox's lock after
+    /// making a key ready: a getter registers under both locks (see `take_or_park`) before it
+    /// looks a last time, so either it sees the key or we see it.
+    fn any_parked(&self) -> bool {
+        self.shared.getters.load(Ordering::Relaxed) > 0
+    }
+
+    fn wake_one(&self) {
+        self.shared.available.notify_one();
     }
 
     /// Queues `key` unless it is queued already; marks it dirty if it is being processed.
@@ -381,11 +422,29 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
             return self.refuse();
         }
         let hash = self.hash(&key);
-        s.inbox.push((hash, key, self.metrics_now()));
-        if s.inbox_len.fetch_add(1, Ordering::Relaxed) >= INBOX_BOUND {
+        let now = self.metrics_now();
+        if let Some(mut core) = s.core.try_lock() {
+            // Uncontended: apply it now, after the adds that found the lock taken.
+            self.apply(&mut core);
+            let wake = core.keys.add(hash, key, now) && self.any_parked();
+            drop(core);
+            if wake {
+                self.wake_one();
+            }
+            return;
+        }
+        let (wake, full) = {
+            let mut adds = s.inbox.adds.lock();
+            adds.push((hash, key, now));
+            s.inbox.len.store(adds.len(), Ordering::Release);
+            (self.any_parked(), adds.len() > INBOX_BOUND)
+        };
+        if full {
             drop(self.lock());
         }
-        self.wake_one_if_parked();
+        if wake {
+            self.wake_one();
+        }
     }
 
     /// Queues `key` after `delay` (clamped to [`MAX_DELAY`]); a zero delay is a plain add. If the
@@ -413,10 +472,11 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         let earliest = core.heap.peek().is_none_or(|top| at < top.at);
         core.heap.push(Delayed { at, seq, hash, key });
         if earliest {
-            self.store_next_deadline(core);
-            fence(Ordering::SeqCst);
             // A parked getter re-arms its timer for the new, earlier deadline.
-            self.wake_one_if_parked();
+            self.store_next_deadline(core);
+            if self.any_parked() {
+                self.wake_one();
+            }
         }
     }
 
@@ -439,11 +499,9 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         let delay = s.limiter.when(&key);
         if delay.is_zero() {
             let now = self.metrics_now();
-            if core.keys.add(hash, &key, now) == Added::Queued {
-                core.fifo.push_back((hash, key));
+            if core.keys.add(hash, key, now) && self.any_parked() {
                 drop(core);
-                fence(Ordering::SeqCst);
-                self.wake_one_if_parked();
+                self.wake_one();
             }
             return;
         }
@@ -466,7 +524,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
     /// not counted here but in [`waiting_len`](Self::waiting_len); keys being processed in
     /// [`processing_len`](Self::processing_len).
     pub fn len(&self) -> usize {
-        self.lock().fifo.len()
+        self.lock().keys.len()
     }
 
     /// Whether no key is queued and ready.
@@ -489,18 +547,52 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         self.refuses_adds()
     }
 
-    /// Takes the first queued key and marks it in process; with its requeue count. The second
-    /// value says whether more keys are ready.
-    fn take(&self) -> Option<((K, u32), bool)> {
-        let s = &*self.shared;
-        let mut core = self.lock();
-        if s.state.load(Ordering::SeqCst) == SHUT_DOWN {
+    /// Pops the first queued key and marks it in process; with its requeue count. `None` when
+    /// none is queued, or after shutdown.
+    fn start_next(&self, core: &mut Core<K>) -> Option<(K, u32)> {
+        if self.shared.state.load(Ordering::SeqCst) == SHUT_DOWN {
             return None;
         }
-        let (hash, key) = core.fifo.pop_front()?;
-        let requeues = core.keys.start(hash, &key, self.metrics_now());
+        if core.keys.len() == 0 {
+            return None;
+        }
+        let taken = core.keys.pop(self.metrics_now())?;
         core.processing += 1;
-        Some(((key, requeues), !core.fifo.is_empty()))
+        Some(taken)
+    }
+
+    /// Whether more keys are ready and a getter is parked that should take them.
+    fn more_for_parked(&self, core: &Core<K>) -> bool {
+        core.keys.len() > 0 && self.any_parked()
+    }
+
+    /// Takes the first queued key (see `start_next`). The second value says whether to wake a
+    /// parked getter for the keys left.
+    fn take(&self) -> Option<((K, u32), bool)> {
+        let mut core = self.lock();
+        let taken = self.start_next(&mut core)?;
+        Some((taken, self.more_for_parked(&core)))
+    }
+
+    /// As [`take`](Self::take), but registers as a parked getter first, under both locks, so
+    /// that an add that lands after this look sees the registration (see `any_parked`). The
+    /// registration is kept only when no key was taken.
+    fn take_or_park(&self) -> Result<((K, u32), bool), Parked<'_>> {
+        let s = &*self.shared;
+        let mut core = s.core.lock();
+        let parked = {
+            let _adds = s.inbox.adds.lock();
+            Parked::new(&s.getters)
+        };
+        self.apply(&mut core);
+        self.promote(&mut core);
+        match self.start_next(&mut core) {
+            Some(taken) => {
+                drop(parked);
+                Ok((taken, self.more_for_parked(&core)))
+            }
+            None => Err(parked),
+        }
     }
 
     /// Hands out the first queued key without waiting; `None` when none is ready or after
@@ -519,10 +611,10 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
     pub(crate) async fn get_counted(&self) -> Option<(K, u32)> {
         let s = &*self.shared;
         loop {
-            if let Some((taken, more)) = self.take() {
+            if let Some((taken, wake)) = self.take() {
                 // More keys are ready (a batch promoted, say): wake another getter for them.
-                if more {
-                    self.wake_one_if_parked();
+                if wake {
+                    self.wake_one();
                 }
                 return Some(taken);
             }
@@ -531,17 +623,16 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
             }
             let mut notified = pin!(s.available.notified());
             notified.as_mut().enable();
-            let parked = Parked::new(&s.getters);
-            // Pairs with `wake_one_if_parked`.
-            fence(Ordering::SeqCst);
-            if let Some((taken, more)) = self.take() {
-                drop(parked);
-                // We may have absorbed a wake-up meant for another getter: pass it on.
-                if more {
-                    self.wake_one_if_parked();
+            let parked = match self.take_or_park() {
+                Ok((taken, wake)) => {
+                    // We may have absorbed a wake-up meant for another getter: pass it on.
+                    if wake {
+                        self.wake_one();
+                    }
+                    return Some(taken);
                 }
-                return Some(taken);
-            }
+                Err(parked) => parked,
+            };
             if self.finished() {
                 return None;
             }
@@ -574,7 +665,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
             SHUT_DOWN => true,
             DRAINING => {
                 let core = self.lock();
-                if core.fifo.is_empty() && core.processing == 0 {
+                if core.keys.len() == 0 && core.processing == 0 {
                     drop(core);
                     self.finish_drain();
                     true
@@ -591,26 +682,23 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         let hash = self.hash(key);
         let mut core = self.lock();
         let requeued = core.keys.done(hash, key, self.metrics_now());
-        self.after_done(core, hash, key, requeued);
+        self.after_done(core, requeued);
     }
 
-    fn after_done(&self, mut core: Locked<'_, K>, hash: u64, key: &K, requeued: Option<bool>) {
+    fn after_done(&self, mut core: Locked<'_, K>, requeued: Option<bool>) {
         let s = &*self.shared;
         let Some(requeued) = requeued else { return };
-        if requeued {
-            core.fifo.push_back((hash, key.clone()));
-        }
         core.processing -= 1;
         let idle = core.processing == 0;
-        let empty = core.fifo.is_empty();
+        let empty = core.keys.len() == 0;
         let settled = idle && empty && core.keys.waiting_len() == 0;
+        let wake = requeued && self.any_parked();
         drop(core);
         if settled {
             s.idle.notify_waiters();
         }
-        if requeued {
-            fence(Ordering::SeqCst);
-            self.wake_one_if_parked();
+        if wake {
+            self.wake_one();
         }
         if idle {
             match s.state.load(Ordering::SeqCst) {
@@ -661,7 +749,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
             .compare_exchange(RUNNING, DRAINING, Ordering::SeqCst, Ordering::SeqCst);
         let idle = {
             let core = self.lock();
-            core.fifo.is_empty() && core.processing == 0
+            core.keys.len() == 0 && core.processing == 0
         };
         if idle {
             self.finish_drain();
@@ -688,7 +776,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
 
     fn is_idle(&self) -> bool {
         let core = self.lock();
-        core.fifo.is_empty() && core.processing == 0 && core.keys.waiting_len() == 0
+        core.keys.len() == 0 && core.processing == 0 && core.keys.waiting_len() == 0
     }
 
     async fn wait_drained(&self) {
@@ -715,7 +803,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         };
         QueueMetrics {
             name: s.name.clone(),
-            depth: core.fifo.len() as u64,
+            depth: core.keys.len() as u64,
             waiting: core.keys.waiting_len() as u64,
             processing: core.processing as u64,
             adds_total: core.keys.adds_total,
@@ -761,7 +849,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
             Failure::Exhausted { requeues }
         };
         let requeued = core.keys.done(hash, key, self.metrics_now());
-        self.after_done(core, hash, key, requeued);
+        self.after_done(core, requeued);
         if matches!(failure, Failure::Exhausted { .. } | Failure::Dropped) {
             s.limiter.forget(key);
         }
@@ -775,7 +863,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         let mut core = self.lock();
         let had_history = core.keys.forget(key);
         let requeued = core.keys.done(hash, key, self.metrics_now());
-        self.after_done(core, hash, key, requeued);
+        self.after_done(core, requeued);
         if had_history {
             self.shared.limiter.forget(key);
         }
@@ -798,7 +886,8 @@ fn deadline(now: Instant, delay: Duration) -> Instant {
     now.checked_add(delay).unwrap_or(now)
 }
 
-/// Counts a parked getter for as long as it lives, so a dropped `get` unparks too.
+/// Counts a parked getter for as long as it lives, so a dropped `get` unparks too. Created under
+/// both locks (see `take_or_park`); dropped anywhere, as a stale count costs only a spare wake-up.
 struct Parked<'a> {
     getters: &'a AtomicUsize,
 }

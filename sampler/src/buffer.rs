@@ -13,6 +13,7 @@
 //! time T" items. A queue item carries the trace's generation, so items of a trace decided since
 //! (or of an older incarnation of the same trace id) are recognised as stale and skipped.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::mem::size_of;
 use std::sync::Arc;
@@ -81,6 +82,17 @@ pub(crate) struct Shard<S> {
     pub(crate) tally: DecisionTally,
 }
 
+/// What [`Shard::offer`] did with a span.
+#[derive(Debug)]
+pub(crate) enum Offer<S> {
+    /// Buffered; its trace now holds this many spans.
+    Buffered(usize),
+    /// Its trace was kept already: the span is handed back to be kept the same way.
+    Kept(S, Arc<KeptDecision>),
+    /// Its trace was not kept: the span is handed back to be dropped.
+    NotKept(S),
+}
+
 /// How many of the oldest traces pressure looks at to find one whose root has ended.
 pub(crate) const PRESSURE_LOOKAHEAD: usize = 16;
 
@@ -136,56 +148,57 @@ impl<S: SpanView> Shard<S> {
         }
     }
 
-    /// Buffers `span` if its trace is already buffered (the common case, one map lookup);
-    /// otherwise hands it back.
+    /// Buffers `span` in its trace, starting the trace if it is new, unless the decision caches
+    /// say the trace was decided already: then the span is handed back to follow that decision.
+    /// One map lookup per span; the span is moved once, into its trace.
     #[inline(always)]
-    pub(crate) fn add_existing(&mut self, span: S, now: u64, after_root: u64) -> Result<usize, S> {
+    pub(crate) fn offer(&mut self, span: S, now: u64, after_root: u64) -> Offer<S> {
         let trace_id = span.trace_id();
-        match self.traces.get_mut(&trace_id) {
-            Some(entry) => {
-                let (delta, generation, len, root_ended) = push(entry, span, now);
+        match self.traces.entry(trace_id) {
+            Entry::Occupied(slot) => {
+                let (delta, generation, len, root_ended) = push(slot.into_mut(), span, now);
                 self.bytes += delta;
                 self.spans += 1;
                 if root_ended {
                     self.push_root_due(trace_id, generation, now, after_root);
                 }
-                Ok(len)
+                Offer::Buffered(len)
             }
-            None => Err(span),
+            Entry::Vacant(slot) => {
+                // Only a trace's first span (or a late one) needs the decision caches.
+                if let Some(decision) = self.kept.get(&trace_id) {
+                    self.stats.late_sampled += 1;
+                    return Offer::Kept(span, decision.clone());
+                }
+                if self.dropped.contains(fold(trace_id)) {
+                    self.stats.late_not_sampled += 1;
+                    return Offer::NotKept(span);
+                }
+                let generation = self.next_generation;
+                self.next_generation += 1;
+                let entry = slot.insert(TraceEntry {
+                    spans: Vec::with_capacity(self.size_hint),
+                    generation,
+                    first_seen: now,
+                    last_seen: now,
+                    root_ended: false,
+                    bytes: TRACE_OVERHEAD,
+                });
+                let (delta, _, len, root_ended) = push(entry, span, now);
+                self.bytes += TRACE_OVERHEAD + delta;
+                self.spans += 1;
+                self.stats.traces_received += 1;
+                self.by_age.push_back(QueueItem {
+                    at: now,
+                    trace_id,
+                    generation,
+                });
+                if root_ended {
+                    self.push_root_due(trace_id, generation, now, after_root);
+                }
+                Offer::Buffered(len)
+            }
         }
-    }
-
-    /// Buffers `span`, starting its trace if needed; returns the trace's span count.
-    pub(crate) fn add(&mut self, span: S, now: u64, after_root: u64) -> usize {
-        let span = match self.add_existing(span, now, after_root) {
-            Ok(len) => return len,
-            Err(span) => span,
-        };
-        let trace_id = span.trace_id();
-        let generation = self.next_generation;
-        self.next_generation += 1;
-        let mut entry = TraceEntry {
-            spans: Vec::with_capacity(self.size_hint),
-            generation,
-            first_seen: now,
-            last_seen: now,
-            root_ended: false,
-            bytes: TRACE_OVERHEAD,
-        };
-        let (delta, _, len, root_ended) = push(&mut entry, span, now);
-        self.traces.insert(trace_id, entry);
-        self.bytes += TRACE_OVERHEAD + delta;
-        self.spans += 1;
-        self.stats.traces_received += 1;
-        self.by_age.push_back(QueueItem {
-            at: now,
-            trace_id,
-            generation,
-        });
-        if root_ended {
-            self.push_root_due(trace_id, generation, now, after_root);
-        }
-        len
     }
 
     fn push_root_due(&mut self, trace_id: TraceId, generation: u64, now: u64, after_root: u64) {
@@ -199,10 +212,32 @@ impl<S: SpanView> Shard<S> {
     /// Takes a trace out of the buffer.
     pub(crate) fn remove(&mut self, trace_id: TraceId) -> Option<TraceEntry<S>> {
         let entry = self.traces.remove(&trace_id)?;
+        self.forget(&entry);
+        Some(entry)
+    }
+
+    /// Accounts for `entry` having left the buffer.
+    fn forget(&mut self, entry: &TraceEntry<S>) {
         self.size_hint = entry.spans.len().min(MAX_SIZE_HINT);
         self.bytes -= entry.bytes;
         self.spans -= entry.spans.len();
-        Some(entry)
+    }
+
+    /// Takes every pending trace out of the buffer (for flush and shutdown), emptying the
+    /// deadline queues, and hands each to `decide` with the shard. The map keeps its room for
+    /// the traces to come: entries are drained in place, not looked up one by one.
+    pub(crate) fn drain_with(&mut self, mut decide: impl FnMut(&mut Self, TraceId, TraceEntry<S>)) {
+        self.by_age.clear();
+        self.root_due.clear();
+        // While the entries are handed out the map is set aside (`decide` sees an empty one),
+        // so `decide` may use the rest of the shard.
+        let mut traces = std::mem::take(&mut self.traces);
+        for (trace_id, entry) in traces.drain() {
+            self.forget(&entry);
+            decide(self, trace_id, entry);
+        }
+        debug_assert!(self.traces.is_empty());
+        self.traces = traces;
     }
 
     fn is_live(&self, item: &QueueItem) -> bool {
@@ -268,13 +303,6 @@ impl<S: SpanView> Shard<S> {
         None
     }
 
-    /// All pending trace ids (for flush); empties the deadline queues.
-    pub(crate) fn take_all(&mut self) -> Vec<TraceId> {
-        self.by_age.clear();
-        self.root_due.clear();
-        self.traces.keys().copied().collect()
-    }
-
     /// Drops stale queue items once they outnumber live traces, so queues stay bounded by the
     /// buffer's own bound even when most traces are decided before their deadlines.
     pub(crate) fn compact(&mut self) {
@@ -308,12 +336,20 @@ mod tests {
         Shard::new(10, 10, 0, 1)
     }
 
+    /// Buffers a span the caches know nothing about.
+    fn add(s: &mut Shard<SpanData>, span: SpanData, now: u64, after_root: u64) -> usize {
+        match s.offer(span, now, after_root) {
+            Offer::Buffered(len) => len,
+            other => panic!("not buffered: {other:?}"),
+        }
+    }
+
     #[test]
     fn bytes_should_return_to_zero_when_traces_are_removed() {
         let mut s = shard();
-        s.add(TestSpan::new(1, 2).child_of(1).build(), 0, 10);
-        s.add(TestSpan::new(1, 1).build(), 0, 10);
-        s.add(TestSpan::new(2, 1).build(), 0, 10);
+        add(&mut s, TestSpan::new(1, 2).child_of(1).build(), 0, 10);
+        add(&mut s, TestSpan::new(1, 1).build(), 0, 10);
+        add(&mut s, TestSpan::new(2, 1).build(), 0, 10);
         assert!(s.bytes > 2 * size_of::<SpanData>());
         assert_eq!(s.spans, 3);
         s.remove(TraceId::from(1)).unwrap();
@@ -324,9 +360,9 @@ mod tests {
     #[test]
     fn root_due_should_wait_for_quiet_after_the_root_ended() {
         let mut s = shard();
-        s.add(TestSpan::new(1, 1).build(), 0, 10);
+        add(&mut s, TestSpan::new(1, 1).build(), 0, 10);
         assert_eq!(s.pop_due(9, 100, 10), None);
-        s.add(TestSpan::new(1, 2).child_of(1).build(), 5, 10);
+        add(&mut s, TestSpan::new(1, 2).child_of(1).build(), 5, 10);
         assert_eq!(s.pop_due(10, 100, 10), None);
         assert_eq!(s.pop_due(15, 100, 10), Some((TraceId::from(1), Due::Root)));
     }
@@ -334,7 +370,7 @@ mod tests {
     #[test]
     fn wait_due_should_fire_from_the_first_span_without_a_root() {
         let mut s = shard();
-        s.add(TestSpan::new(1, 2).child_of(1).build(), 0, 10);
+        add(&mut s, TestSpan::new(1, 2).child_of(1).build(), 0, 10);
         assert_eq!(s.pop_due(50, 100, 10), None);
         assert_eq!(s.pop_due(100, 100, 10), Some((TraceId::from(1), Due::Wait)));
     }
@@ -342,9 +378,9 @@ mod tests {
     #[test]
     fn pressure_should_prefer_an_old_trace_whose_root_ended_over_one_in_progress() {
         let mut s = shard();
-        s.add(TestSpan::new(1, 2).child_of(1).build(), 0, 10);
-        s.add(TestSpan::new(2, 1).build(), 1, 10);
-        s.add(TestSpan::new(3, 2).child_of(1).build(), 2, 10);
+        add(&mut s, TestSpan::new(1, 2).child_of(1).build(), 0, 10);
+        add(&mut s, TestSpan::new(2, 1).build(), 1, 10);
+        add(&mut s, TestSpan::new(3, 2).child_of(1).build(), 2, 10);
         assert_eq!(s.pop_for_pressure(), Some(TraceId::from(2)));
         assert_eq!(s.pop_for_pressure(), Some(TraceId::from(1)));
         s.remove(TraceId::from(2));
@@ -356,7 +392,7 @@ mod tests {
     fn stale_queue_items_should_be_skipped_and_compacted() {
         let mut s = shard();
         for t in 1..=3000u128 {
-            s.add(TestSpan::new(t, 1).build(), 0, 10);
+            add(&mut s, TestSpan::new(t, 1).build(), 0, 10);
             s.remove(TraceId::from(t));
         }
         s.compact();

@@ -1,25 +1,31 @@
 //! The in-process front door: an `opentelemetry_sdk` [`SpanProcessor`].
 //!
 //! `on_end` runs on the thread that ended the span, so it does as little as the SDK's batch
-//! processor: it moves the span into a bounded queue and returns. When the queue is full the span
-//! is counted in `spans_dropped_queue_full`, never waited for. Like the batch processor, it does
-//! not wake the background thread for every span: only when the queue holds a batch (or on a
-//! flush, shutdown, or the thread's own tick). One background thread takes spans off the queue
-//! into the sampler's buffer, decides due traces every `poll_interval`, exports
-//! kept spans in batches of `max_export_batch_size`, and drives the exporter's futures with
-//! `futures::executor::block_on` (no async runtime needed). Only that thread touches the
-//! exporter, so no lock is held across an export. `force_flush` waits until every span queued
-//! before it is buffered, then the calling thread (which waits anyway) and the background thread
-//! decide the buffer together, shard by shard, and the background thread exports everything kept.
+//! processor: it moves the span into a bounded queue (see [`queue`] for why spans travel in
+//! batches) and returns. When the queue is full the span is counted in
+//! `spans_dropped_queue_full`, never waited for. Like the batch processor, it does not wake the
+//! background thread for every span: only when the queue holds a batch (or on shutdown, or the
+//! thread's own tick). One background thread takes batches off the queue into the sampler's
+//! buffer, decides due traces every `poll_interval`, and exports kept spans in batches of
+//! `max_export_batch_size`, driving the exporter's futures with `futures::executor::block_on`
+//! (no async runtime needed).
+//!
+//! `force_flush` works on the calling thread, which waits anyway: it buffers what is still
+//! queued, decides the buffer and exports everything kept. No round trip through the background
+//! thread is needed, which matters on a busy machine, where a woken thread can wait
+//! milliseconds to be scheduled. The background thread is not asked to decide half of the
+//! buffer either: deciding mostly frees dropped spans, and two threads freeing memory of one
+//! allocator arena at once contend for it (measured slower than one thread alone, with several
+//! times the context switches). The exporter sits behind a lock (see [`export`]) taken by the
+//! background thread and by flushing callers, never by `on_end`.
 
-use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 use opentelemetry::Context;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
@@ -30,22 +36,28 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::SamplerConfig;
 use crate::error::ConfigError;
 use crate::metrics::SamplerMetrics;
-use crate::sampler::{FlushCursor, TailSampler};
+use crate::sampler::TailSampler;
+
+use self::export::{ExportSide, Exports};
+use self::queue::{Pushed, SpanQueue};
+use self::worker::{Intake, Worker};
+
+mod export;
+mod queue;
+mod worker;
 
 /// Default spans per export call (as the SDK's batch processor).
 pub const DEFAULT_MAX_EXPORT_BATCH_SIZE: usize = 512;
-/// Default capacity of the queue between `on_end` and the background thread, in spans. The
-/// queue's slots are allocated up front (about 6 MiB at this size).
+/// Default capacity of the queue between `on_end` and the background thread, in spans. Room is
+/// allocated a batch at a time as spans arrive, not up front.
 pub const DEFAULT_MAX_QUEUE_SIZE: usize = 16_384;
 /// Default interval between checks for due traces.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(100);
-/// How long `force_flush` waits for the background thread.
+/// How long `force_flush` waits for the background thread and the exporter.
 pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Longest the background thread sleeps before looking at the queue again.
 const MAX_TICK: Duration = Duration::from_millis(10);
-/// Spans ingested per clock reading.
-const SPANS_PER_CLOCK_READ: usize = 256;
 
 /// Settings of the processor's queue and export side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +68,8 @@ pub struct ProcessorConfig {
     pub max_queue_size: usize,
     /// How often the background thread decides due traces.
     pub poll_interval: Duration,
-    /// How long `force_flush` waits for the background thread before reporting a timeout.
+    /// How long `force_flush` waits for the background thread or a busy exporter before
+    /// reporting a timeout.
     pub flush_timeout: Duration,
 }
 
@@ -73,15 +86,10 @@ impl Default for ProcessorConfig {
 
 /// Requests to the background thread; spans travel on their own queue.
 enum Message {
-    /// The span queue holds a batch.
+    /// The span queue holds a full batch.
     Wake,
-    /// Help the caller decide the buffer, shard by shard.
-    FlushStart(Arc<FlushCursor>),
-    /// Export these (the caller's share of the flush), then flush the exporter.
-    FlushFinish(Vec<SpanData>, Sender<OTelSdkResult>),
     /// Decide (or drop) everything, export, shut the exporter down and stop.
     Shutdown(Sender<OTelSdkResult>, Duration),
-    Resource(Resource),
 }
 
 /// A [`SpanProcessor`] that tail-samples: it buffers spans per trace and exports only the
@@ -113,19 +121,13 @@ enum Message {
 /// ```
 pub struct TailSamplingProcessor {
     sampler: Arc<TailSampler<SpanData>>,
-    spans: Sender<SpanData>,
-    /// The queue's receiving end, for `force_flush` to buffer what is queued.
-    queued: Receiver<SpanData>,
-    /// Held while spans taken off the queue are being buffered, so `force_flush` knows when
-    /// every span queued before it is in the buffer.
-    ingest_lock: Arc<Mutex<()>>,
+    /// Spans on their way to the background thread (and to `force_flush`, which takes the rest).
+    spans: Arc<SpanQueue<SpanData>>,
+    intake: Arc<Intake>,
+    exports: Arc<dyn ExportSide>,
     tx: Sender<Message>,
     /// A `Wake` is on its way; cleared by the background thread when it drains the queue.
     wake_sent: Arc<AtomicBool>,
-    /// Spans offered so far; every `wake_at`-th one wakes the background thread. A counter of
-    /// our own, because asking the queue its length reads the consumer's side of it.
-    offered: AtomicUsize,
-    wake_at: usize,
     worker: Mutex<Option<JoinHandle<()>>>,
     shut_down: AtomicBool,
     flush_timeout: Duration,
@@ -193,24 +195,35 @@ impl TailSamplingProcessor {
             }
         }
         let sampler = Arc::new(TailSampler::with_clock(config, clock)?);
-        let (spans, span_rx) = bounded(processor.max_queue_size);
+        // A full batch wakes the background thread; at most half the queue, so the thread is
+        // woken before the queue fills.
+        let batch = processor
+            .max_export_batch_size
+            .min(processor.max_queue_size / 2)
+            .max(1);
+        let spans = Arc::new(SpanQueue::new(processor.max_queue_size, batch));
         let (tx, rx) = bounded(64);
         let wake_sent = Arc::new(AtomicBool::new(false));
-        let ingest_lock = Arc::new(Mutex::new(()));
+        let intake = Arc::new(Intake::default());
+        let exports: Arc<dyn ExportSide> = Arc::new(Exports::new(
+            exporter,
+            processor.max_export_batch_size,
+            processor.flush_timeout,
+        ));
         let worker = Worker {
             sampler: sampler.clone(),
-            exporter,
+            exports: exports.clone(),
             rx,
-            spans: span_rx.clone(),
-            ingest_lock: ingest_lock.clone(),
+            spans: spans.clone(),
+            intake: intake.clone(),
             wake_sent: wake_sent.clone(),
             tick: processor
                 .poll_interval
                 .clamp(Duration::from_millis(1), MAX_TICK),
             batch: processor.max_export_batch_size,
             poll_interval: processor.poll_interval.max(Duration::from_millis(1)),
-            pending: Vec::new(),
-            part_result: Ok(()),
+            export_wait: processor.flush_timeout,
+            kept: Vec::new(),
         };
         let handle = std::thread::Builder::new()
             .name("traceq-sampler".to_owned())
@@ -219,15 +232,10 @@ impl TailSamplingProcessor {
         Ok(Self {
             sampler,
             spans,
-            queued: span_rx,
-            ingest_lock,
+            intake,
+            exports,
             tx,
             wake_sent,
-            offered: AtomicUsize::new(0),
-            wake_at: processor
-                .max_export_batch_size
-                .min(processor.max_queue_size / 2)
-                .max(1),
             worker: Mutex::new(Some(handle)),
             shut_down: AtomicBool::new(false),
             flush_timeout: processor.flush_timeout,
@@ -238,23 +246,6 @@ impl TailSamplingProcessor {
     #[must_use]
     pub fn metrics(&self) -> SamplerMetrics {
         self.sampler.metrics()
-    }
-
-    fn send(&self, msg: Message, deadline: Instant) -> OTelSdkResult {
-        let timeout = deadline.saturating_duration_since(Instant::now());
-        self.tx
-            .send_timeout(msg, timeout)
-            .map_err(|_| OTelSdkError::Timeout(self.flush_timeout))
-    }
-
-    fn wait<T>(rx: &Receiver<T>, deadline: Instant, timeout: Duration) -> Result<T, OTelSdkError> {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(v) => Ok(v),
-            Err(RecvTimeoutError::Timeout) => Err(OTelSdkError::Timeout(timeout)),
-            Err(RecvTimeoutError::Disconnected) => Err(OTelSdkError::InternalFailure(
-                "the sampler's background thread stopped".to_owned(),
-            )),
-        }
     }
 }
 
@@ -269,14 +260,19 @@ impl SpanProcessor for TailSamplingProcessor {
                 .fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if self.spans.try_send(span).is_err() {
-            counters
-                .spans_dropped_queue_full
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        let offered = self.offered.fetch_add(1, Ordering::Relaxed) + 1;
-        if offered % self.wake_at == 0 && !self.wake_sent.swap(true, Ordering::AcqRel) {
-            let _ = self.tx.try_send(Message::Wake);
+        match self.spans.push(span) {
+            Pushed::Queued => {}
+            Pushed::BatchFull => {
+                if !self.wake_sent.swap(true, Ordering::AcqRel) {
+                    let _ = self.tx.try_send(Message::Wake);
+                }
+            }
+            Pushed::Full(span) => {
+                counters
+                    .spans_dropped_queue_full
+                    .fetch_add(1, Ordering::Relaxed);
+                drop(span);
+            }
         }
     }
 
@@ -288,22 +284,20 @@ impl SpanProcessor for TailSamplingProcessor {
         let deadline = Instant::now() + self.flush_timeout;
         let mut kept = Vec::new();
         {
-            // Once we hold the lock and the queue is empty, every span queued before this call
-            // is in the buffer.
-            let _ingesting = self.ingest_lock.lock();
-            while self
-                .sampler
-                .ingest_batch(self.queued.try_iter().take(SPANS_PER_CLOCK_READ), &mut kept)
-                > 0
-            {}
+            // Once we hold the lock and took what is queued, every span queued before this call
+            // is in the buffer or in our hands, and every span kept before it waits for export.
+            let _ingesting = self.intake.lock_for_flush();
+            let mut batches = Vec::new();
+            self.spans.take_all(&mut batches);
+            for mut batch in batches {
+                self.sampler.ingest_batch(batch.drain(..), &mut kept);
+                self.spans.recycle(batch);
+            }
         }
-        // Ask the background thread to help, but do not wait for it to start.
-        let cursor = Arc::new(FlushCursor::new());
-        self.send(Message::FlushStart(cursor.clone()), deadline)?;
-        self.sampler.flush_shared(&cursor, &mut kept);
-        let (ack_tx, ack_rx) = bounded(1);
-        self.send(Message::FlushFinish(kept, ack_tx), deadline)?;
-        Self::wait(&ack_rx, deadline, self.flush_timeout)?
+        self.sampler.flush(&mut kept);
+        self.exports.add(&mut kept);
+        let exported = self.exports.export(self.sampler.counters(), deadline);
+        exported.and(self.exports.flush_exporter(deadline))
     }
 
     /// Decides (or, if so configured, drops) every pending trace, exports everything kept and
@@ -314,8 +308,18 @@ impl SpanProcessor for TailSamplingProcessor {
         }
         let deadline = Instant::now() + timeout;
         let (ack_tx, ack_rx) = bounded(1);
-        self.send(Message::Shutdown(ack_tx, timeout), deadline)?;
-        let result = Self::wait(&ack_rx, deadline, timeout)?;
+        self.tx
+            .send_deadline(Message::Shutdown(ack_tx, timeout), deadline)
+            .map_err(|_| OTelSdkError::Timeout(timeout))?;
+        let result = match ack_rx.recv_deadline(deadline) {
+            Ok(result) => result,
+            Err(RecvTimeoutError::Timeout) => return Err(OTelSdkError::Timeout(timeout)),
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(OTelSdkError::InternalFailure(
+                    "the sampler's background thread stopped".to_owned(),
+                ))
+            }
+        };
         if let Some(handle) = self.worker.lock().take() {
             let _ = handle.join();
         }
@@ -329,9 +333,7 @@ impl SpanProcessor for TailSamplingProcessor {
                 .map(|(k, v)| opentelemetry::KeyValue::new(k.clone(), v.clone()))
                 .collect(),
         );
-        // Best effort: a full queue at setup time would be a bug elsewhere; the exporter keeps
-        // its default resource then.
-        let _ = self.tx.try_send(Message::Resource(resource.clone()));
+        self.exports.set_resource(resource);
     }
 }
 
@@ -340,129 +342,6 @@ impl Drop for TailSamplingProcessor {
         if !self.shut_down.load(Ordering::Acquire) {
             let _ = self.shutdown_with_timeout(Duration::from_secs(5));
         }
-    }
-}
-
-struct Worker<E> {
-    sampler: Arc<TailSampler<SpanData>>,
-    exporter: E,
-    rx: Receiver<Message>,
-    spans: Receiver<SpanData>,
-    ingest_lock: Arc<Mutex<()>>,
-    wake_sent: Arc<AtomicBool>,
-    tick: Duration,
-    batch: usize,
-    poll_interval: Duration,
-    pending: Vec<SpanData>,
-    /// Result of exporting the half of a flush decided here, reported when the flush finishes.
-    part_result: OTelSdkResult,
-}
-
-impl<E: SpanExporter> Worker<E> {
-    fn run(mut self) {
-        let mut next_poll = Instant::now() + self.poll_interval;
-        loop {
-            let msg = self.rx.recv_timeout(self.tick);
-            // Spans queued before a request are buffered before it is handled.
-            self.drain_spans();
-            match msg {
-                Ok(Message::Wake) | Err(RecvTimeoutError::Timeout) => {}
-                Ok(Message::FlushStart(cursor)) => {
-                    self.sampler.flush_shared(&cursor, &mut self.pending);
-                    self.part_result = self.export_pending();
-                }
-                Ok(Message::FlushFinish(mut kept, ack)) => {
-                    self.pending.append(&mut kept);
-                    let part = std::mem::replace(&mut self.part_result, Ok(()));
-                    let exported = part.and(self.export_pending());
-                    let _ = ack.send(exported.and(self.exporter.force_flush()));
-                }
-                Ok(Message::Shutdown(ack, timeout)) => {
-                    self.sampler.shutdown(&mut self.pending);
-                    let exported = self.export_pending();
-                    let _ = ack.send(exported.and(self.exporter.shutdown_with_timeout(timeout)));
-                    self.discard_queue();
-                    return;
-                }
-                Ok(Message::Resource(resource)) => self.exporter.set_resource(&resource),
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.sampler.shutdown(&mut self.pending);
-                    let _ = self.export_pending();
-                    let _ = self.exporter.shutdown();
-                    return;
-                }
-            }
-            if Instant::now() >= next_poll {
-                self.sampler.poll(&mut self.pending);
-                let _ = self.export_pending();
-                next_poll = Instant::now() + self.poll_interval;
-            }
-        }
-    }
-
-    /// Buffers every queued span, reading the clock once per run of spans.
-    fn drain_spans(&mut self) {
-        self.wake_sent.store(false, Ordering::Release);
-        loop {
-            // Taking spans off the queue and buffering them happen under the ingest lock, which
-            // is released before any export.
-            let n = {
-                let _ingesting = self.ingest_lock.lock();
-                self.sampler.ingest_batch(
-                    self.spans.try_iter().take(SPANS_PER_CLOCK_READ),
-                    &mut self.pending,
-                )
-            };
-            if self.pending.len() >= self.batch {
-                // Failures are counted in `export_failures`; nobody waits for this result.
-                let _ = self.export_pending();
-            }
-            if n < SPANS_PER_CLOCK_READ {
-                break;
-            }
-        }
-    }
-
-    /// Counts spans that raced with shutdown into the queue; answers late requests.
-    fn discard_queue(&mut self) {
-        let counters = self.sampler.counters();
-        let stale_spans = self.spans.try_iter().count() as u64;
-        counters
-            .spans_dropped_after_shutdown
-            .fetch_add(stale_spans, Ordering::Relaxed);
-        let stale: VecDeque<Message> = self.rx.try_iter().collect();
-        for msg in stale {
-            match msg {
-                Message::FlushStart(_) => {}
-                Message::FlushFinish(_, ack) | Message::Shutdown(ack, _) => {
-                    let _ = ack.send(Ok(()));
-                }
-                Message::Wake | Message::Resource(_) => {}
-            }
-        }
-    }
-
-    fn export_pending(&mut self) -> OTelSdkResult {
-        let counters = self.sampler.counters();
-        let mut result = Ok(());
-        let mut spans = std::mem::take(&mut self.pending).into_iter();
-        loop {
-            let batch: Vec<SpanData> = spans.by_ref().take(self.batch).collect();
-            if batch.is_empty() {
-                break;
-            }
-            let n = batch.len() as u64;
-            match futures::executor::block_on(self.exporter.export(batch)) {
-                Ok(()) => {
-                    counters.spans_exported.fetch_add(n, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    counters.export_failures.fetch_add(1, Ordering::Relaxed);
-                    result = Err(e);
-                }
-            }
-        }
-        result
     }
 }
 

@@ -22,7 +22,7 @@ use opentelemetry::trace::TraceId;
 use opentelemetry::KeyValue;
 use parking_lot::{Mutex, RwLock};
 
-use crate::buffer::{fold, Due, Shard};
+use crate::buffer::{fold, Due, Offer, Shard, TraceEntry};
 use crate::cache::{fingerprint, BoundedMap};
 use crate::clock::{nanos, Clock, SystemClock};
 use crate::config::SamplerConfig;
@@ -200,24 +200,18 @@ impl<S: SpanView> TailSampler<S> {
         let trace_id = span.trace_id();
         let mut shard = self.shard(trace_id).lock();
         shard.stats.spans_received += 1;
-        // Most spans belong to a trace already buffered: only a trace's first span (or a late
-        // one) needs the decision caches.
-        let len = match shard.add_existing(span, now, self.after_root) {
-            Ok(len) => len,
-            Err(span) => {
-                if let Some(decision) = shard.kept.get(&trace_id).cloned() {
-                    shard.stats.late_sampled += 1;
-                    drop(shard);
-                    let mut span = span;
-                    span.annotate(&decision);
-                    kept.push(span);
-                    return;
-                }
-                if shard.dropped.contains(fold(trace_id)) {
-                    shard.stats.late_not_sampled += 1;
-                    return;
-                }
-                shard.add(span, now, self.after_root)
+        let len = match shard.offer(span, now, self.after_root) {
+            Offer::Buffered(len) => len,
+            Offer::Kept(mut span, decision) => {
+                drop(shard);
+                span.annotate(&decision);
+                kept.push(span);
+                return;
+            }
+            Offer::NotKept(span) => {
+                drop(shard);
+                drop(span);
+                return;
             }
         };
         if len >= self.max_spans {
@@ -285,11 +279,10 @@ impl<S: SpanView> TailSampler<S> {
             let Some(shard) = self.shards.get(next) else {
                 break;
             };
-            let mut shard = shard.lock();
-            for trace_id in shard.take_all() {
-                self.decide(&mut shard, trace_id, Trigger::Flush, now, &resource, kept);
+            shard.lock().drain_with(|shard, trace_id, entry| {
+                self.decide_entry(shard, trace_id, entry, Trigger::Flush, now, &resource, kept);
                 decided += 1;
-            }
+            });
         }
         decided
     }
@@ -302,18 +295,15 @@ impl<S: SpanView> TailSampler<S> {
         }
         let mut dropped = 0;
         for shard in self.shards.iter() {
-            let mut shard = shard.lock();
-            for trace_id in shard.take_all() {
-                if let Some(entry) = shard.remove(trace_id) {
-                    self.counters
-                        .traces_dropped_on_shutdown
-                        .fetch_add(1, Relaxed);
-                    self.counters
-                        .spans_dropped_on_shutdown
-                        .fetch_add(entry.spans.len() as u64, Relaxed);
-                    dropped += 1;
-                }
-            }
+            shard.lock().drain_with(|_, _, entry| {
+                self.counters
+                    .traces_dropped_on_shutdown
+                    .fetch_add(1, Relaxed);
+                self.counters
+                    .spans_dropped_on_shutdown
+                    .fetch_add(entry.spans.len() as u64, Relaxed);
+                dropped += 1;
+            });
         }
         dropped
     }
@@ -351,9 +341,23 @@ impl<S: SpanView> TailSampler<S> {
         resource: &[KeyValue],
         kept: &mut Vec<S>,
     ) {
-        let Some(mut entry) = shard.remove(trace_id) else {
-            return;
-        };
+        if let Some(entry) = shard.remove(trace_id) {
+            self.decide_entry(shard, trace_id, entry, trigger, now, resource, kept);
+        }
+    }
+
+    /// Decides `entry`, a trace already taken out of `shard`.
+    #[allow(clippy::too_many_arguments)] // the shard, the trace and its context, all needed
+    fn decide_entry(
+        &self,
+        shard: &mut Shard<S>,
+        trace_id: TraceId,
+        mut entry: TraceEntry<S>,
+        trigger: Trigger,
+        now: u64,
+        resource: &[KeyValue],
+        kept: &mut Vec<S>,
+    ) {
         let cx = EvalContext {
             trace_id,
             resource,

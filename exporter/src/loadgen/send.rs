@@ -9,21 +9,21 @@
 
 use std::time::Duration;
 
-use bytes::{BufMut as _, Bytes};
+use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use prost::Message as _;
 use tokio::time::Instant;
-use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::CompressionEncoding;
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
 use super::config::{LoadgenConfig, LoadgenError, Protocol, MAX_RETRY_DELAY};
+use crate::otlp::grpc::{EncodedRequestCodec, EXPORT_PATH};
 
 /// The OTLP/gRPC method every request calls.
-const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 /// Longest server error text kept in a [`SendError`].
 const MAX_ERROR_BODY: usize = 200;
 
@@ -244,7 +244,7 @@ async fn grpc_attempt(
     let result = match client.ready().await {
         Ok(()) => {
             let path = PathAndQuery::from_static(EXPORT_PATH);
-            client.unary(request, path, EncodedCodec).await
+            client.unary(request, path, EncodedRequestCodec).await
         }
         Err(e) => Err(tonic::Status::unavailable(with_causes(
             e.to_string(),
@@ -347,49 +347,4 @@ fn gzip(body: &[u8]) -> Bytes {
     // Writing to a Vec cannot fail.
     let _ = encoder.write_all(body);
     Bytes::from(encoder.finish().unwrap_or_default())
-}
-
-/// Passes an already encoded request through tonic's framing and compression, and decodes the
-/// response.
-#[derive(Debug, Clone, Copy, Default)]
-struct EncodedCodec;
-
-/// Decodes an `ExportTraceServiceResponse`.
-#[derive(Debug, Clone, Copy, Default)]
-struct ResponseDecoder;
-
-impl Codec for EncodedCodec {
-    type Encode = Bytes;
-    type Decode = ExportTraceServiceResponse;
-    type Encoder = Self;
-    type Decoder = ResponseDecoder;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        Self
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        ResponseDecoder
-    }
-}
-
-impl Encoder for EncodedCodec {
-    type Item = Bytes;
-    type Error = tonic::Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-impl Decoder for ResponseDecoder {
-    type Item = ExportTraceServiceResponse;
-    type Error = tonic::Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
-        ExportTraceServiceResponse::decode(src)
-            .map(Some)
-            .map_err(|e| tonic::Status::internal(format!("decoding the export response: {e}")))
-    }
 }

@@ -1,6 +1,7 @@
 //! OTLP spans as the collector holds them: the encoded bytes as received, plus the few fields the
 //! sampler reads, so nothing is converted to SDK objects and a kept span leaves as it came.
 
+pub(crate) mod grpc;
 mod request;
 mod span;
 mod wire;

@@ -14,11 +14,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
-use prost::Message;
+use bytes::Bytes;
 use tonic::client::Grpc;
-use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::CompressionEncoding;
 use tonic::codegen::http::uri::{PathAndQuery, Uri};
 use tonic::metadata::{Ascii, MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
@@ -27,9 +25,7 @@ use tonic::{Code, Status};
 use super::error::ExportSetupError;
 use super::sender::{Accepted, SendError};
 use crate::collector::config::Compression;
-
-/// The gRPC method every OTLP trace receiver serves.
-const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+use crate::otlp::grpc::{EncodedRequestCodec, EXPORT_PATH};
 
 /// The `user-agent` of outgoing requests.
 pub(crate) const USER_AGENT: &str = concat!("traceq-collector/", env!("CARGO_PKG_VERSION"));
@@ -103,7 +99,7 @@ impl GrpcSender {
         *request.metadata_mut() = self.metadata.clone();
         request.set_timeout(self.timeout);
         let path = PathAndQuery::from_static(EXPORT_PATH);
-        match client.unary(request, path, PassThroughCodec).await {
+        match client.unary(request, path, EncodedRequestCodec).await {
             Ok(response) => Ok(match response.into_inner().partial_success {
                 Some(p) => Accepted::from_partial_success(p.rejected_spans, p.error_message),
                 None => Accepted::default(),
@@ -182,49 +178,6 @@ fn classify(status: &Status) -> SendError {
         retryable,
         retry_after: None,
         message,
-    }
-}
-
-/// Sends `Bytes` as the already-encoded request and decodes the response with prost.
-#[derive(Debug, Clone, Copy, Default)]
-struct PassThroughCodec;
-
-impl Codec for PassThroughCodec {
-    type Encode = Bytes;
-    type Decode = ExportTraceServiceResponse;
-    type Encoder = PassThroughCodec;
-    type Decoder = PassThroughCodec;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        Self
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        Self
-    }
-}
-
-impl Encoder for PassThroughCodec {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for PassThroughCodec {
-    type Item = ExportTraceServiceResponse;
-    type Error = Status;
-
-    /// The call's outcome is its gRPC status (in the trailers); the response only carries an
-    /// optional partial success. An undecodable response to an `OK` call is read as a full
-    /// success rather than failing a request the server has taken.
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
-        Ok(Some(
-            ExportTraceServiceResponse::decode(src).unwrap_or_default(),
-        ))
     }
 }
 

@@ -24,9 +24,9 @@ use tonic::Code;
 use super::body::{decode_sized, gunzip, BodyError, BoundedBody, GunzipError};
 use super::server::{Shared, BUSY_RETRY_AFTER};
 use crate::collector::Refused;
+use crate::otlp::grpc::EXPORT_PATH;
 use crate::otlp::{decode_request, DecodeError, OtlpSpan};
 
-const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 /// Compressed flag (1 byte) and big-endian message length (4 bytes).
 const HEADER_LEN: usize = 5;
 /// An empty `ExportTraceServiceResponse`, framed: uncompressed, zero length.

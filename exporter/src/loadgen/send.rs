@@ -22,6 +22,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::config::{LoadgenConfig, LoadgenError, Protocol, MAX_RETRY_DELAY};
 use crate::otlp::grpc::{EncodedRequestCodec, EXPORT_PATH};
+use crate::otlp::retry::{grpc_code_is_retryable, http_status_is_retryable, retry_after};
 
 /// The OTLP/gRPC method every request calls.
 /// Longest server error text kept in a [`SendError`].
@@ -262,16 +263,10 @@ async fn grpc_attempt(
                 std::error::Error::source(&status),
             );
             let error = SendError::Grpc { code, message };
-            // The OTLP specification's retryable codes (RESOURCE_EXHAUSTED only with RetryInfo,
-            // which is not read here, so not retried).
-            use tonic::Code::{
-                Aborted, Cancelled, DataLoss, DeadlineExceeded, OutOfRange, Unavailable,
-            };
-            match code {
-                Unavailable | Cancelled | DeadlineExceeded | Aborted | OutOfRange | DataLoss => {
-                    Attempt::Retry { after: None, error }
-                }
-                _ => Attempt::Failed(error),
+            if grpc_code_is_retryable(code) {
+                Attempt::Retry { after: None, error }
+            } else {
+                Attempt::Failed(error)
             }
         }
     }
@@ -292,11 +287,7 @@ async fn http_attempt(request: reqwest::RequestBuilder) -> Attempt {
         }
     };
     let status = response.status().as_u16();
-    let after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+    let after = retry_after(response.headers());
     let body = response.bytes().await.unwrap_or_default();
     if (200..300).contains(&status) {
         let rejected_spans =
@@ -312,9 +303,10 @@ async fn http_attempt(request: reqwest::RequestBuilder) -> Attempt {
         status,
         body: text.trim().to_owned(),
     };
-    match status {
-        429 | 502 | 503 | 504 => Attempt::Retry { after, error },
-        _ => Attempt::Failed(error),
+    if http_status_is_retryable(status) {
+        Attempt::Retry { after, error }
+    } else {
+        Attempt::Failed(error)
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub(crate) mod grpc;
 mod request;
+pub(crate) mod retry;
 mod span;
 mod wire;
 

@@ -26,6 +26,7 @@ use super::error::ExportSetupError;
 use super::sender::{Accepted, SendError};
 use crate::collector::config::Compression;
 use crate::otlp::grpc::{EncodedRequestCodec, EXPORT_PATH};
+use crate::otlp::retry::grpc_code_is_retryable;
 
 /// The `user-agent` of outgoing requests.
 pub(crate) const USER_AGENT: &str = concat!("traceq-collector/", env!("CARGO_PKG_VERSION"));
@@ -163,15 +164,9 @@ fn metadata(name: &str, headers: &[(String, String)]) -> Result<MetadataMap, Exp
 /// Sorts a failed call into retryable or permanent, per the OTLP specification.
 fn classify(status: &Status) -> SendError {
     let retryable = match status.code() {
-        Code::Cancelled
-        | Code::DeadlineExceeded
-        | Code::Aborted
-        | Code::OutOfRange
-        | Code::Unavailable
-        | Code::DataLoss => true,
         // A status the server sent has no source; one tonic made from a transport error does.
         Code::Unknown => std::error::Error::source(status).is_some(),
-        _ => false,
+        code => grpc_code_is_retryable(code),
     };
     let message = format!("grpc status {:?}: {}", status.code(), status.message());
     SendError {

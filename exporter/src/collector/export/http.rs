@@ -14,15 +14,14 @@ use bytes::Bytes;
 use flate2::write::GzEncoder;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
-use reqwest::header::{
-    HeaderMap, HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER,
-};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
 use reqwest::{Client, Url};
 
 use super::error::ExportSetupError;
 use super::grpc::USER_AGENT;
 use super::sender::{Accepted, SendError};
 use crate::collector::config::Compression;
+use crate::otlp::retry::{http_status_is_retryable, retry_after};
 
 /// The path appended to an endpoint given without one, as the Collector's `otlphttp` does.
 const TRACES_PATH: &str = "/v1/traces";
@@ -116,7 +115,7 @@ impl HttpSender {
         let status = response.status();
         if !status.is_success() {
             return Err(SendError {
-                retryable: matches!(status.as_u16(), 429 | 502 | 503 | 504),
+                retryable: http_status_is_retryable(status.as_u16()),
                 retry_after: retry_after(response.headers()),
                 message: format!("http status {status}"),
             });
@@ -216,12 +215,6 @@ fn header_map(name: &str, headers: &[(String, String)]) -> Result<HeaderMap, Exp
         map.append(k, v);
     }
     Ok(map)
-}
-
-/// `Retry-After: <seconds>`; the HTTP-date form and garbage read as absent.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let text = headers.get(RETRY_AFTER)?.to_str().ok()?;
-    text.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 #[cfg(test)]

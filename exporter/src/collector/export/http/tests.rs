@@ -266,7 +266,10 @@ fn traces_path_should_be_appended_only_when_the_url_has_no_path() {
 fn retry_after_should_read_seconds_and_ignore_dates_and_garbage() {
     let headers = |v: &str| {
         let mut h = HeaderMap::new();
-        h.insert(RETRY_AFTER, HeaderValue::from_str(v).unwrap());
+        h.insert(
+            reqwest::header::RETRY_AFTER,
+            HeaderValue::from_str(v).unwrap(),
+        );
         h
     };
     assert_eq!(retry_after(&headers(" 7 ")), Some(Duration::from_secs(7)));

@@ -203,7 +203,9 @@ impl Pipeline {
 
     fn is_full(&self, sampler: &TailSampler<OtlpSpan>, incoming: usize) -> bool {
         let (traces, bytes) = sampler.occupancy();
-        bytes + incoming > self.refuse_bytes || traces >= self.refuse_traces
+        // An empty buffer takes any request: refusing one larger than the bound itself would
+        // have its sender retry for ever (the buffer then decides early to stay in bounds).
+        traces > 0 && (bytes + incoming > self.refuse_bytes || traces >= self.refuse_traces)
     }
 }
 

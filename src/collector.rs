@@ -161,6 +161,7 @@ fn addr(a: Option<std::net::SocketAddr>) -> String {
 }
 
 async fn serve(config: CollectorConfig, progress: Option<bool>) -> anyhow::Result<()> {
+    let signal = shutdown_signal()?;
     let collector = Collector::start(&config).await?;
     let names: Vec<&str> = config.exporters.iter().map(|e| e.name.as_str()).collect();
     // One machine-readable line: tests and scripts read the bound addresses from it.
@@ -176,7 +177,6 @@ async fn serve(config: CollectorConfig, progress: Option<bool>) -> anyhow::Resul
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.tick().await;
     let mut last = (Instant::now(), CollectorStatus::default());
-    let signal = shutdown_signal();
     tokio::pin!(signal);
     loop {
         tokio::select! {
@@ -217,23 +217,26 @@ async fn serve(config: CollectorConfig, progress: Option<bool>) -> anyhow::Resul
     Ok(())
 }
 
+/// Registers the signal handlers now (not when first polled), so a signal that arrives as soon
+/// as the collector says it is listening is not taken by the default action (exit without a
+/// flush).
 #[cfg(unix)]
-async fn shutdown_signal() -> &'static str {
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => tokio::select! {
-            _ = tokio::signal::ctrl_c() => "SIGINT",
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => "SIGINT",
             _ = term.recv() => "SIGTERM",
-        },
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            "SIGINT"
         }
-    }
+    })
 }
 
 #[cfg(not(unix))]
-async fn shutdown_signal() -> &'static str {
-    let _ = tokio::signal::ctrl_c().await;
-    "interrupt"
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        "interrupt"
+    })
 }

@@ -285,16 +285,17 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
     /// A queue built from `config`.
     pub fn with_config(config: QueueConfig<K>) -> Self {
         let epoch = config.clock.now();
+        let hasher = RandomState::default();
         Self {
             shared: Arc::new(Shared {
                 name: config.name,
-                hasher: RandomState::default(),
+                hasher: hasher.clone(),
                 inbox: CachePadded::new(Inbox {
                     adds: Mutex::new(Vec::new()),
                     len: AtomicUsize::new(0),
                 }),
                 core: CachePadded::new(SpinMutex::new(Core {
-                    keys: Keys::default(),
+                    keys: Keys::new(hasher),
                     heap: BinaryHeap::new(),
                     next_seq: 0,
                     processing: 0,

@@ -12,16 +12,17 @@
 //! probe a table of whole entries for every key it took, and to miss the cache on each once a
 //! fast producer had built such a backlog.
 //!
-//! A slot holds the key, its hash and a one-byte state (24 bytes for a `u64` key); the times that
-//! time metrics need live in a vector beside the slots, touched only when metrics are on. With
-//! the times inside, a slot took 40 bytes and every add, get and done moved them for nothing:
-//! about 70 instructions of a cycle's 520.
+//! A slot holds the key and a one-byte state: 16 bytes for a `u64` key. The index needs a key's
+//! hash only to place it, so it computes the hash again from the slot's key when it grows; the
+//! times that time metrics need live in a vector beside the slots, touched only when metrics are
+//! on. With the hash and the times inside, a slot took 40 bytes, and every add, get and done
+//! moved them for nothing.
 
 use crate::metrics::Histogram;
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 use std::collections::{HashMap, VecDeque};
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 use std::time::Instant;
 
 /// Where a key the queue holds stands.
@@ -36,7 +37,7 @@ enum State {
 /// A slot of the slab: a key the queue holds, or a link of the free list.
 #[derive(Debug)]
 enum Slot<K> {
-    Used { hash: u64, key: K, state: State },
+    Used { key: K, state: State },
     Free { next: u32 },
 }
 
@@ -45,6 +46,9 @@ const NO_SLOT: u32 = u32::MAX;
 
 #[derive(Debug)]
 pub(super) struct Keys<K> {
+    /// The queue's hasher: `index` holds the keys' hashes, not the slots, and rehashes a key
+    /// with it when it grows.
+    hasher: RandomState,
     /// The position in `slots` of each key held, found by the key's hash.
     index: HashTable<u32>,
     slots: Vec<Slot<K>>,
@@ -64,9 +68,11 @@ pub(super) struct Keys<K> {
     pub(super) work_duration: Histogram,
 }
 
-impl<K> Default for Keys<K> {
-    fn default() -> Self {
+impl<K> Keys<K> {
+    /// No keys; `hasher` is the one the queue hashes keys with.
+    pub(super) fn new(hasher: RandomState) -> Self {
         Self {
+            hasher,
             index: HashTable::new(),
             slots: Vec::new(),
             since: Vec::new(),
@@ -82,15 +88,15 @@ impl<K> Default for Keys<K> {
     }
 }
 
-/// Whether the slot at `at` holds `key` (with hash `hash`).
-fn holds<K: Eq>(slots: &[Slot<K>], at: u32, hash: u64, key: &K) -> bool {
-    matches!(&slots[at as usize], Slot::Used { hash: h, key: k, .. } if *h == hash && k == key)
+/// Whether the slot at `at` holds `key`.
+fn holds<K: Eq>(slots: &[Slot<K>], at: u32, key: &K) -> bool {
+    matches!(&slots[at as usize], Slot::Used { key: k, .. } if k == key)
 }
 
 /// The hash of the key in the slot at `at`, for the index to grow by.
-fn hash_at<K>(slots: &[Slot<K>], at: u32) -> u64 {
+fn hash_at<K: Hash>(hasher: &RandomState, slots: &[Slot<K>], at: u32) -> u64 {
     match &slots[at as usize] {
-        Slot::Used { hash, .. } => *hash,
+        Slot::Used { key, .. } => hasher.hash_one(key),
         Slot::Free { .. } => unreachable!("the index points at used slots only"),
     }
 }
@@ -118,7 +124,7 @@ impl<K: Eq + Hash + Clone> Keys<K> {
     /// The state of `key`'s slot, if the queue holds it.
     fn state_mut(&mut self, hash: u64, key: &K) -> Option<&mut State> {
         let slots = &self.slots;
-        let at = *self.index.find(hash, |&at| holds(slots, at, hash, key))?;
+        let at = *self.index.find(hash, |&at| holds(slots, at, key))?;
         match &mut self.slots[at as usize] {
             Slot::Used { state, .. } => Some(state),
             Slot::Free { .. } => None,
@@ -127,9 +133,10 @@ impl<K: Eq + Hash + Clone> Keys<K> {
 
     /// A plain add, the shutdown check already done. Queues `key` unless the queue holds it
     /// already; marks it dirty if it is in process. Whether it was queued.
+    #[inline]
     pub(super) fn add(&mut self, hash: u64, key: K, now: Option<Instant>) -> bool {
         let slots = &self.slots;
-        if let Some(&at) = self.index.find(hash, |&at| holds(slots, at, hash, &key)) {
+        if let Some(&at) = self.index.find(hash, |&at| holds(slots, at, &key)) {
             if let Slot::Used {
                 state: State::Processing { dirty },
                 ..
@@ -140,13 +147,10 @@ impl<K: Eq + Hash + Clone> Keys<K> {
             return false;
         }
         let state = State::Queued;
-        let at = alloc(
-            &mut self.slots,
-            &mut self.free,
-            Slot::Used { hash, key, state },
-        );
-        let slots = &self.slots;
-        self.index.insert_unique(hash, at, |&at| hash_at(slots, at));
+        let at = alloc(&mut self.slots, &mut self.free, Slot::Used { key, state });
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.index
+            .insert_unique(hash, at, |&at| hash_at(hasher, slots, at));
         self.fifo.push_back(at);
         self.adds_total += 1;
         if now.is_some() {
@@ -176,6 +180,7 @@ impl<K: Eq + Hash + Clone> Keys<K> {
 
     /// Hands out the first queued key: marks it in process and returns it with its requeue
     /// count.
+    #[inline]
     pub(super) fn pop(&mut self, now: Option<Instant>) -> Option<(K, u32)> {
         let at = self.fifo.pop_front()?;
         let Slot::Used { key, state, .. } = &mut self.slots[at as usize] else {
@@ -196,12 +201,10 @@ impl<K: Eq + Hash + Clone> Keys<K> {
 
     /// Marks `key` done. `None` when it was not in process; `Some(true)` when it was dirty and
     /// is queued again.
+    #[inline]
     pub(super) fn done(&mut self, hash: u64, key: &K, now: Option<Instant>) -> Option<bool> {
         let slots = &self.slots;
-        let Ok(entry) = self
-            .index
-            .find_entry(hash, |&at| holds(slots, at, hash, key))
-        else {
+        let Ok(entry) = self.index.find_entry(hash, |&at| holds(slots, at, key)) else {
             return None;
         };
         let at = *entry.get();
@@ -315,16 +318,24 @@ mod tests {
     use super::*;
 
     fn add(keys: &mut Keys<u32>, key: u32) -> bool {
-        keys.add(u64::from(key) * 0x9e37_79b9, key, None)
+        add_at(keys, key, None)
+    }
+
+    fn add_at(keys: &mut Keys<u32>, key: u32, now: Option<Instant>) -> bool {
+        keys.add(keys.hasher.hash_one(key), key, now)
     }
 
     fn done(keys: &mut Keys<u32>, key: u32) -> Option<bool> {
-        keys.done(u64::from(key) * 0x9e37_79b9, &key, None)
+        done_at(keys, key, None)
+    }
+
+    fn done_at(keys: &mut Keys<u32>, key: u32, now: Option<Instant>) -> Option<bool> {
+        keys.done(keys.hasher.hash_one(key), &key, now)
     }
 
     #[test]
     fn keys_should_reuse_freed_slots_and_keep_fifo_order() {
-        let mut keys = Keys::default();
+        let mut keys = Keys::new(RandomState::default());
         for k in 0..4 {
             assert!(add(&mut keys, k));
         }
@@ -352,15 +363,32 @@ mod tests {
     }
 
     #[test]
+    fn keys_should_find_every_key_after_the_index_grows() {
+        let mut keys = Keys::new(RandomState::default());
+        for k in 0..10_000 {
+            assert!(add(&mut keys, k));
+        }
+        for k in 0..10_000 {
+            assert!(!add(&mut keys, k), "{k} is queued already");
+        }
+        let order: Vec<u32> = std::iter::from_fn(|| keys.pop(None).map(|(k, _)| k)).collect();
+        assert_eq!(order, (0..10_000).collect::<Vec<_>>());
+        for k in (0..10_000).rev() {
+            assert_eq!(done(&mut keys, k), Some(false));
+        }
+        assert_eq!(keys.index.len(), 0);
+    }
+
+    #[test]
     fn keys_should_time_each_key_from_its_own_add_when_slots_are_reused() {
         let t0 = Instant::now();
         let at = |ms: u64| Some(t0 + std::time::Duration::from_millis(ms));
-        let mut keys = Keys::default();
-        assert!(keys.add(1, 1u32, at(0)));
+        let mut keys = Keys::new(RandomState::default());
+        assert!(add_at(&mut keys, 1, at(0)));
         assert_eq!(keys.pop(at(10)), Some((1, 0)));
-        assert_eq!(keys.done(1, &1, at(30)), Some(false));
+        assert_eq!(done_at(&mut keys, 1, at(30)), Some(false));
         // Key 2 takes key 1's freed slot: its times are its own, not key 1's.
-        assert!(keys.add(2, 2u32, at(100)));
+        assert!(add_at(&mut keys, 2, at(100)));
         assert_eq!(keys.slots.len(), 1);
         assert_eq!(keys.pop(at(101)), Some((2, 0)));
         assert_eq!(
@@ -368,7 +396,7 @@ mod tests {
                 .1,
             0.004
         );
-        assert_eq!(keys.done(2, &2, at(103)), Some(false));
+        assert_eq!(done_at(&mut keys, 2, at(103)), Some(false));
         assert_eq!(keys.queue_duration.count, 2);
         assert!((keys.queue_duration.sum_seconds - 0.011).abs() < 1e-9);
         assert!((keys.work_duration.sum_seconds - 0.022).abs() < 1e-9);

@@ -36,6 +36,8 @@ use traceq_engine::{Attempt, Engine, Queue, QueueConfig};
 
 const BATCH: u64 = 1_000;
 const STREAM: u64 = 100_000;
+/// An odd constant (2^64 / golden ratio): multiplying by it permutes the `u64`s.
+const SCATTER: u64 = 0x9e37_79b9_7f4a_7c15;
 
 fn queue() -> Queue<u64> {
     Queue::with_config(QueueConfig::default().with_rate_limiter(NoDelay))
@@ -69,6 +71,21 @@ fn cycle_single_thread(c: &mut Criterion) {
     g.bench_function("traceq_queue_with_time_metrics", |b| {
         b.iter(|| {
             traceq_cycle(&qm, base);
+            base += BATCH;
+        })
+    });
+    // Consecutive integers hash to neighbouring buckets for many of foldhash's per-process seeds,
+    // which keeps the index's working set small; real keys (names, UIDs) land anywhere. These
+    // keys are distinct too (multiplying by an odd constant is a bijection) but scattered.
+    let qs = queue();
+    g.bench_function("traceq_queue_scattered_keys", |b| {
+        b.iter(|| {
+            for k in base..base + BATCH {
+                qs.add(k.wrapping_mul(SCATTER));
+            }
+            while let Some(k) = qs.try_get() {
+                qs.done(black_box(&k));
+            }
             base += BATCH;
         })
     });

@@ -468,7 +468,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         }
         let hash = self.hash(&key);
         let now = self.metrics_now();
-        if let Some(mut core) = self.shared.core.try_lock() {
+        if let Some(mut core) = s.core.try_lock() {
             // Uncontended: apply it now, after the adds that found the lock taken.
             self.apply(&mut core);
             let wake = core.keys.add(hash, key, now) && self.any_parked();

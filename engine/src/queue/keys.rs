@@ -164,8 +164,7 @@ impl<K: Eq + Hash + Clone> Keys<K> {
             }
             return false;
         }
-        let state = State::Queued;
-        let next = NO_SLOT;
+        let (state, next) = (State::Queued, NO_SLOT);
         let at = alloc(
             &mut self.slots,
             &mut self.free,
@@ -220,7 +219,10 @@ impl<K: Eq + Hash + Clone> Keys<K> {
     #[inline]
     fn pop_queued(&mut self) -> Option<u32> {
         let at = self.head;
-        let Slot::Used { next, .. } = self.slots.get(at as usize)? else {
+        if at == NO_SLOT {
+            return None;
+        }
+        let Slot::Used { next, .. } = &self.slots[at as usize] else {
             unreachable!("the FIFO links used slots only");
         };
         self.head = *next;
@@ -290,7 +292,10 @@ impl<K: Eq + Hash + Clone> Keys<K> {
             if let Some(t) = self.since(at) {
                 self.work_duration.observe(now.saturating_duration_since(t));
             }
-            self.set_since(at, Some(now));
+            if dirty {
+                // Queued again since now; a freed slot's time is set by its next add.
+                self.set_since(at, Some(now));
+            }
         }
         Some(dirty)
     }

@@ -11,7 +11,7 @@ use clap::{Args, ValueEnum};
 use std::io::{IsTerminal, Write as _};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use traceq::exporter::collector::{
+use traceq::collector::{
     Collector, CollectorConfig, CollectorStatus, Compression, ExportTarget, ExporterConfig,
     RetryConfig, DEFAULT_EXPORT_TIMEOUT, DEFAULT_QUEUE_SIZE,
 };

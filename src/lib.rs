@@ -9,6 +9,7 @@
 //!
 //! This crate re-exports the workspace's libraries and holds the `traceq` command line.
 
+pub use traceq_collector as collector;
 pub use traceq_engine as engine;
 pub use traceq_exporter as exporter;
 pub use traceq_sampler as sampler;

@@ -20,7 +20,7 @@ fn print_config_should_print_a_configuration_that_reads_back() {
     let (ok, stdout, _) = traceq(&["collector", "--print-config"]);
     assert!(ok);
     assert!(stdout.contains("tail_sampling:"), "{stdout}");
-    let cfg = traceq::exporter::collector::CollectorConfig::from_yaml(&stdout).unwrap();
+    let cfg = traceq::collector::CollectorConfig::from_yaml(&stdout).unwrap();
     assert_eq!(cfg.exporters.len(), 1);
 }
 

@@ -17,7 +17,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData, SpanExporter};
 use opentelemetry_sdk::Resource;
-use traceq::exporter::collector::{Collector, CollectorConfig};
+use traceq::collector::{Collector, CollectorConfig};
 
 const SPANS_PER_TRACE: usize = 5;
 /// One trace in this many has an error span.

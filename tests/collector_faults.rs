@@ -14,7 +14,7 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{status, ResourceSpans, ScopeSpans, Span, Status};
 use prost::Message as _;
-use traceq::exporter::collector::{Collector, CollectorConfig};
+use traceq::collector::{Collector, CollectorConfig};
 
 /// A request of `traces` traces of 3 spans each, trace ids starting at `first`; all with an
 /// error span when `errors`.

@@ -12,9 +12,11 @@ use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use opentelemetry_sdk::Resource;
 use parking_lot::Mutex;
+
+use crate::JsonLinesWriter;
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -40,7 +42,7 @@ use std::time::Duration;
 /// ```
 pub struct OtlpJsonFileExporter {
     path: PathBuf,
-    out: Mutex<Option<BufWriter<File>>>,
+    out: Mutex<Option<JsonLinesWriter<BufWriter<File>>>>,
     resource: ResourceAttributesWithSchema,
 }
 
@@ -77,7 +79,7 @@ impl OtlpJsonFileExporter {
     fn open(path: &Path, file: File) -> io::Result<Self> {
         Ok(Self {
             path: path.to_owned(),
-            out: Mutex::new(Some(BufWriter::new(file))),
+            out: Mutex::new(Some(JsonLinesWriter::new(BufWriter::new(file)))),
             resource: (&Resource::builder_empty().build()).into(),
         })
     }
@@ -102,14 +104,11 @@ impl OtlpJsonFileExporter {
         let request = ExportTraceServiceRequest {
             resource_spans: group_spans_by_resource_and_scope(batch, &self.resource),
         };
-        let mut line = serde_json::to_vec(&request)
-            .map_err(|e| OTelSdkError::InternalFailure(format!("encoding spans: {e}")))?;
-        line.push(b'\n');
         let mut out = self.out.lock();
         let Some(out) = out.as_mut() else {
             return Err(OTelSdkError::AlreadyShutdown);
         };
-        out.write_all(&line).map_err(|e| self.io_error(&e))
+        out.write_request(&request).map_err(|e| self.io_error(&e))
     }
 
     fn io_error(&self, e: &io::Error) -> OTelSdkError {

@@ -1,31 +1,41 @@
-//! traceq-exporter: spans to and from OTLP-JSON lines files, a terminal waterfall of traces, and
-//! the OTLP collector (`collector`: receivers, the tail-sampling pipeline, exporters) with its
-//! span codec (`otlp`) and load generator (`loadgen`).
+//! traceq-exporter: OTLP out. The span codec the collector keeps spans in (`otlp`), one OTLP
+//! client (`client`), the exporters built on it (`export`), the OTLP-JSON lines file exporter for
+//! SDK users and its reader, and a terminal waterfall of traces.
 //!
 //! ```text
-//!  OTLP/gRPC, OTLP/HTTP ─▶ collector::OtlpReceiver ─▶ otlp::OtlpSpan (encoded) ─▶ TailSampler
-//!                                    ─▶ collector::ExporterQueue ─▶ otlp / otlphttp / file / debug
+//!  encoded spans ─▶ export::ExporterQueue ─▶ client::OtlpClient ─▶ OTLP/gRPC, OTLP/HTTP
+//!                                        └─▶ JsonLinesWriter ─▶ file / stdout
 //!
-//!  SDK spans ─▶ OtlpJsonFileExporter ─▶ file: one ExportTraceServiceRequest per line (OTLP/JSON)
-//!                                                   │
-//!  any OTLP file exporter's output ─────────────────┤
-//!                                                   ▼
+//!  SDK spans ─▶ OtlpJsonFileExporter ─▶ JsonLinesWriter ─▶ file: one request per line (OTLP/JSON)
+//!                                                            │
+//!  any OTLP file exporter's output ──────────────────────────┤
+//!                                                            ▼
 //!                    read_otlp_json_lines ─▶ SpanRecord ─▶ traces() ─▶ Waterfall::render
 //! ```
+//!
+//! Features: `client` (on by default) brings the OTLP client and the exporters (tonic's client,
+//! reqwest, tokio); `loadgen` adds the load generator behind `traceq loadgen`. Without them the
+//! crate is the file exporter, the reader, the waterfall and the span codec: no HTTP stack.
 //!
 //! Why OTLP/JSON lines: it is what the OpenTelemetry Collector's `file` exporter writes, so the
 //! files traceq writes can be replayed into a collector, and `traceq show` reads the files a
 //! collector writes. Why a waterfall of our own: a new user should see a kept trace without
 //! running a tracing backend.
 
-pub mod collector;
+#[cfg(feature = "client")]
+pub mod client;
+#[cfg(feature = "client")]
+pub mod export;
 mod file;
+mod jsonl;
+#[cfg(feature = "loadgen")]
 pub mod loadgen;
 pub mod otlp;
 mod record;
 mod waterfall;
 
 pub use file::OtlpJsonFileExporter;
+pub use jsonl::JsonLinesWriter;
 pub use record::{
     read_otlp_json_lines, records_from_sdk, traces, LineError, LinkRecord, ReadOutcome, SpanRecord,
     TraceRecord,

@@ -29,22 +29,13 @@ pub const MAX_SPANS_PER_REQUEST: usize = 10_000;
 /// Largest number of workers.
 pub const MAX_WORKERS: usize = 1024;
 /// Longest delay a server's `Retry-After` can impose on one retry.
-pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+pub const MAX_RETRY_DELAY: Duration = crate::client::MAX_RETRY_AFTER;
 /// Longest run.
 pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Longest per-attempt timeout.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// The OTLP transport.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Protocol {
-    /// OTLP/gRPC: unary `TraceService/Export` calls over one HTTP/2 connection.
-    #[default]
-    Grpc,
-    /// OTLP/HTTP with protobuf bodies: `POST <endpoint>/v1/traces`.
-    Http,
-}
+pub use crate::client::Protocol;
 
 /// A setting that makes a run impossible, or a failure starting one.
 #[derive(Debug, thiserror::Error)]
@@ -58,9 +49,9 @@ pub enum LoadgenError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The OTLP/HTTP client could not be built.
-    #[error("building the HTTP client")]
-    HttpClient(#[source] reqwest::Error),
+    /// The OTLP client could not be built.
+    #[error("building the OTLP client")]
+    Client(#[source] crate::export::ExportSetupError),
     /// A worker task panicked or was cancelled.
     #[error("a loadgen worker stopped abnormally")]
     Worker(#[source] tokio::task::JoinError),
@@ -219,16 +210,11 @@ impl LoadgenConfig {
     }
 
     /// The URL requests go to: `http://` added when the endpoint has no scheme, and for OTLP/HTTP
-    /// `/v1/traces` appended.
+    /// `/v1/traces` appended when the URL has no path (the OTLP client's one rule).
     pub fn url(&self) -> String {
-        let endpoint = self.endpoint().trim_end_matches('/');
-        let base = if endpoint.contains("://") {
-            endpoint.to_owned()
-        } else {
-            format!("http://{endpoint}")
-        };
+        let base = crate::client::with_scheme(self.endpoint().trim_end_matches('/'));
         match self.protocol {
-            Protocol::Http if !base.ends_with("/v1/traces") => format!("{base}/v1/traces"),
+            Protocol::Http => crate::client::http_traces_url(&base).unwrap_or(base),
             _ => base,
         }
     }

@@ -23,6 +23,7 @@ mod send;
 #[cfg(test)]
 mod tests;
 
+pub use crate::client::{SendError, SendOutcome};
 pub use config::{
     LoadgenConfig, LoadgenError, Protocol, DEFAULT_BATCH_SPANS, DEFAULT_ERROR_RATIO,
     DEFAULT_GRPC_ENDPOINT, DEFAULT_HTTP_ENDPOINT, DEFAULT_MAX_RETRIES, DEFAULT_RETRY_INITIAL,
@@ -31,4 +32,4 @@ pub use config::{
 };
 pub use generate::{is_error_trace, GeneratedRequest, TraceGenerator, SCOPE_NAME};
 pub use run::{run, LoadReport};
-pub use send::{SendError, SendOutcome, TraceSender};
+pub use send::TraceSender;

@@ -15,7 +15,8 @@ use tokio::time::Instant;
 
 use super::config::{LoadgenConfig, LoadgenError};
 use super::generate::{GeneratedRequest, TraceGenerator};
-use super::send::{SendOutcome, TraceSender};
+use super::send::TraceSender;
+use crate::client::SendOutcome;
 
 /// Longest wait between two requests at a rate.
 const MAX_GAP: Duration = Duration::from_secs(24 * 3600);
@@ -213,12 +214,12 @@ impl Tally {
         let add = |counter: &AtomicU64, n: u64| counter.fetch_add(n, Ordering::Relaxed);
         add(&self.requests_retried, u64::from(outcome.retries));
         match &outcome.result {
-            Ok(rejected) => {
+            Ok(accepted) => {
                 add(&self.requests_ok, 1);
                 add(&self.traces_sent, generated.traces as u64);
                 add(&self.spans_sent, generated.spans as u64);
                 add(&self.error_traces_sent, generated.error_traces as u64);
-                add(&self.spans_rejected, *rejected);
+                add(&self.spans_rejected, accepted.rejected_spans);
                 add(&self.bytes_sent, bytes);
             }
             Err(error) => {

@@ -1,5 +1,5 @@
-//! OTLP/gRPC plumbing shared by the collector's receiver and exporter and by the load
-//! generator: the method path, and a tonic codec that sends an already encoded request.
+//! OTLP/gRPC plumbing shared by the collector's receiver and the OTLP client: the method path,
+//! and a tonic codec that sends an already encoded request.
 
 use bytes::{BufMut as _, Bytes};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
@@ -8,14 +8,14 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
 
 /// The path of the unary `TraceService/Export` method.
-pub(crate) const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// Sends `Bytes` holding an encoded `ExportTraceServiceRequest` as they are (tonic adds the
 /// framing and compression), and decodes the response with prost. Why: kept spans and
 /// pre-built load are already protobuf; decoding them only for tonic to encode them again
 /// would cost an allocation per string.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct EncodedRequestCodec;
+pub struct EncodedRequestCodec;
 
 impl Codec for EncodedRequestCodec {
     type Encode = Bytes;

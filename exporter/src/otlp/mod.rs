@@ -1,9 +1,9 @@
 //! OTLP spans as the collector holds them: the encoded bytes as received, plus the few fields the
 //! sampler reads, so nothing is converted to SDK objects and a kept span leaves as it came.
 
-pub(crate) mod grpc;
+#[cfg(feature = "client")]
+pub mod grpc;
 mod request;
-pub(crate) mod retry;
 mod span;
 mod wire;
 

@@ -1,0 +1,179 @@
+//! The collector's configuration file.
+//!
+//! The shape follows the OpenTelemetry Collector's, so an operator can paste their `receivers`,
+//! `processors.tail_sampling` and `exporters` blocks in: the `tail_sampling` block is read by
+//! [`SamplerConfig::from_yaml`] unchanged. What traceq adds or leaves out, and why:
+//!
+//! - There is one pipeline (traces, every receiver into every exporter), so `service.pipelines`
+//!   is not needed; `service` carries traceq's own settings instead.
+//! - Receivers take `auth.bearer_token` directly (the Collector needs an extension for it).
+//! - Exporters speak plain HTTP/2 or HTTP/1.1 to the downstream; TLS is only on receivers.
+//! - `sending_queue.queue_size` counts spans, not batches: memory is what an operator sizes.
+//!
+//! Every unknown key and every invalid value is an error naming the field.
+//!
+//! The typed model is here; `yaml` translates the Collector's YAML shape into it, and
+//! `template` writes the commented defaults that `traceq collector --print-config` prints.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use traceq_exporter::export::ExporterConfig;
+use traceq_sampler::SamplerConfig;
+
+mod template;
+#[cfg(test)]
+mod tests;
+mod yaml;
+
+/// Default OTLP/gRPC receiver address (loopback only unless configured).
+pub const DEFAULT_GRPC_ENDPOINT: &str = "127.0.0.1:4317";
+/// Default OTLP/HTTP receiver address.
+pub const DEFAULT_HTTP_ENDPOINT: &str = "127.0.0.1:4318";
+/// Default address of `/metrics` and `/healthz`.
+pub const DEFAULT_ADMIN_ENDPOINT: &str = "127.0.0.1:8888";
+/// Default largest gRPC request, after decompression (the Collector's and gRPC's 4 MiB).
+pub const DEFAULT_GRPC_MAX_REQUEST_BYTES: usize = 4 << 20;
+/// Default largest HTTP request body, after decompression (16 MiB).
+pub const DEFAULT_HTTP_MAX_REQUEST_BYTES: usize = 16 << 20;
+/// Default number of kept spans per outgoing export request (the Collector's `batch` default).
+pub const DEFAULT_SEND_BATCH_SIZE: usize = 8192;
+/// Default longest a kept span waits for its batch to fill.
+pub const DEFAULT_BATCH_TIMEOUT: Duration = Duration::from_millis(200);
+/// Default `Retry-After` sent when the buffer is full.
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Default deadline for deciding pending traces and flushing exporters at shutdown.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An invalid collector configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CollectorConfigError {
+    /// The YAML is malformed, or has an unknown or mistyped key (the message names it).
+    #[error("invalid collector configuration: {0}")]
+    Yaml(String),
+    /// A field has an invalid value.
+    #[error("field `{field}`: {reason}")]
+    Field {
+        /// The field's path, e.g. `exporters.otlp.endpoint`.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The `tail_sampling` block is invalid. (Its message is shown inline, not as a source, so
+    /// an error chain prints it once.)
+    #[error("processors.tail_sampling: {0}")]
+    Sampler(traceq_sampler::ConfigError),
+}
+
+impl From<traceq_sampler::ConfigError> for CollectorConfigError {
+    fn from(e: traceq_sampler::ConfigError) -> Self {
+        Self::Sampler(e)
+    }
+}
+
+pub(crate) fn field_error(
+    field: impl Into<String>,
+    reason: impl Into<String>,
+) -> CollectorConfigError {
+    CollectorConfigError::Field {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// What a receiver does with data that would take the sampler's buffer past its bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnBufferFull {
+    /// Refuse the request with a retryable error (gRPC `UNAVAILABLE`, HTTP 503 with
+    /// `Retry-After`), so well-behaved clients retry later.
+    Refuse {
+        /// The delay suggested to the client.
+        retry_after: Duration,
+    },
+    /// Accept it and decide the oldest buffered traces early to make room.
+    DecideEarly,
+}
+
+/// TLS for a receiver: PEM certificate chain and private key files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
+/// One OTLP receiver (gRPC or HTTP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiverConfig {
+    /// Address to listen on.
+    pub endpoint: SocketAddr,
+    /// Largest request accepted, in bytes after decompression.
+    pub max_request_bytes: usize,
+    /// Serve TLS instead of plain text.
+    pub tls: Option<TlsConfig>,
+    /// Require `authorization: Bearer <token>` on every request.
+    pub bearer_token: Option<String>,
+}
+
+/// The whole collector: receivers, the sampler, exporters and operations.
+#[derive(Debug, Clone)]
+pub struct CollectorConfig {
+    /// The OTLP/gRPC receiver, if enabled.
+    pub grpc: Option<ReceiverConfig>,
+    /// The OTLP/HTTP receiver, if enabled.
+    pub http: Option<ReceiverConfig>,
+    /// Tail sampling (`processors.tail_sampling`).
+    pub sampler: SamplerConfig,
+    /// Tail sampling on; off passes every span straight to the exporters (a baseline).
+    pub sampling: bool,
+    /// Kept spans per outgoing request (`processors.batch.send_batch_size`).
+    pub send_batch_size: usize,
+    /// Longest a kept span waits for a batch (`processors.batch.timeout`).
+    pub batch_timeout: Duration,
+    /// What receivers do when the buffer is full.
+    pub on_buffer_full: OnBufferFull,
+    /// The exporters; every kept span goes to each.
+    pub exporters: Vec<ExporterConfig>,
+    /// Address of `/metrics` and `/healthz`, if enabled.
+    pub admin: Option<SocketAddr>,
+    /// Deadline for the final decisions and exporter flush on shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("default addresses are valid")
+}
+
+impl Default for CollectorConfig {
+    /// Both receivers and `/metrics` on loopback, the default sampler (every error trace, 10% of
+    /// the rest), and no exporter (add one).
+    fn default() -> Self {
+        Self {
+            grpc: Some(ReceiverConfig {
+                endpoint: addr(DEFAULT_GRPC_ENDPOINT),
+                max_request_bytes: DEFAULT_GRPC_MAX_REQUEST_BYTES,
+                tls: None,
+                bearer_token: None,
+            }),
+            http: Some(ReceiverConfig {
+                endpoint: addr(DEFAULT_HTTP_ENDPOINT),
+                max_request_bytes: DEFAULT_HTTP_MAX_REQUEST_BYTES,
+                tls: None,
+                bearer_token: None,
+            }),
+            sampler: SamplerConfig::default(),
+            sampling: true,
+            send_batch_size: DEFAULT_SEND_BATCH_SIZE,
+            batch_timeout: DEFAULT_BATCH_TIMEOUT,
+            on_buffer_full: OnBufferFull::Refuse {
+                retry_after: DEFAULT_RETRY_AFTER,
+            },
+            exporters: Vec::new(),
+            admin: Some(addr(DEFAULT_ADMIN_ENDPOINT)),
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+        }
+    }
+}

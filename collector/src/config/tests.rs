@@ -1,0 +1,139 @@
+use std::time::Duration;
+
+use traceq_exporter::client::Compression;
+use traceq_exporter::export::ExportTarget;
+use traceq_sampler::SamplerConfig;
+
+use super::*;
+
+#[test]
+fn empty_document_should_give_the_defaults() {
+    let cfg = CollectorConfig::from_yaml("").unwrap();
+    assert_eq!(cfg.grpc, CollectorConfig::default().grpc);
+    assert_eq!(cfg.sampler, SamplerConfig::default());
+    assert!(cfg.exporters.is_empty());
+}
+
+#[test]
+fn printed_defaults_should_read_back_as_the_defaults() {
+    let cfg = CollectorConfig::from_yaml(&CollectorConfig::default_yaml()).unwrap();
+    let d = CollectorConfig::default();
+    assert_eq!(cfg.grpc, d.grpc);
+    assert_eq!(cfg.http, d.http);
+    assert_eq!(cfg.sampler, d.sampler);
+    assert_eq!(cfg.admin, d.admin);
+    assert_eq!(cfg.on_buffer_full, d.on_buffer_full);
+    assert_eq!(cfg.send_batch_size, d.send_batch_size);
+    assert_eq!(cfg.batch_timeout, d.batch_timeout);
+    assert_eq!(cfg.shutdown_timeout, d.shutdown_timeout);
+    assert_eq!(cfg.exporters.len(), 1);
+    assert_eq!(cfg.exporters[0].target, ExportTarget::Stdout);
+}
+
+#[test]
+fn empty_protocol_entry_should_enable_it_with_defaults() {
+    let cfg = CollectorConfig::from_yaml("receivers: {otlp: {protocols: {http: }}}").unwrap();
+    assert!(cfg.grpc.is_none());
+    assert_eq!(
+        cfg.http.unwrap().endpoint,
+        DEFAULT_HTTP_ENDPOINT.parse().unwrap()
+    );
+}
+
+#[test]
+fn unknown_keys_should_be_errors_naming_them() {
+    for (doc, needle) in [
+        ("recievers: {}", "recievers"),
+        (
+            "receivers: {otlp: {protocols: {grpc: {endpont: x}}}}",
+            "endpont",
+        ),
+        ("exporters: {otlp: {endpoint: a:1, colour: red}}", "colour"),
+        ("service: {samplng: true}", "samplng"),
+        (
+            "processors: {tail_sampling: {policies: [], decision_wiat: 1s}}",
+            "decision_wiat",
+        ),
+    ] {
+        let err = CollectorConfig::from_yaml(doc).unwrap_err().to_string();
+        assert!(err.contains(needle), "{doc}: {err}");
+    }
+}
+
+#[test]
+fn invalid_values_should_be_errors_naming_the_field() {
+    for (doc, needle) in [
+        (
+            "receivers: {otlp: {protocols: {grpc: {endpoint: nowhere}}}}",
+            "receivers.otlp.protocols.grpc.endpoint",
+        ),
+        (
+            "receivers: {otlp: {protocols: {grpc: {max_recv_msg_size_mib: 0}}}}",
+            "max_recv_msg_size_mib",
+        ),
+        ("exporters: {otlp: {}}", "exporters.otlp.endpoint"),
+        (
+            "exporters: {otlphttp: {endpoint: 127.0.0.1:4318}}",
+            "exporters.otlphttp.endpoint",
+        ),
+        (
+            "exporters: {otlp/a: {endpoint: x:1, compression: zstd}}",
+            "exporters.otlp/a.compression",
+        ),
+        (
+            "exporters: {otlp: {endpoint: x:1, retry_on_failure: {initial_interval: soon}}}",
+            "exporters.otlp.retry_on_failure.initial_interval",
+        ),
+        ("exporters: {kafka: {}}", "exporters.kafka"),
+        ("service: {on_buffer_full: panic}", "service.on_buffer_full"),
+        ("processors: {batch: {send_batch_size: 0}}", "send_batch_size"),
+        (
+            "processors: {tail_sampling: {policies: [{name: p, type: latency, latency: {threshold_ms: -1}}]}}",
+            "tail_sampling",
+        ),
+        ("receivers: {otlp: {protocols: {}}}", "receivers.otlp.protocols"),
+    ] {
+        let err = CollectorConfig::from_yaml(doc).unwrap_err().to_string();
+        assert!(err.contains(needle), "{doc}: {err}");
+    }
+}
+
+#[test]
+fn exporters_should_keep_their_names_and_settings() {
+    let cfg = CollectorConfig::from_yaml(
+        "exporters:\n  otlp/a: {endpoint: 'http://127.0.0.1:1', compression: none, timeout: 2s, headers: {authorization: Bearer x}, sending_queue: {queue_size: 10}, retry_on_failure: {initial_interval: 10ms, max_interval: 100ms, max_elapsed_time: 1s}}\n  file: {path: out.jsonl}\n",
+    )
+    .unwrap();
+    assert_eq!(cfg.exporters.len(), 2);
+    let a = &cfg.exporters[1];
+    assert_eq!(a.name, "otlp/a");
+    assert_eq!(a.queue_size, 10);
+    assert_eq!(a.retry.initial_interval, Duration::from_millis(10));
+    assert_eq!(
+        a.target,
+        ExportTarget::OtlpGrpc {
+            endpoint: "http://127.0.0.1:1".into(),
+            compression: Compression::None,
+            timeout: Duration::from_secs(2),
+            headers: vec![("authorization".into(), "Bearer x".into())],
+        }
+    );
+    assert_eq!(
+        cfg.exporters[0].target,
+        ExportTarget::File {
+            path: "out.jsonl".into()
+        }
+    );
+}
+
+#[test]
+fn service_settings_should_apply() {
+    let cfg = CollectorConfig::from_yaml(
+        "service: {telemetry: {metrics: {address: none}}, sampling: false, on_buffer_full: decide_early, shutdown_timeout: 3s}",
+    )
+    .unwrap();
+    assert!(cfg.admin.is_none());
+    assert!(!cfg.sampling);
+    assert_eq!(cfg.on_buffer_full, OnBufferFull::DecideEarly);
+    assert_eq!(cfg.shutdown_timeout, Duration::from_secs(3));
+}

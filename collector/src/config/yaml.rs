@@ -1,0 +1,547 @@
+//! The Collector's YAML shape, read by serde, and its translation into [`CollectorConfig`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use traceq_exporter::client::{Compression, RetryConfig};
+use traceq_exporter::export::{
+    ExportTarget, ExporterConfig, DEFAULT_EXPORT_TIMEOUT, DEFAULT_QUEUE_SIZE,
+};
+use traceq_sampler::{parse_duration, SamplerConfig};
+
+use super::{
+    field_error, CollectorConfig, CollectorConfigError, OnBufferFull, ReceiverConfig, TlsConfig,
+    DEFAULT_GRPC_ENDPOINT, DEFAULT_GRPC_MAX_REQUEST_BYTES, DEFAULT_HTTP_ENDPOINT,
+    DEFAULT_HTTP_MAX_REQUEST_BYTES, DEFAULT_RETRY_AFTER,
+};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDoc {
+    #[serde(default)]
+    receivers: Option<RawReceivers>,
+    #[serde(default)]
+    processors: Option<RawProcessors>,
+    #[serde(default)]
+    exporters: Option<BTreeMap<String, serde_yaml::Value>>,
+    #[serde(default)]
+    service: Option<RawService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReceivers {
+    otlp: Option<RawOtlpReceiver>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOtlpReceiver {
+    protocols: RawProtocols,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProtocols {
+    // `grpc:` with no body (null) enables the protocol with defaults, as in the Collector.
+    #[serde(default, deserialize_with = "present")]
+    grpc: Option<Option<RawGrpc>>,
+    #[serde(default, deserialize_with = "present")]
+    http: Option<Option<RawHttp>>,
+}
+
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrpc {
+    endpoint: Option<String>,
+    max_recv_msg_size_mib: Option<u64>,
+    tls: Option<RawTls>,
+    auth: Option<RawAuth>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    endpoint: Option<String>,
+    max_request_body_size: Option<u64>,
+    tls: Option<RawTls>,
+    auth: Option<RawAuth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    bearer_token: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProcessors {
+    tail_sampling: Option<serde_yaml::Value>,
+    batch: Option<RawBatch>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBatch {
+    send_batch_size: Option<usize>,
+    timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    telemetry: Option<RawTelemetry>,
+    sampling: Option<bool>,
+    on_buffer_full: Option<String>,
+    retry_after: Option<String>,
+    shutdown_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    /// An address, or `none` to turn `/metrics` and `/healthz` off.
+    address: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOtlpExporter {
+    endpoint: Option<String>,
+    compression: Option<String>,
+    timeout: Option<String>,
+    headers: Option<BTreeMap<String, String>>,
+    sending_queue: Option<RawQueue>,
+    retry_on_failure: Option<RawRetry>,
+    tls: Option<RawClientTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClientTls {
+    insecure: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    queue_size: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    enabled: Option<bool>,
+    initial_interval: Option<String>,
+    max_interval: Option<String>,
+    max_elapsed_time: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFileExporter {
+    path: PathBuf,
+    sending_queue: Option<RawQueue>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStdoutExporter {
+    verbosity: Option<String>,
+    sending_queue: Option<RawQueue>,
+}
+
+fn duration(field: &str, text: &str) -> Result<Duration, CollectorConfigError> {
+    parse_duration("duration", text).map_err(|_| {
+        field_error(
+            field,
+            format!("`{text}` is not a duration like `500ms`, `2s` or `1m30s`"),
+        )
+    })
+}
+
+fn socket(field: &str, text: &str) -> Result<SocketAddr, CollectorConfigError> {
+    // `localhost:4317` is common in Collector configs; it means loopback.
+    let text = text.trim();
+    let resolved = text
+        .strip_prefix("localhost:")
+        .map_or_else(|| text.to_owned(), |port| format!("127.0.0.1:{port}"));
+    resolved.parse().map_err(|_| {
+        field_error(
+            field,
+            format!("`{text}` is not an address like `127.0.0.1:4317`"),
+        )
+    })
+}
+
+fn positive(field: &str, v: u64) -> Result<u64, CollectorConfigError> {
+    if v == 0 {
+        Err(field_error(field, "must be positive"))
+    } else {
+        Ok(v)
+    }
+}
+
+/// A size setting as written: its key, its value and the bytes in one unit of it.
+struct Size {
+    field: &'static str,
+    value: u64,
+    unit: u64,
+}
+
+/// What differs between the gRPC and HTTP receivers' blocks.
+struct Protocol {
+    prefix: &'static str,
+    endpoint: &'static str,
+    max_request_bytes: usize,
+}
+
+impl Protocol {
+    /// One receiver's settings, each error naming its field under `prefix`.
+    fn receiver(
+        &self,
+        endpoint: Option<&str>,
+        size: Option<Size>,
+        tls: Option<RawTls>,
+        auth: Option<RawAuth>,
+    ) -> Result<ReceiverConfig, CollectorConfigError> {
+        let p = self.prefix;
+        let max_request_bytes = match size {
+            Some(Size { field, value, unit }) => {
+                let v = positive(&format!("{p}.{field}"), value)?;
+                usize::try_from(v.saturating_mul(unit)).unwrap_or(usize::MAX)
+            }
+            None => self.max_request_bytes,
+        };
+        Ok(ReceiverConfig {
+            endpoint: socket(&format!("{p}.endpoint"), endpoint.unwrap_or(self.endpoint))?,
+            max_request_bytes,
+            tls: tls.map(|t| TlsConfig {
+                cert_file: t.cert_file,
+                key_file: t.key_file,
+            }),
+            bearer_token: auth.map(|a| a.bearer_token),
+        })
+    }
+}
+
+fn compression(field: &str, raw: Option<&str>) -> Result<Compression, CollectorConfigError> {
+    match raw.unwrap_or("gzip") {
+        "gzip" => Ok(Compression::Gzip),
+        "none" | "" => Ok(Compression::None),
+        other => Err(field_error(
+            field,
+            format!("`{other}` is not supported (use `gzip` or `none`)"),
+        )),
+    }
+}
+
+fn queue_size(field: &str, raw: Option<RawQueue>) -> Result<usize, CollectorConfigError> {
+    let size = raw.and_then(|q| q.queue_size).unwrap_or(DEFAULT_QUEUE_SIZE);
+    positive(field, size as u64).map(|v| v as usize)
+}
+
+fn retry(prefix: &str, raw: Option<RawRetry>) -> Result<RetryConfig, CollectorConfigError> {
+    let d = RetryConfig::default();
+    let Some(raw) = raw else { return Ok(d) };
+    let get = |name: &str, v: Option<String>, def: Duration| match v {
+        Some(t) => duration(&format!("{prefix}.{name}"), &t),
+        None => Ok(def),
+    };
+    let cfg = RetryConfig {
+        enabled: raw.enabled.unwrap_or(true),
+        initial_interval: get("initial_interval", raw.initial_interval, d.initial_interval)?,
+        max_interval: get("max_interval", raw.max_interval, d.max_interval)?,
+        max_elapsed_time: get("max_elapsed_time", raw.max_elapsed_time, d.max_elapsed_time)?,
+    };
+    if cfg.enabled && cfg.initial_interval.is_zero() {
+        return Err(field_error(
+            format!("{prefix}.initial_interval"),
+            "must be positive",
+        ));
+    }
+    if cfg.enabled && cfg.max_interval < cfg.initial_interval {
+        return Err(field_error(
+            format!("{prefix}.max_interval"),
+            "must not be less than initial_interval",
+        ));
+    }
+    Ok(cfg)
+}
+
+fn exporter(key: &str, value: serde_yaml::Value) -> Result<ExporterConfig, CollectorConfigError> {
+    let kind = key.split('/').next().unwrap_or(key);
+    let yaml = |e: serde_yaml::Error| CollectorConfigError::Yaml(format!("exporters.{key}: {e}"));
+    // `otlp:` with no body is a null value; treat it as an empty mapping.
+    let value = if value.is_null() {
+        serde_yaml::Value::Mapping(serde_yaml::Mapping::new())
+    } else {
+        value
+    };
+    let f = |name: &str| format!("exporters.{key}.{name}");
+    match kind {
+        "otlp" | "otlphttp" => {
+            let raw: RawOtlpExporter = serde_yaml::from_value(value).map_err(yaml)?;
+            if raw.tls.is_some_and(|t| !t.insecure) {
+                return Err(field_error(
+                    f("tls.insecure"),
+                    "TLS to the downstream is not supported; set `insecure: true` for plain text",
+                ));
+            }
+            let endpoint = raw
+                .endpoint
+                .filter(|e| !e.trim().is_empty())
+                .ok_or_else(|| field_error(f("endpoint"), "is required"))?;
+            let compression = compression(&f("compression"), raw.compression.as_deref())?;
+            let timeout = match raw.timeout {
+                Some(t) => duration(&f("timeout"), &t)?,
+                None => DEFAULT_EXPORT_TIMEOUT,
+            };
+            if timeout.is_zero() {
+                return Err(field_error(f("timeout"), "must be positive"));
+            }
+            let headers: Vec<(String, String)> =
+                raw.headers.unwrap_or_default().into_iter().collect();
+            let target = if kind == "otlp" {
+                ExportTarget::OtlpGrpc {
+                    endpoint,
+                    compression,
+                    timeout,
+                    headers,
+                }
+            } else {
+                if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                    return Err(field_error(
+                        f("endpoint"),
+                        format!("`{endpoint}` is not a URL like `http://127.0.0.1:4318`"),
+                    ));
+                }
+                ExportTarget::OtlpHttp {
+                    endpoint,
+                    compression,
+                    timeout,
+                    headers,
+                }
+            };
+            Ok(ExporterConfig {
+                name: key.to_owned(),
+                target,
+                queue_size: queue_size(&f("sending_queue.queue_size"), raw.sending_queue)?,
+                retry: retry(&f("retry_on_failure"), raw.retry_on_failure)?,
+            })
+        }
+        "file" => {
+            let raw: RawFileExporter = serde_yaml::from_value(value).map_err(yaml)?;
+            if raw.path.as_os_str().is_empty() {
+                return Err(field_error(f("path"), "is required"));
+            }
+            Ok(ExporterConfig {
+                name: key.to_owned(),
+                target: ExportTarget::File { path: raw.path },
+                queue_size: queue_size(&f("sending_queue.queue_size"), raw.sending_queue)?,
+                retry: RetryConfig {
+                    enabled: false,
+                    ..RetryConfig::default()
+                },
+            })
+        }
+        "debug" | "stdout" => {
+            let raw: RawStdoutExporter = serde_yaml::from_value(value).map_err(yaml)?;
+            if let Some(v) = raw.verbosity.as_deref() {
+                if !matches!(v, "basic" | "normal" | "detailed") {
+                    return Err(field_error(
+                        f("verbosity"),
+                        format!("`{v}` is not one of basic, normal, detailed"),
+                    ));
+                }
+            }
+            Ok(ExporterConfig {
+                name: key.to_owned(),
+                target: ExportTarget::Stdout,
+                queue_size: queue_size(&f("sending_queue.queue_size"), raw.sending_queue)?,
+                retry: RetryConfig {
+                    enabled: false,
+                    ..RetryConfig::default()
+                },
+            })
+        }
+        other => Err(field_error(
+            format!("exporters.{key}"),
+            format!("exporter type `{other}` is not supported (use otlp, otlphttp, file or debug)"),
+        )),
+    }
+}
+
+impl CollectorConfig {
+    /// Reads a collector configuration file's text. Missing sections take their defaults; an
+    /// empty `receivers.otlp.protocols` entry (e.g. `grpc:`) enables that protocol with defaults,
+    /// and a `receivers` section without a protocol disables it.
+    ///
+    /// # Errors
+    ///
+    /// [`CollectorConfigError`] naming the field at fault.
+    ///
+    /// # Examples
+    /// ```
+    /// use traceq_collector::{CollectorConfig, ExportTarget};
+    ///
+    /// let cfg = CollectorConfig::from_yaml(r#"
+    /// receivers:
+    ///   otlp:
+    ///     protocols:
+    ///       grpc:
+    ///         endpoint: 127.0.0.1:14317
+    /// processors:
+    ///   tail_sampling:
+    ///     decision_wait: 10s
+    ///     policies:
+    ///       - {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}
+    /// exporters:
+    ///   otlp/tempo:
+    ///     endpoint: 127.0.0.1:24317
+    /// "#)?;
+    /// assert!(cfg.http.is_none());
+    /// assert!(matches!(cfg.exporters[0].target, ExportTarget::OtlpGrpc { .. }));
+    /// assert!(CollectorConfig::from_yaml("exporters: {otlp: {endpoint: x, colour: red}}").is_err());
+    /// # Ok::<(), traceq_collector::CollectorConfigError>(())
+    /// ```
+    pub fn from_yaml(text: &str) -> Result<Self, CollectorConfigError> {
+        let raw: RawDoc = if text.trim().is_empty() {
+            RawDoc::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| CollectorConfigError::Yaml(e.to_string()))?
+        };
+        let mut cfg = Self::default();
+        if let Some(receivers) = raw.receivers {
+            let protocols = receivers.otlp.map(|o| o.protocols);
+            let (grpc, http) = match protocols {
+                Some(p) => (p.grpc, p.http),
+                None => (None, None),
+            };
+            cfg.grpc = grpc
+                .map(|g| {
+                    let g = g.unwrap_or_default();
+                    let size = g.max_recv_msg_size_mib.map(|m| Size {
+                        field: "max_recv_msg_size_mib",
+                        value: m,
+                        unit: 1 << 20,
+                    });
+                    let protocol = Protocol {
+                        prefix: "receivers.otlp.protocols.grpc",
+                        endpoint: DEFAULT_GRPC_ENDPOINT,
+                        max_request_bytes: DEFAULT_GRPC_MAX_REQUEST_BYTES,
+                    };
+                    protocol.receiver(g.endpoint.as_deref(), size, g.tls, g.auth)
+                })
+                .transpose()?;
+            cfg.http = http
+                .map(|h| {
+                    let h = h.unwrap_or_default();
+                    let size = h.max_request_body_size.map(|b| Size {
+                        field: "max_request_body_size",
+                        value: b,
+                        unit: 1,
+                    });
+                    let protocol = Protocol {
+                        prefix: "receivers.otlp.protocols.http",
+                        endpoint: DEFAULT_HTTP_ENDPOINT,
+                        max_request_bytes: DEFAULT_HTTP_MAX_REQUEST_BYTES,
+                    };
+                    protocol.receiver(h.endpoint.as_deref(), size, h.tls, h.auth)
+                })
+                .transpose()?;
+            if cfg.grpc.is_none() && cfg.http.is_none() {
+                return Err(field_error(
+                    "receivers.otlp.protocols",
+                    "enable grpc, http or both",
+                ));
+            }
+        }
+        if let Some(processors) = raw.processors {
+            if let Some(ts) = processors.tail_sampling {
+                let text = serde_yaml::to_string(&ts)
+                    .map_err(|e| CollectorConfigError::Yaml(e.to_string()))?;
+                cfg.sampler = SamplerConfig::from_yaml(&text)?;
+            }
+            if let Some(batch) = processors.batch {
+                if let Some(n) = batch.send_batch_size {
+                    cfg.send_batch_size =
+                        positive("processors.batch.send_batch_size", n as u64)? as usize;
+                }
+                if let Some(t) = batch.timeout {
+                    cfg.batch_timeout = duration("processors.batch.timeout", &t)?;
+                }
+            }
+        }
+        if let Some(exporters) = raw.exporters {
+            for (key, value) in exporters {
+                cfg.exporters.push(exporter(&key, value)?);
+            }
+        }
+        if let Some(service) = raw.service {
+            if let Some(address) = service
+                .telemetry
+                .and_then(|t| t.metrics)
+                .and_then(|m| m.address)
+            {
+                cfg.admin = if address == "none" {
+                    None
+                } else {
+                    Some(socket("service.telemetry.metrics.address", &address)?)
+                };
+            }
+            if let Some(s) = service.sampling {
+                cfg.sampling = s;
+            }
+            let retry_after = match service.retry_after {
+                Some(t) => {
+                    let d = duration("service.retry_after", &t)?;
+                    if d.is_zero() {
+                        return Err(field_error("service.retry_after", "must be positive"));
+                    }
+                    d
+                }
+                None => DEFAULT_RETRY_AFTER,
+            };
+            cfg.on_buffer_full = match service.on_buffer_full.as_deref() {
+                None | Some("refuse") => OnBufferFull::Refuse { retry_after },
+                Some("decide_early") => OnBufferFull::DecideEarly,
+                Some(other) => {
+                    return Err(field_error(
+                        "service.on_buffer_full",
+                        format!("`{other}` is not one of refuse, decide_early"),
+                    ))
+                }
+            };
+            if let Some(t) = service.shutdown_timeout {
+                cfg.shutdown_timeout = duration("service.shutdown_timeout", &t)?;
+            }
+        }
+        Ok(cfg)
+    }
+}

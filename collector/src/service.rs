@@ -1,0 +1,326 @@
+//! [`Collector`]: receivers, pipeline, exporters and the admin endpoint, started and stopped
+//! together.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::config::CollectorConfig;
+use super::metrics::{get as read, ReceiverMetrics};
+use super::pipeline::Pipeline;
+use super::prometheus::{render, Snapshot};
+use super::receiver::{OtlpReceiver, Protocol, ReceiverError};
+use traceq_exporter::export::ExporterMetrics;
+use traceq_exporter::export::{ExportSetupError, ExporterQueue};
+
+/// Why the collector could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CollectorError {
+    /// The `tail_sampling` configuration is invalid.
+    #[error("processors.tail_sampling: {0}")]
+    Sampler(traceq_sampler::ConfigError),
+    /// An exporter could not be set up.
+    #[error(transparent)]
+    Exporter(#[from] ExportSetupError),
+    /// A receiver could not start.
+    #[error(transparent)]
+    Receiver(#[from] ReceiverError),
+    /// The admin endpoint could not bind.
+    #[error("service.telemetry.metrics.address: cannot listen on {address}: {source}")]
+    Admin {
+        /// The address.
+        address: SocketAddr,
+        /// The bind error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The decision thread could not start.
+    #[error("cannot start the decision thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// Counters summed over receivers and exporters: what the progress line and the shutdown
+/// summary show.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CollectorStatus {
+    /// Spans accepted by the receivers.
+    pub spans_received: u64,
+    /// Spans refused with a retryable error.
+    pub spans_refused: u64,
+    /// Requests rejected as invalid.
+    pub requests_rejected: u64,
+    /// Traces kept by the sampler.
+    pub traces_kept: u64,
+    /// Traces dropped by the sampler.
+    pub traces_dropped: u64,
+    /// Spans kept and handed to the exporters.
+    pub spans_kept: u64,
+    /// Traces in the buffer now.
+    pub traces_buffered: u64,
+    /// Spans delivered, summed over exporters.
+    pub spans_exported: u64,
+    /// Spans given up by exporters (queue full, permanent error, retries exhausted).
+    pub spans_export_dropped: u64,
+}
+
+#[derive(Debug)]
+struct Shared {
+    pipeline: Arc<Pipeline>,
+    receivers: Vec<(&'static str, Arc<ReceiverMetrics>)>,
+    exporters: Vec<(String, Arc<ExporterMetrics>)>,
+    healthy: AtomicBool,
+}
+
+impl Shared {
+    fn metrics_text(&self) -> String {
+        render(&Snapshot {
+            receivers: self.receivers.iter().map(|(t, m)| (*t, &**m)).collect(),
+            exporters: self
+                .exporters
+                .iter()
+                .map(|(n, m)| (n.as_str(), &**m))
+                .collect(),
+            sampler: self.pipeline.sampler_metrics(),
+            spans_kept: read(&self.pipeline.spans_kept),
+        })
+    }
+
+    fn status(&self) -> CollectorStatus {
+        let mut s = CollectorStatus::default();
+        for (_, r) in &self.receivers {
+            s.spans_received += read(&r.spans_accepted);
+            s.spans_refused += read(&r.spans_refused);
+            s.requests_rejected += read(&r.requests_rejected);
+        }
+        for (_, e) in &self.exporters {
+            s.spans_exported += read(&e.spans_sent);
+            s.spans_export_dropped += read(&e.spans_dropped);
+        }
+        s.spans_kept = read(&self.pipeline.spans_kept);
+        if let Some(m) = self.pipeline.sampler_metrics() {
+            s.traces_kept = m.global_count_traces_sampled;
+            s.traces_dropped = m.global_count_traces_not_sampled;
+            s.traces_buffered = m.sampling_traces_on_memory;
+        }
+        s
+    }
+}
+
+/// A running collector.
+///
+/// # Examples
+/// ```no_run
+/// use traceq_collector::{Collector, CollectorConfig};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = CollectorConfig::from_yaml("exporters: {file: {path: kept.jsonl}}")?;
+/// let collector = Collector::start(&config).await?;
+/// println!("OTLP/gRPC on {:?}", collector.grpc_addr());
+/// tokio::signal::ctrl_c().await?;
+/// let status = collector.shutdown().await;
+/// println!("kept {} traces", status.traces_kept);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Collector {
+    shared: Arc<Shared>,
+    receivers: Vec<OtlpReceiver>,
+    grpc_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
+    admin: Option<(JoinHandle<()>, CancellationToken)>,
+    decider: Option<std::thread::JoinHandle<()>>,
+    shutdown_timeout: std::time::Duration,
+}
+
+impl From<traceq_sampler::ConfigError> for CollectorError {
+    fn from(e: traceq_sampler::ConfigError) -> Self {
+        Self::Sampler(e)
+    }
+}
+
+async fn healthz(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str) {
+    if shared.healthy.load(Relaxed) {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+    }
+}
+
+async fn metrics(
+    State(shared): State<Arc<Shared>>,
+) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        shared.metrics_text(),
+    )
+}
+
+impl Collector {
+    /// Starts exporters, the pipeline, the receivers and the admin endpoint, in that order (so
+    /// nothing is accepted before it has somewhere to go). Must be called inside a tokio
+    /// runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`CollectorError`] when a part cannot start; parts already started are stopped.
+    pub async fn start(config: &CollectorConfig) -> Result<Self, CollectorError> {
+        let mut exporters = Vec::with_capacity(config.exporters.len());
+        let mut exporter_metrics = Vec::with_capacity(config.exporters.len());
+        for e in &config.exporters {
+            let metrics = Arc::new(ExporterMetrics::default());
+            exporters.push(ExporterQueue::start(e, metrics.clone())?);
+            exporter_metrics.push((e.name.clone(), metrics));
+        }
+        let pipeline = Arc::new(Pipeline::new(config, exporters)?);
+        let decider = pipeline.spawn_decider().map_err(CollectorError::Thread)?;
+        let mut receiver_metrics = Vec::new();
+        let mut receivers = Vec::new();
+        let mut grpc_addr = None;
+        let mut http_addr = None;
+        let endpoints = [
+            (Protocol::Grpc, "grpc", &config.grpc),
+            (Protocol::Http, "http", &config.http),
+        ];
+        let mut failure = None;
+        for (protocol, transport, rc) in endpoints {
+            let Some(rc) = rc else { continue };
+            let metrics = Arc::new(ReceiverMetrics::default());
+            match OtlpReceiver::start(protocol, rc, pipeline.clone(), metrics.clone()).await {
+                Ok(r) => {
+                    match protocol {
+                        Protocol::Grpc => grpc_addr = Some(r.local_addr()),
+                        Protocol::Http => http_addr = Some(r.local_addr()),
+                    }
+                    receivers.push(r);
+                    receiver_metrics.push((transport, metrics));
+                }
+                Err(e) => {
+                    failure = Some(CollectorError::from(e));
+                    break;
+                }
+            }
+        }
+        let shared = Arc::new(Shared {
+            pipeline,
+            receivers: receiver_metrics,
+            exporters: exporter_metrics,
+            healthy: AtomicBool::new(true),
+        });
+        let mut collector = Self {
+            shared,
+            receivers,
+            grpc_addr,
+            http_addr,
+            admin_addr: None,
+            admin: None,
+            decider: Some(decider),
+            shutdown_timeout: config.shutdown_timeout,
+        };
+        if failure.is_none() {
+            if let Some(address) = config.admin {
+                match tokio::net::TcpListener::bind(address).await {
+                    Ok(listener) => {
+                        collector.admin_addr = listener.local_addr().ok();
+                        let token = CancellationToken::new();
+                        let app = Router::new()
+                            .route("/healthz", get(healthz))
+                            .route("/metrics", get(metrics))
+                            .with_state(collector.shared.clone());
+                        let stop = token.clone();
+                        let task = tokio::spawn(async move {
+                            let _ = axum::serve(listener, app)
+                                .with_graceful_shutdown(stop.cancelled_owned())
+                                .await;
+                        });
+                        collector.admin = Some((task, token));
+                    }
+                    Err(source) => failure = Some(CollectorError::Admin { address, source }),
+                }
+            }
+        }
+        match failure {
+            None => Ok(collector),
+            Some(e) => {
+                collector.shutdown().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Address of the OTLP/gRPC receiver, if enabled.
+    #[must_use]
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc_addr
+    }
+
+    /// Address of the OTLP/HTTP receiver, if enabled.
+    #[must_use]
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// Address of `/metrics` and `/healthz`, if enabled.
+    #[must_use]
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Summed counters, for a progress line.
+    #[must_use]
+    pub fn status(&self) -> CollectorStatus {
+        self.shared.status()
+    }
+
+    /// The Prometheus text `/metrics` serves.
+    #[must_use]
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics_text()
+    }
+
+    /// Stops receiving (in-flight requests finish), decides every pending trace, and flushes
+    /// the exporters until the shutdown deadline; what is still queued then is counted as
+    /// dropped. Returns the final counters.
+    pub async fn shutdown(mut self) -> CollectorStatus {
+        let deadline = Instant::now() + self.shutdown_timeout;
+        self.shared.healthy.store(false, Relaxed);
+        futures::future::join_all(self.receivers.drain(..).map(OtlpReceiver::shutdown)).await;
+        let pipeline = self.shared.pipeline.clone();
+        let decider = self.decider.take();
+        // Deciding everything pending is CPU work under locks: off the async workers.
+        let _ = tokio::task::spawn_blocking(move || {
+            pipeline.close();
+            if let Some(d) = decider {
+                let _ = d.join();
+            }
+        })
+        .await;
+        futures::future::join_all(
+            self.shared
+                .pipeline
+                .exporters()
+                .iter()
+                .map(|e| e.shutdown(deadline)),
+        )
+        .await;
+        if let Some((task, token)) = self.admin.take() {
+            token.cancel();
+            let _ = task.await;
+        }
+        self.shared.status()
+    }
+}

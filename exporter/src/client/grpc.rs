@@ -1,0 +1,168 @@
+//! OTLP/gRPC: `TraceService/Export` over a lazily connected tonic channel.
+//!
+//! Why a pass-through codec: the pipeline hands over the protobuf encoding of an
+//! `ExportTraceServiceRequest` already, shared by every exporter. Decoding it into prost structs
+//! only for tonic to encode them again would cost a copy of every span and the CPU of both
+//! directions, so the request bytes go out as they are and only the (small) response is decoded.
+//!
+//! Connection failures and timeouts, which tonic reports as `UNAVAILABLE`, `CANCELLED`, or
+//! `UNKNOWN` carrying a transport error, read as [`SendError::Transport`]; every other status is
+//! classified by its code (see [`super::retry`]). `RESOURCE_EXHAUSTED` is retryable by the
+//! specification only when the server attaches a `google.rpc.RetryInfo`; that detail is not
+//! parsed here, so it is treated as permanent.
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tonic::client::Grpc;
+use tonic::codec::CompressionEncoding;
+use tonic::codegen::http::uri::{PathAndQuery, Uri};
+use tonic::metadata::{Ascii, MetadataKey, MetadataMap, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use super::error::{with_causes, Accepted, SendError};
+use super::{Compression, USER_AGENT};
+use crate::export::ExportSetupError;
+use crate::otlp::grpc::{EncodedRequestCodec, EXPORT_PATH};
+
+/// Sends encoded requests to one OTLP/gRPC downstream.
+pub(crate) struct GrpcTransport {
+    client: Grpc<Channel>,
+    metadata: MetadataMap,
+    timeout: Duration,
+}
+
+impl fmt::Debug for GrpcTransport {
+    // Header values may be credentials (`authorization`): show the names only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<_> = self
+            .metadata
+            .keys()
+            .map(|k| match k {
+                tonic::metadata::KeyRef::Ascii(k) => k.as_str(),
+                tonic::metadata::KeyRef::Binary(k) => k.as_str(),
+            })
+            .collect();
+        f.debug_struct("GrpcTransport")
+            .field("headers", &names)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GrpcTransport {
+    /// Validates the endpoint and headers and makes a lazy channel (no connection yet).
+    pub(crate) fn new(
+        name: &str,
+        endpoint: &str,
+        compression: Compression,
+        timeout: Duration,
+        headers: &[(String, String)],
+    ) -> Result<Self, ExportSetupError> {
+        let uri = endpoint_uri(name, endpoint)?;
+        let invalid = |reason: String| ExportSetupError::InvalidEndpoint {
+            exporter: name.to_owned(),
+            endpoint: endpoint.to_owned(),
+            reason,
+        };
+        let channel = Endpoint::from(uri)
+            .user_agent(USER_AGENT)
+            .map_err(|e| invalid(e.to_string()))?
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let mut client = Grpc::new(channel).accept_compressed(CompressionEncoding::Gzip);
+        if compression == Compression::Gzip {
+            client = client.send_compressed(CompressionEncoding::Gzip);
+        }
+        Ok(Self {
+            client,
+            metadata: metadata(name, headers)?,
+            timeout,
+        })
+    }
+
+    /// One `Export` call.
+    pub(crate) async fn send(&self, payload: &Bytes) -> Result<Accepted, SendError> {
+        let mut client = self.client.clone();
+        client.ready().await.map_err(|e| {
+            SendError::Transport(with_causes(
+                format!("grpc connection: {e}"),
+                std::error::Error::source(&e),
+            ))
+        })?;
+        let mut request = tonic::Request::new(payload.clone());
+        *request.metadata_mut() = self.metadata.clone();
+        request.set_timeout(self.timeout);
+        let path = PathAndQuery::from_static(EXPORT_PATH);
+        match client.unary(request, path, EncodedRequestCodec).await {
+            Ok(response) => Ok(match response.into_inner().partial_success {
+                Some(p) => Accepted::from_partial_success(p.rejected_spans, p.error_message),
+                None => Accepted::default(),
+            }),
+            Err(status) => Err(classify(&status)),
+        }
+    }
+}
+
+/// `host:port` or `http://host:port` as a URI; `https` is refused with a clear error.
+fn endpoint_uri(name: &str, endpoint: &str) -> Result<Uri, ExportSetupError> {
+    let invalid = |reason: &str| ExportSetupError::InvalidEndpoint {
+        exporter: name.to_owned(),
+        endpoint: endpoint.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let uri: Uri = super::with_scheme(endpoint)
+        .parse()
+        .map_err(|e: tonic::codegen::http::uri::InvalidUri| invalid(&e.to_string()))?;
+    match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(ExportSetupError::TlsUnsupported {
+                exporter: name.to_owned(),
+                endpoint: endpoint.to_owned(),
+            })
+        }
+        _ => return Err(invalid("the scheme must be http (or none: `host:port`)")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(invalid("no host"));
+    }
+    Ok(uri)
+}
+
+/// The configured headers as gRPC metadata (ASCII values; names lower-cased).
+fn metadata(name: &str, headers: &[(String, String)]) -> Result<MetadataMap, ExportSetupError> {
+    let mut map = MetadataMap::new();
+    for (key, value) in headers {
+        let invalid = |reason: &str| ExportSetupError::InvalidHeader {
+            exporter: name.to_owned(),
+            header: key.clone(),
+            reason: reason.to_owned(),
+        };
+        let k = MetadataKey::<Ascii>::from_bytes(key.to_ascii_lowercase().as_bytes()).map_err(
+            |_| invalid("not a valid ASCII metadata name (`-bin` keys are unsupported)"),
+        )?;
+        let v = MetadataValue::<Ascii>::try_from(value.as_str())
+            .map_err(|_| invalid("the value must be visible ASCII"))?;
+        map.append(k, v);
+    }
+    Ok(map)
+}
+
+/// A failed call as a [`SendError`]: a status the server sent has no source; one tonic made
+/// from a transport error does, and means no answer.
+fn classify(status: &Status) -> SendError {
+    let source = std::error::Error::source(status);
+    let message = with_causes(status.message().to_owned(), source);
+    match status.code() {
+        Code::Unknown if source.is_some() => SendError::Transport(message),
+        code => SendError::Grpc { code, message },
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,308 @@
+//! The one retry policy of every OTLP send: what may be retried, how long to wait, when to stop.
+//!
+//! The backoff is the OpenTelemetry Collector's `retry_on_failure`: the first delay is
+//! `initial_interval`, each next one doubles up to `max_interval`, and each is randomised to
+//! between half and one and a half times its value (capped at `max_interval`) so that senders
+//! failing together do not retry together. A server's `Retry-After` is a floor: the wait is the
+//! longer of it and the backoff, and never more than [`MAX_RETRY_AFTER`] whatever the server
+//! says. A send gives up when the next attempt would start after `max_elapsed_time` (zero:
+//! never), after `max_retries` retries, or after a caller's deadline.
+//!
+//! What is retryable is the OTLP specification's list: gRPC `CANCELLED`, `DEADLINE_EXCEEDED`,
+//! `ABORTED`, `OUT_OF_RANGE`, `UNAVAILABLE`, `DATA_LOSS`; HTTP 429, 502, 503, 504; and any
+//! failure to get an answer at all (connection refused or reset, timeout).
+
+use std::future::Future;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use tokio::time::Instant;
+use tonic::Code;
+
+use super::error::{Accepted, SendError};
+
+/// Default first retry delay (the Collector's `retry_on_failure` default).
+pub const DEFAULT_RETRY_INITIAL: Duration = Duration::from_secs(5);
+/// Default longest delay between attempts.
+pub const DEFAULT_RETRY_MAX_INTERVAL: Duration = Duration::from_secs(30);
+/// Default time after which a request is given up (zero would mean retry for ever).
+pub const DEFAULT_RETRY_MAX_ELAPSED: Duration = Duration::from_secs(300);
+/// Longest wait a server's `Retry-After` can impose on one retry.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// Shortest delay between attempts, whatever the configuration says: a zero interval from a
+/// hand-built config must not turn retries into a busy loop.
+const MIN_DELAY: Duration = Duration::from_millis(1);
+
+/// Retrying failed sends (retryable errors only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryConfig {
+    /// Retry at all.
+    pub enabled: bool,
+    /// First delay; each retry doubles it (with jitter) up to `max_interval`.
+    pub initial_interval: Duration,
+    /// Longest delay between attempts.
+    pub max_interval: Duration,
+    /// Give a request up after this long; zero retries for ever.
+    pub max_elapsed_time: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            initial_interval: DEFAULT_RETRY_INITIAL,
+            max_interval: DEFAULT_RETRY_MAX_INTERVAL,
+            max_elapsed_time: DEFAULT_RETRY_MAX_ELAPSED,
+        }
+    }
+}
+
+/// Limits of one send on top of its [`RetryConfig`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryLimits {
+    /// Most retries after the first attempt; `None`: as many as time allows.
+    pub max_retries: Option<u32>,
+    /// No retry starts at or after this instant.
+    pub deadline: Option<Instant>,
+}
+
+/// What became of one request after its retries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SendOutcome {
+    /// Attempts repeated after retryable failures.
+    pub retries: u32,
+    /// What the downstream took, or why the request failed (the last attempt's error).
+    pub result: Result<Accepted, SendError>,
+}
+
+/// Exponential backoff delays for one request.
+#[derive(Debug, Clone)]
+pub(crate) struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// Starts at `initial_interval`.
+    pub(crate) fn new(config: &RetryConfig) -> Self {
+        let max = config.max_interval.max(MIN_DELAY);
+        Self {
+            next: config.initial_interval.clamp(MIN_DELAY, max),
+            max,
+        }
+    }
+
+    /// The next delay; `unit` in `[0, 1)` picks the jitter (from `rand` in production).
+    pub(crate) fn next_delay(&mut self, unit: f64) -> Duration {
+        let base = self.next;
+        self.next = base.saturating_mul(2).min(self.max);
+        let factor = 0.5
+            + if unit.is_finite() {
+                unit.clamp(0.0, 1.0)
+            } else {
+                0.5
+            };
+        Duration::try_from_secs_f64(base.as_secs_f64() * factor)
+            .unwrap_or(self.max)
+            .clamp(MIN_DELAY, self.max)
+    }
+}
+
+/// What [`with_retries`] tells its observer, as it happens (counters stay live while a request
+/// waits out its backoff).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RetryEvent {
+    /// An attempt failed.
+    Failed,
+    /// The backoff passed and the request is attempted again.
+    Retrying,
+}
+
+/// Runs `attempt` until it succeeds, fails permanently, or the policy gives up.
+pub(crate) async fn with_retries<F, Fut>(
+    config: &RetryConfig,
+    limits: RetryLimits,
+    mut attempt: F,
+    mut observe: impl FnMut(RetryEvent),
+) -> SendOutcome
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Accepted, SendError>>,
+{
+    let start = Instant::now();
+    let mut backoff = Backoff::new(config);
+    let mut retries = 0;
+    loop {
+        let error = match attempt().await {
+            Ok(accepted) => {
+                return SendOutcome {
+                    retries,
+                    result: Ok(accepted),
+                }
+            }
+            Err(e) => e,
+        };
+        observe(RetryEvent::Failed);
+        let give_up = |error: SendError| SendOutcome {
+            retries,
+            result: Err(error),
+        };
+        if !error.is_retryable() || !config.enabled {
+            return give_up(error);
+        }
+        if limits.max_retries.is_some_and(|max| retries >= max) {
+            return give_up(error);
+        }
+        let mut delay = backoff.next_delay(rand::random::<f64>());
+        if let Some(after) = error.retry_after() {
+            delay = delay.max(after.min(MAX_RETRY_AFTER));
+        }
+        let limit = config.max_elapsed_time;
+        if !limit.is_zero() && start.elapsed().saturating_add(delay) > limit {
+            return give_up(error.gave_up_after(limit));
+        }
+        let resume = Instant::now() + delay;
+        if limits.deadline.is_some_and(|d| resume >= d) {
+            return give_up(error);
+        }
+        tokio::time::sleep_until(resume).await;
+        retries += 1;
+        observe(RetryEvent::Retrying);
+    }
+}
+
+/// The gRPC codes the OTLP specification calls retryable. `RESOURCE_EXHAUSTED` is retryable only
+/// with a `RetryInfo` detail, which is not read here, so it is not retried.
+pub(crate) fn grpc_code_is_retryable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::Aborted
+            | Code::OutOfRange
+            | Code::Unavailable
+            | Code::DataLoss
+    )
+}
+
+/// The HTTP statuses the OTLP specification calls retryable.
+pub(crate) fn http_status_is_retryable(status: u16) -> bool {
+    matches!(status, 429 | 502 | 503 | 504)
+}
+
+/// `Retry-After: <seconds>`; the HTTP-date form and garbage read as absent.
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let text = headers.get(RETRY_AFTER)?.to_str().ok()?;
+    text.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn config(initial_ms: u64, max_ms: u64) -> RetryConfig {
+        RetryConfig {
+            enabled: true,
+            initial_interval: Duration::from_millis(initial_ms),
+            max_interval: Duration::from_millis(max_ms),
+            max_elapsed_time: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn backoff_should_double_up_to_the_maximum_without_jitter() {
+        let mut b = Backoff::new(&config(10, 70));
+        let delays: Vec<_> = (0..5).map(|_| b.next_delay(0.5).as_millis()).collect();
+        assert_eq!(delays, [10, 20, 40, 70, 70]);
+    }
+
+    #[test]
+    fn zero_intervals_should_not_make_a_busy_loop() {
+        let mut b = Backoff::new(&config(0, 0));
+        assert!(b.next_delay(0.0) >= MIN_DELAY);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_should_stop_at_the_limit_and_keep_the_last_error() {
+        let mut calls = 0;
+        let outcome = with_retries(
+            &config(10, 40),
+            RetryLimits {
+                max_retries: Some(2),
+                deadline: None,
+            },
+            || {
+                calls += 1;
+                std::future::ready(Err(SendError::Transport(format!("refused {calls}"))))
+            },
+            |_| {},
+        )
+        .await;
+        assert_eq!(calls, 3);
+        assert_eq!(outcome.retries, 2);
+        assert_eq!(
+            outcome.result,
+            Err(SendError::Transport("refused 3".into()))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permanent_error_should_not_be_retried() {
+        let outcome = with_retries(
+            &config(10, 40),
+            RetryLimits::default(),
+            || std::future::ready(Err(SendError::Request("bad".into()))),
+            |_| {},
+        )
+        .await;
+        assert_eq!(outcome.retries, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_should_be_a_floor_capped_at_its_maximum() {
+        let start = Instant::now();
+        let mut first = true;
+        let outcome = with_retries(
+            &config(1, 4),
+            RetryLimits::default(),
+            || {
+                let reply = if std::mem::take(&mut first) {
+                    Err(SendError::Http {
+                        status: 503,
+                        body: String::new(),
+                        retry_after: Some(Duration::from_secs(3600)),
+                    })
+                } else {
+                    Ok(Accepted::default())
+                };
+                std::future::ready(reply)
+            },
+            |_| {},
+        )
+        .await;
+        assert_eq!(outcome.retries, 1);
+        assert_eq!(start.elapsed(), MAX_RETRY_AFTER);
+    }
+
+    proptest! {
+        #[test]
+        fn backoff_delays_should_stay_within_half_and_one_and_a_half_of_base_and_the_maximum(
+            initial in 1u64..10_000,
+            extra in 0u64..100_000,
+            units in proptest::collection::vec(any::<f64>(), 1..20),
+        ) {
+            let max = initial + extra;
+            let mut b = Backoff::new(&config(initial, max));
+            let mut base = initial;
+            for unit in units {
+                let d = b.next_delay(unit).as_secs_f64() * 1000.0;
+                prop_assert!(d <= max as f64 + 1e-6, "{d} > {max}");
+                prop_assert!(d >= base as f64 / 2.0 - 1e-6, "{d} < {base}/2");
+                base = (base * 2).min(max);
+            }
+        }
+    }
+}

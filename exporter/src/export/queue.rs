@@ -1,0 +1,291 @@
+//! The bounded queue in front of each exporter, and its sending task.
+//!
+//! Why bound in spans, counting the batches being sent too: the bound is there to cap memory,
+//! and a batch stuck in retries holds its memory as surely as a queued one. Why `push` never
+//! waits: the pipeline feeds every exporter from one place, and one slow downstream must not
+//! hold the others back; a full queue drops the batch and counts it instead.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::batch::ExportBatch;
+use super::config::ExporterConfig;
+use super::delivery::{Delivery, Outcome};
+use super::error::ExportSetupError;
+use super::metrics::ExporterMetrics;
+use super::sender::Sender;
+
+/// One exporter: a queue bounded in spans and the task that sends from it.
+///
+/// The task keeps up to four requests in flight for OTLP targets (one for files and stdout, so
+/// lines keep their order); batches may be delivered out of order.
+///
+/// # Examples
+/// ```
+/// use std::sync::{atomic::Ordering, Arc};
+/// use traceq_exporter::client::Compression;
+/// use traceq_exporter::export::{
+///     ExportBatch, ExportTarget, ExporterConfig, ExporterMetrics, ExporterQueue,
+/// };
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = ExporterConfig {
+///     name: "otlp/downstream".into(),
+///     target: ExportTarget::OtlpGrpc {
+///         endpoint: "127.0.0.1:9".into(),
+///         compression: Compression::Gzip,
+///         timeout: std::time::Duration::from_secs(5),
+///         headers: Vec::new(),
+///     },
+///     queue_size: 10_000,
+///     retry: Default::default(),
+/// };
+/// let metrics = Arc::new(ExporterMetrics::default());
+/// // Starting never connects: it succeeds while the downstream is down.
+/// let queue = ExporterQueue::start(&config, metrics.clone())?;
+/// // An encoded `ExportTraceServiceRequest` (here an empty one) and its span count.
+/// queue.push(ExportBatch { body: bytes::Bytes::new(), spans: 1 });
+/// // Nothing listens there, so at the deadline the batch is counted as dropped.
+/// queue.shutdown(tokio::time::Instant::now()).await;
+/// assert_eq!(metrics.spans_dropped.load(Ordering::Relaxed), 1);
+/// # Ok(())
+/// # }
+/// ```
+pub struct ExporterQueue {
+    shared: Arc<Shared>,
+    task: Mutex<Option<JoinHandle<()>>>,
+    stop: CancellationToken,
+    shutting_down: AtomicBool,
+}
+
+impl fmt::Debug for ExporterQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.shared.state.lock();
+        f.debug_struct("ExporterQueue")
+            .field("name", &self.shared.delivery.name)
+            .field("queue_size", &self.shared.capacity)
+            .field("spans", &state.outstanding)
+            .field("batches_waiting", &state.batches.len())
+            .field("closed", &state.closed)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    delivery: Delivery,
+    /// Most spans accepted and not yet resolved (`queue_size`).
+    capacity: usize,
+    state: Mutex<State>,
+    /// Wakes the sending task: a batch was queued, or shutdown began.
+    wake: Notify,
+    warned_full: AtomicBool,
+}
+
+#[derive(Default)]
+struct State {
+    /// Batches waiting to be sent.
+    batches: VecDeque<ExportBatch>,
+    /// Spans accepted and not yet sent or dropped: waiting plus in flight.
+    outstanding: usize,
+    /// No more batches are accepted.
+    closed: bool,
+}
+
+impl State {
+    /// Queues `batch` if it fits under `capacity`, or hands it back.
+    fn admit(&mut self, batch: ExportBatch, capacity: usize) -> Result<(), ExportBatch> {
+        match self.outstanding.checked_add(batch.spans) {
+            Some(total) if total <= capacity => {
+                self.outstanding = total;
+                self.batches.push_back(batch);
+                Ok(())
+            }
+            _ => Err(batch),
+        }
+    }
+}
+
+impl ExporterQueue {
+    /// Starts the exporter named in `config` and its sending task. Connections are made lazily,
+    /// so this succeeds while the downstream is down.
+    ///
+    /// # Errors
+    /// An invalid endpoint or header, an `https` endpoint (TLS to the downstream is not
+    /// supported), a file that cannot be opened, or no tokio runtime; each names the exporter.
+    pub fn start(
+        config: &ExporterConfig,
+        metrics: Arc<ExporterMetrics>,
+    ) -> Result<Self, ExportSetupError> {
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| ExportSetupError::NoRuntime {
+                exporter: config.name.clone(),
+            })?;
+        let sender = Sender::from_config(config)?;
+        let shared = Arc::new(Shared {
+            delivery: Delivery::new(config.name.clone(), sender, config.retry, metrics),
+            capacity: config.queue_size,
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+            warned_full: AtomicBool::new(false),
+        });
+        let stop = CancellationToken::new();
+        let task = runtime.spawn(run(Arc::clone(&shared), stop.clone()));
+        Ok(Self {
+            shared,
+            task: Mutex::new(Some(task)),
+            stop,
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    /// The exporter's name from the configuration, e.g. `otlp/tempo`.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.shared.delivery.name
+    }
+
+    /// Queues `batch` without ever waiting. A batch that would take the queue past
+    /// `queue_size` spans, or that comes after shutdown began, is dropped and counted in
+    /// `spans_dropped` (a full queue is reported once on stderr). An empty batch is ignored.
+    pub fn push(&self, batch: ExportBatch) {
+        if batch.spans == 0 {
+            return;
+        }
+        let metrics = &self.shared.delivery.metrics;
+        let refused = {
+            let mut state = self.shared.state.lock();
+            if state.closed {
+                Err((batch, false))
+            } else {
+                let admitted = state.admit(batch, self.shared.capacity);
+                metrics.queue_spans.store(state.outstanding as u64, Relaxed);
+                admitted.map_err(|b| (b, true))
+            }
+        };
+        match refused {
+            Ok(()) => self.shared.wake.notify_one(),
+            Err((batch, full)) => {
+                ExporterMetrics::add(&metrics.spans_dropped, batch.spans as u64);
+                if full && !self.shared.warned_full.swap(true, Relaxed) {
+                    eprintln!(
+                        "traceq: exporter {}: queue full ({} spans), dropping batches",
+                        self.name(),
+                        self.shared.capacity
+                    );
+                }
+            }
+        }
+    }
+
+    /// Stops accepting batches, delivers what is queued (retrying retryable failures) until
+    /// `deadline`, then counts whatever is left as dropped and reports the drops on stderr.
+    /// Idempotent: later calls return at once.
+    pub async fn shutdown(&self, deadline: tokio::time::Instant) {
+        if self.shutting_down.swap(true, Relaxed) {
+            return;
+        }
+        self.shared.state.lock().closed = true;
+        self.shared.wake.notify_one();
+        let task = self.task.lock().take();
+        if let Some(mut task) = task {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                self.stop.cancel();
+                // Prompt: on cancel the task only counts what is left. A panic in it (there
+                // should be none) must not become a panic here.
+                let _ = task.await;
+            }
+        }
+        let dropped = ExporterMetrics::get(&self.shared.delivery.metrics.spans_dropped);
+        if dropped > 0 {
+            eprintln!(
+                "traceq: exporter {}: {dropped} spans dropped in total",
+                self.name()
+            );
+        }
+    }
+}
+
+impl Drop for ExporterQueue {
+    /// Stops the sending task; anything still queued is counted as dropped.
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Shared {
+    fn pop(&self) -> Option<ExportBatch> {
+        self.state.lock().batches.pop_front()
+    }
+
+    fn closed_and_empty(&self) -> bool {
+        let state = self.state.lock();
+        state.closed && state.batches.is_empty()
+    }
+
+    /// Counts a resolved batch and frees its room in the queue.
+    fn finish(&self, spans: usize, outcome: Outcome) {
+        let metrics = &self.delivery.metrics;
+        {
+            let mut state = self.state.lock();
+            state.outstanding = state.outstanding.saturating_sub(spans);
+            metrics.queue_spans.store(state.outstanding as u64, Relaxed);
+        }
+        ExporterMetrics::add(&metrics.spans_sent, outcome.sent as u64);
+        ExporterMetrics::add(&metrics.spans_dropped, outcome.dropped as u64);
+    }
+
+    /// Counts everything waiting or in flight as dropped (the deadline passed).
+    fn drop_outstanding(&self) {
+        let metrics = &self.delivery.metrics;
+        let mut state = self.state.lock();
+        ExporterMetrics::add(&metrics.spans_dropped, state.outstanding as u64);
+        state.outstanding = 0;
+        state.batches.clear();
+        state.closed = true;
+        metrics.queue_spans.store(0, Relaxed);
+    }
+}
+
+/// The sending task: keeps up to `max_in_flight` deliveries going until the queue is closed and
+/// drained, or `stop` is cancelled.
+async fn run(shared: Arc<Shared>, stop: CancellationToken) {
+    let max_in_flight = shared.delivery.sender.max_in_flight();
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        while in_flight.len() < max_in_flight {
+            let Some(batch) = shared.pop() else { break };
+            let shared = Arc::clone(&shared);
+            in_flight.push(async move {
+                let spans = batch.spans;
+                (spans, shared.delivery.deliver(batch).await)
+            });
+        }
+        if in_flight.is_empty() && shared.closed_and_empty() {
+            return;
+        }
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => {
+                drop(in_flight);
+                shared.drop_outstanding();
+                return;
+            }
+            Some((spans, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
+                shared.finish(spans, outcome);
+            }
+            () = shared.wake.notified() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -5,8 +5,9 @@
 //! duration, unfinished work) read the clock on add, get and done; a queue built without metrics
 //! never reads the clock on its hot path.
 
-use std::fmt::Write as _;
 use std::time::Duration;
+
+use traceq_core::{MetricKind, PrometheusText};
 
 /// Histogram bucket upper bounds in seconds: client-go's `ExponentialBuckets(10e-9, 10, 10)`.
 pub const DURATION_BUCKETS: [f64; 10] = [1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0];
@@ -54,22 +55,21 @@ impl Histogram {
         Duration::from_secs_f64(self.sum_seconds / self.count as f64)
     }
 
-    fn write_prometheus(&self, out: &mut String, metric: &str, name: &str) {
+    fn write_prometheus(&self, out: &mut PrometheusText, metric: &str, name: &str) {
+        let bucket = format!("{metric}_bucket");
         let mut cumulative = 0;
         for (bound, n) in DURATION_BUCKETS.iter().zip(self.buckets) {
             cumulative += n;
-            let _ = writeln!(
-                out,
-                "{metric}_bucket{{name=\"{name}\",le=\"{bound:e}\"}} {cumulative}"
-            );
+            let le = format!("{bound:e}");
+            out.sample(&bucket, &[("name", name), ("le", &le)], cumulative);
         }
-        let _ = writeln!(
-            out,
-            "{metric}_bucket{{name=\"{name}\",le=\"+Inf\"}} {}",
-            self.count
+        out.sample(&bucket, &[("name", name), ("le", "+Inf")], self.count);
+        out.sample(
+            &format!("{metric}_sum"),
+            &[("name", name)],
+            self.sum_seconds,
         );
-        let _ = writeln!(out, "{metric}_sum{{name=\"{name}\"}} {}", self.sum_seconds);
-        let _ = writeln!(out, "{metric}_count{{name=\"{name}\"}} {}", self.count);
+        out.sample(&format!("{metric}_count"), &[("name", name)], self.count);
     }
 }
 
@@ -106,55 +106,63 @@ pub struct QueueMetrics {
 impl QueueMetrics {
     /// Renders the metrics in the Prometheus text exposition format.
     pub fn to_prometheus(&self) -> String {
-        let mut out = String::new();
+        let mut out = PrometheusText::new();
         let name = self.name.as_str();
         let gauges = [
-            ("workqueue_depth", "gauge", self.depth as f64),
-            ("traceq_workqueue_waiting", "gauge", self.waiting as f64),
+            ("workqueue_depth", MetricKind::Gauge, self.depth as f64),
+            (
+                "traceq_workqueue_waiting",
+                MetricKind::Gauge,
+                self.waiting as f64,
+            ),
             (
                 "traceq_workqueue_processing",
-                "gauge",
+                MetricKind::Gauge,
                 self.processing as f64,
             ),
-            ("workqueue_adds_total", "counter", self.adds_total as f64),
+            (
+                "workqueue_adds_total",
+                MetricKind::Counter,
+                self.adds_total as f64,
+            ),
             (
                 "workqueue_retries_total",
-                "counter",
+                MetricKind::Counter,
                 self.retries_total as f64,
             ),
             (
                 "workqueue_unfinished_work_seconds",
-                "gauge",
+                MetricKind::Gauge,
                 self.unfinished_work_seconds,
             ),
             (
                 "workqueue_longest_running_processor_seconds",
-                "gauge",
+                MetricKind::Gauge,
                 self.longest_running_processor_seconds,
             ),
             (
                 "traceq_workqueue_dropped_adds_total",
-                "counter",
+                MetricKind::Counter,
                 self.dropped_adds_total as f64,
             ),
             (
                 "traceq_workqueue_exhausted_total",
-                "counter",
+                MetricKind::Counter,
                 self.exhausted_total as f64,
             ),
         ];
         for (metric, kind, value) in gauges {
-            let _ = writeln!(out, "# TYPE {metric} {kind}");
-            let _ = writeln!(out, "{metric}{{name=\"{name}\"}} {value}");
+            out.family(metric, kind, "");
+            out.sample(metric, &[("name", name)], value);
         }
         for (metric, h) in [
             ("workqueue_queue_duration_seconds", &self.queue_duration),
             ("workqueue_work_duration_seconds", &self.work_duration),
         ] {
-            let _ = writeln!(out, "# TYPE {metric} histogram");
+            out.family(metric, MetricKind::Histogram, "");
             h.write_prometheus(&mut out, metric, name);
         }
-        out
+        out.finish()
     }
 }
 

@@ -1,95 +1,44 @@
-//! The decision clock.
+//! The decision clock: the workspace's one [`Clock`] (from `traceq-core`, shared with the
+//! engine).
 //!
 //! Every deadline in the sampler (`decision_wait`, `decision_wait_after_root`, rate limits) is
 //! read from a [`Clock`], never from `Instant::now()` directly, so tests advance time instead of
-//! sleeping and a decision test runs in microseconds.
+//! sleeping and a decision test runs in microseconds. A program that simulates time gives the
+//! engine and the sampler the same clock.
 
-use std::fmt::Debug;
+use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A monotonic clock: the time elapsed since an arbitrary, fixed origin.
-pub trait Clock: Send + Sync + Debug {
-    /// The current time as a duration since the clock's origin. Never goes backwards.
-    fn now(&self) -> Duration;
-}
+#[cfg(any(test, feature = "testing"))]
+pub use traceq_core::ManualClock;
+pub use traceq_core::{Clock, SystemClock};
 
-/// The real monotonic clock, measured from its creation.
-#[derive(Debug, Clone, Copy)]
-pub struct SystemClock {
+/// A clock read as the time elapsed since the sampler was made: how the sampler stores times
+/// (whole nanoseconds in a `u64`, half the size of an `Instant`).
+pub(crate) struct Elapsed {
+    clock: Arc<dyn Clock>,
     origin: Instant,
 }
 
-impl SystemClock {
-    /// A clock whose origin is now.
-    #[must_use]
-    pub fn new() -> Self {
-        Self {
-            origin: Instant::now(),
-        }
+impl fmt::Debug for Elapsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Elapsed")
+            .field("clock", &self.clock)
+            .finish_non_exhaustive()
     }
 }
 
-impl Default for SystemClock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Clock for SystemClock {
-    fn now(&self) -> Duration {
-        self.origin.elapsed()
-    }
-}
-
-#[cfg(any(test, feature = "testing"))]
-pub use manual::ManualClock;
-
-#[cfg(any(test, feature = "testing"))]
-mod manual {
-    use super::Clock;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    /// A clock that only moves when told to; clones share the same time.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use traceq_sampler::{Clock, ManualClock};
-    ///
-    /// let clock = ManualClock::new();
-    /// clock.advance(Duration::from_secs(2));
-    /// assert_eq!(clock.now(), Duration::from_secs(2));
-    /// ```
-    #[derive(Debug, Clone, Default)]
-    pub struct ManualClock {
-        nanos: Arc<AtomicU64>,
+impl Elapsed {
+    /// Counts from `clock`'s current reading.
+    pub(crate) fn new(clock: Arc<dyn Clock>) -> Self {
+        let origin = clock.now();
+        Self { clock, origin }
     }
 
-    impl ManualClock {
-        /// A clock standing at zero.
-        #[must_use]
-        pub fn new() -> Self {
-            Self::default()
-        }
-
-        /// Moves the clock forward by `by` (saturating at `u64::MAX` nanoseconds).
-        pub fn advance(&self, by: Duration) {
-            let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
-            let _ = self
-                .nanos
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                    Some(n.saturating_add(by))
-                });
-        }
-    }
-
-    impl Clock for ManualClock {
-        fn now(&self) -> Duration {
-            Duration::from_nanos(self.nanos.load(Ordering::SeqCst))
-        }
+    /// Nanoseconds since the origin, saturating.
+    pub(crate) fn nanos(&self) -> u64 {
+        nanos(self.clock.now().saturating_duration_since(self.origin))
     }
 }
 
@@ -103,20 +52,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn system_clock_should_never_go_backwards() {
-        let clock = SystemClock::new();
-        let a = clock.now();
-        let b = clock.now();
-        assert!(b >= a);
-    }
-
-    #[test]
-    fn manual_clock_should_share_time_between_clones() {
+    fn elapsed_should_count_from_creation_and_saturate() {
         let clock = ManualClock::new();
-        let other = clock.clone();
+        let elapsed = Elapsed::new(Arc::new(clock.clone()));
+        assert_eq!(elapsed.nanos(), 0);
         clock.advance(Duration::from_millis(1500));
-        assert_eq!(other.now(), Duration::from_millis(1500));
-        clock.advance(Duration::MAX);
-        assert_eq!(nanos(other.now()), u64::MAX);
+        assert_eq!(elapsed.nanos(), 1_500_000_000);
+        assert_eq!(nanos(Duration::MAX), u64::MAX);
     }
 }

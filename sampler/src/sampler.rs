@@ -24,7 +24,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::buffer::{fold, Due, Offer, Shard, TraceEntry};
 use crate::cache::{fingerprint, BoundedMap};
-use crate::clock::{nanos, Clock, SystemClock};
+use crate::clock::{nanos, Clock, Elapsed, SystemClock};
 use crate::config::SamplerConfig;
 use crate::decision::{KeptDecision, JOB_LINKAGE_POLICY, SEGMENT_ATTRIBUTE};
 use crate::error::ConfigError;
@@ -74,7 +74,7 @@ pub struct TailSampler<S> {
     hasher: FixedState,
     policies: PolicySet,
     counters: Counters,
-    clock: Arc<dyn Clock>,
+    clock: Elapsed,
     decision_wait: u64,
     after_root: u64,
     max_spans: usize,
@@ -155,7 +155,7 @@ impl<S: SpanView> TailSampler<S> {
             hasher: FixedState::with_seed(0x5eed),
             policies,
             counters: Counters::default(),
-            clock,
+            clock: Elapsed::new(clock),
             decision_wait: nanos(config.decision_wait),
             after_root: nanos(config.decision_wait_after_root),
             max_spans: config.max_spans_per_trace,
@@ -179,13 +179,13 @@ impl<S: SpanView> TailSampler<S> {
     /// that reached `max_spans_per_trace`, traces decided early under pressure) that are kept are
     /// appended to `kept`, annotated. Never blocks on I/O; holds one shard lock briefly.
     pub fn ingest(&self, span: S, kept: &mut Vec<S>) {
-        self.ingest_at(span, nanos(self.clock.now()), kept);
+        self.ingest_at(span, self.clock.nanos(), kept);
     }
 
     /// [`Self::ingest`] for a run of spans, reading the clock once for all of them (spans that
     /// arrive together are stamped with the same time). Returns how many spans were offered.
     pub fn ingest_batch<I: IntoIterator<Item = S>>(&self, spans: I, kept: &mut Vec<S>) -> usize {
-        let now = nanos(self.clock.now());
+        let now = self.clock.nanos();
         let mut n = 0;
         for span in spans {
             self.ingest_at(span, now, kept);
@@ -240,7 +240,7 @@ impl<S: SpanView> TailSampler<S> {
     /// Decides every trace whose deadline passed; kept spans are appended to `kept`.
     /// Returns the number of traces decided.
     pub fn poll(&self, kept: &mut Vec<S>) -> usize {
-        let now = nanos(self.clock.now());
+        let now = self.clock.nanos();
         let resource = self.resource.read().clone();
         let mut decided = 0;
         for shard in self.shards.iter() {
@@ -271,7 +271,7 @@ impl<S: SpanView> TailSampler<S> {
     /// any are left (the faster thread simply takes more). Returns the number of traces decided
     /// by this call.
     pub fn flush_shared(&self, cursor: &FlushCursor, kept: &mut Vec<S>) -> usize {
-        let now = nanos(self.clock.now());
+        let now = self.clock.nanos();
         let resource = self.resource.read().clone();
         let mut decided = 0;
         loop {

@@ -264,7 +264,7 @@ fn engine_noop_handler(c: &mut Criterion) {
         .unwrap();
     g.bench_function("traceq_engine_4_workers", |b| {
         b.to_async(&rt).iter(|| async {
-            let engine = Engine::<u64>::builder().workers(4).build().unwrap();
+            let engine = Engine::<u64>::builder().with_workers(4).build().unwrap();
             let handle = engine.handle();
             for k in 0..STREAM {
                 handle.add(k);

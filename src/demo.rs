@@ -189,15 +189,15 @@ async fn demo(
     let tally = Arc::new(Tally::default());
     let hook_tally = Arc::clone(&tally);
     let engine = Engine::<String>::builder()
-        .name("demo-controller")
-        .workers(args.workers)
-        .max_retries(5)
-        .backoff(Duration::from_millis(5), Duration::from_millis(500))
-        .tracer(tracer.clone())
+        .with_name("demo-controller")
+        .with_workers(args.workers)
+        .with_max_retries(5)
+        .with_backoff(Duration::from_millis(5), Duration::from_millis(500))
+        .with_tracer(tracer.clone())
         // Shortened from the default hour so the long job is split within the run.
-        .max_trace_age(long_job_len.div_f64(LONG_JOB_SEGMENTS - 0.5))
-        .job_id_of(|key: &String| key.strip_prefix("jobs/").map(str::to_owned))
-        .on_outcome(move |o| {
+        .with_max_trace_age(long_job_len.div_f64(LONG_JOB_SEGMENTS - 0.5))
+        .with_job_id_of(|key: &String| key.strip_prefix("jobs/").map(str::to_owned))
+        .with_outcome_hook(move |o| {
             let t = &hook_tally;
             t.attempts.fetch_add(1, Ordering::Relaxed);
             let counter = match &o.kind {

@@ -53,11 +53,11 @@ where
 async fn key_that_fails_twice_then_succeeds_should_be_one_trace_with_three_attempts() {
     let (provider, exporter) = provider();
     let engine = Engine::<String>::builder()
-        .name("orders")
-        .workers(1)
-        .backoff(Duration::from_millis(1), Duration::from_secs(1))
-        .tracer(provider.tracer("traceq"))
-        .job_id_of(|key| Some(format!("job-{key}")))
+        .with_name("orders")
+        .with_workers(1)
+        .with_backoff(Duration::from_millis(1), Duration::from_secs(1))
+        .with_tracer(provider.tracer("traceq"))
+        .with_job_id_of(|key| Some(format!("job-{key}")))
         .build()
         .unwrap();
     let handle = engine.handle();
@@ -181,10 +181,10 @@ async fn key_that_fails_twice_then_succeeds_should_be_one_trace_with_three_attem
 async fn key_that_exhausts_retries_should_end_its_item_span_with_error_and_forget_event() {
     let (provider, exporter) = provider();
     let engine = Engine::<u32>::builder()
-        .workers(1)
-        .max_retries(1)
-        .backoff(Duration::from_millis(1), Duration::from_millis(10))
-        .tracer(provider.tracer("traceq"))
+        .with_workers(1)
+        .with_max_retries(1)
+        .with_backoff(Duration::from_millis(1), Duration::from_millis(10))
+        .with_tracer(provider.tracer("traceq"))
         .build()
         .unwrap();
     let handle = engine.handle();
@@ -235,8 +235,8 @@ async fn tracing_spans_in_the_handler_should_nest_under_the_attempt() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let engine = Engine::<&'static str>::builder()
-        .workers(1)
-        .tracer(provider.tracer("traceq"))
+        .with_workers(1)
+        .with_tracer(provider.tracer("traceq"))
         .build()
         .unwrap();
     let handle = engine.handle();
@@ -267,8 +267,8 @@ async fn tracing_spans_in_the_handler_should_nest_under_the_attempt() {
 async fn adds_of_a_queued_key_should_become_events_on_its_item_span() {
     let (provider, exporter) = provider();
     let engine = Engine::<u8>::builder()
-        .workers(1)
-        .tracer(provider.tracer("traceq"))
+        .with_workers(1)
+        .with_tracer(provider.tracer("traceq"))
         .build()
         .unwrap();
     let handle = engine.handle();
@@ -303,7 +303,7 @@ async fn adds_of_a_queued_key_should_become_events_on_its_item_span() {
 async fn keys_left_at_shutdown_should_end_their_traces_as_dropped() {
     let (provider, exporter) = provider();
     let engine = Engine::<u8>::builder()
-        .tracer(provider.tracer("traceq"))
+        .with_tracer(provider.tracer("traceq"))
         .build()
         .unwrap();
     let handle = engine.handle();
@@ -334,8 +334,8 @@ async fn keys_left_at_shutdown_should_end_their_traces_as_dropped() {
 async fn a_key_added_again_after_it_was_forgotten_should_get_a_new_trace() {
     let (provider, exporter) = provider();
     let engine = Engine::<u8>::builder()
-        .workers(1)
-        .tracer(provider.tracer("traceq"))
+        .with_workers(1)
+        .with_tracer(provider.tracer("traceq"))
         .build()
         .unwrap();
     let handle = engine.handle();
@@ -358,7 +358,7 @@ async fn a_key_added_again_after_it_was_forgotten_should_get_a_new_trace() {
 
 #[tokio::test]
 async fn untraced_engine_should_hand_the_current_context_to_the_handler() {
-    let engine = Engine::<u8>::builder().workers(1).build().unwrap();
+    let engine = Engine::<u8>::builder().with_workers(1).build().unwrap();
     let handle = engine.handle();
     handle.add(1);
     let saw = Arc::new(Mutex::new(None));
@@ -405,8 +405,8 @@ async fn producer_context_should_be_continued(
     cx.span().end();
 
     let engine = Engine::<&'static str>::builder()
-        .workers(1)
-        .tracer(provider.tracer("traceq"))
+        .with_workers(1)
+        .with_tracer(provider.tracer("traceq"))
         .build()
         .unwrap();
     let handle = engine.handle();
@@ -460,8 +460,8 @@ async fn b3_multi_producer_context_should_be_continued_by_the_item_span() {
 async fn noop_tracer_should_leave_the_engine_untraced() {
     // `global::tracer` with no provider installed is the API's no-op tracer.
     let engine = Engine::<u8>::builder()
-        .workers(1)
-        .tracer(opentelemetry::global::tracer("traceq"))
+        .with_workers(1)
+        .with_tracer(opentelemetry::global::tracer("traceq"))
         .build()
         .unwrap();
     let handle = engine.handle();
@@ -487,11 +487,11 @@ async fn noop_tracer_should_leave_the_engine_untraced() {
 async fn timed_out_and_panicking_attempts_should_have_error_status() {
     let (provider, exporter) = provider();
     let engine = Engine::<u8>::builder()
-        .workers(1)
-        .max_retries(1)
-        .attempt_timeout(Duration::from_millis(5))
-        .backoff(Duration::from_millis(1), Duration::from_millis(1))
-        .tracer(provider.tracer("traceq"))
+        .with_workers(1)
+        .with_max_retries(1)
+        .with_attempt_timeout(Duration::from_millis(5))
+        .with_backoff(Duration::from_millis(1), Duration::from_millis(1))
+        .with_tracer(provider.tracer("traceq"))
         .build()
         .unwrap();
     let handle = engine.handle();
@@ -542,8 +542,8 @@ fn job_context_should_be_send_sync_and_cheap_to_clone() {
 async fn delayed_add_should_start_the_trace_and_count_the_delay_as_queue_wait() {
     let (provider, exporter) = provider();
     let engine = Engine::<u8>::builder()
-        .workers(1)
-        .tracer(provider.tracer("traceq"))
+        .with_workers(1)
+        .with_tracer(provider.tracer("traceq"))
         .build()
         .unwrap();
     let handle = engine.handle();
@@ -568,7 +568,7 @@ async fn delayed_add_should_start_the_trace_and_count_the_delay_as_queue_wait() 
 async fn dropping_an_engine_that_never_ran_should_end_its_traces() {
     let (provider, exporter) = provider();
     let engine = Engine::<u8>::builder()
-        .tracer(provider.tracer("traceq"))
+        .with_tracer(provider.tracer("traceq"))
         .build()
         .unwrap();
     let handle = engine.handle();
@@ -593,10 +593,10 @@ async fn concurrent_adds_and_failures_should_keep_every_trace_whole() {
 
     let (provider, exporter) = provider();
     let engine = Engine::<u32>::builder()
-        .workers(4)
-        .max_retries(2)
-        .backoff(Duration::from_micros(100), Duration::from_millis(1))
-        .tracer(provider.tracer("traceq"))
+        .with_workers(4)
+        .with_max_retries(2)
+        .with_backoff(Duration::from_micros(100), Duration::from_millis(1))
+        .with_tracer(provider.tracer("traceq"))
         .build()
         .unwrap();
     let handle = engine.handle();

@@ -356,6 +356,63 @@ async fn a_key_added_again_after_it_was_forgotten_should_get_a_new_trace() {
     );
 }
 
+/// The one way a key reaches a worker without a trace: added while it is processed (dirty), then
+/// forgotten by that attempt's success, so `done` queues it again after its trace ended.
+#[tokio::test]
+async fn a_key_added_while_processed_and_then_forgotten_should_run_again_in_a_new_trace() {
+    let (provider, exporter) = provider();
+    let engine = Engine::<u8>::builder()
+        .with_workers(1)
+        .with_tracer(provider.tracer("traceq"))
+        .build()
+        .unwrap();
+    let handle = engine.handle();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let first = Arc::new(Mutex::new(Some((started_tx, release_rx))));
+    handle.add(5);
+    let run = tokio::spawn(async move {
+        engine
+            .run(move |_: Attempt<u8>| {
+                let first = first.lock().take();
+                async move {
+                    if let Some((started, release)) = first {
+                        started.send(()).unwrap();
+                        release.await.unwrap();
+                    }
+                    Ok::<(), String>(())
+                }
+            })
+            .await;
+    });
+    started_rx.await.unwrap();
+    handle.add(5); // in process: marked dirty, recorded on the running trace
+    release_tx.send(()).unwrap();
+    let spans = wait_for_spans(&exporter, "item traceq", 2).await;
+    stop(&handle, run).await;
+
+    let items: Vec<&SpanData> = spans.iter().filter(|s| s.name == "item traceq").collect();
+    assert_eq!(items.len(), 2);
+    assert_ne!(
+        items[0].span_context.trace_id(),
+        items[1].span_context.trace_id()
+    );
+    assert!(has_event(items[0], attr::EVENT_COALESCED_ADD));
+    for item in &items {
+        let attempts = spans
+            .iter()
+            .filter(|s| {
+                s.name == "process traceq" && s.parent_span_id == item.span_context.span_id()
+            })
+            .count();
+        assert_eq!(attempts, 1, "each life ran once, in its own trace");
+        assert_eq!(
+            attr_of(item, attr::OUTCOME),
+            Some(&Value::from(attr::OUTCOME_SUCCEEDED))
+        );
+    }
+}
+
 #[tokio::test]
 async fn untraced_engine_should_hand_the_current_context_to_the_handler() {
     let engine = Engine::<u8>::builder().with_workers(1).build().unwrap();

@@ -6,8 +6,10 @@
 //! `max_retries` times; the next failure forgets it and the [`Outcome`] says why.
 
 mod attempt;
+mod handle;
 
 pub use attempt::{Attempt, AttemptError, Handler, Outcome, OutcomeKind};
+pub use handle::{EngineHandle, QueueView};
 
 use crate::clock::{Clock, TokioClock};
 use crate::queue::{Failure, Queue, QueueConfig};
@@ -20,7 +22,6 @@ use crate::trace::{
 };
 use attempt::run_attempt;
 use opentelemetry::trace::Tracer;
-use opentelemetry::Context;
 use std::fmt;
 use std::hash::Hash;
 use std::sync::Arc;
@@ -460,10 +461,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Engine<K> {
 
     /// A cheap, clonable handle for producers and for shutting the engine down.
     pub fn handle(&self) -> EngineHandle<K> {
-        EngineHandle {
-            queue: self.inner.queue.clone(),
-            traces: self.inner.traces.clone(),
-        }
+        EngineHandle::new(self.inner.queue.clone(), self.inner.traces.clone())
     }
 
     /// Runs the workers until the queue is shut down, then returns once every worker has
@@ -534,90 +532,6 @@ fn settle<K: Eq + Hash + Clone + Send + Sync + 'static>(
             Failure::Exhausted { .. } => OutcomeKind::Exhausted { error },
             Failure::Dropped => OutcomeKind::DroppedAtShutdown { error },
         },
-    }
-}
-
-/// A producer's handle on a running [`Engine`]: adds work and shuts the engine down.
-///
-/// With a tracer, the first add of a key starts its trace; later adds while the key is known
-/// (queued, waiting or in process) become `coalesced_add` events on its item span.
-#[derive(Debug)]
-pub struct EngineHandle<K> {
-    queue: Queue<K>,
-    traces: Option<Arc<ItemTraces<K>>>,
-}
-
-impl<K> Clone for EngineHandle<K> {
-    fn clone(&self) -> Self {
-        Self {
-            queue: self.queue.clone(),
-            traces: self.traces.clone(),
-        }
-    }
-}
-
-impl<K: Eq + Hash + Clone + Send + Sync + 'static> EngineHandle<K> {
-    /// See [`Queue::add`].
-    pub fn add(&self, key: K) {
-        match &self.traces {
-            None => self.queue.add(key),
-            Some(t) => t.add(&self.queue, key, None, |q, k| q.add(k)),
-        }
-    }
-
-    /// As [`add`](Self::add), continuing a producer's trace: the key's item span becomes a
-    /// child of `cx`'s span (for instance one extracted with
-    /// [`propagation`](crate::trace::propagation) from another service's headers), and `cx`'s
-    /// baggage travels on. If the key is already known, the add is recorded on its item span
-    /// (an event, and a link to `cx`'s span). Without a tracer, a plain add.
-    pub fn add_with_context(&self, key: K, cx: &Context) {
-        match &self.traces {
-            None => self.queue.add(key),
-            Some(t) => t.add(&self.queue, key, Some(cx), |q, k| q.add(k)),
-        }
-    }
-
-    /// See [`Queue::add_after`].
-    pub fn add_after(&self, key: K, delay: Duration) {
-        match &self.traces {
-            None => self.queue.add_after(key, delay),
-            Some(t) => t.add(&self.queue, key, None, |q, k| q.add_after(k, delay)),
-        }
-    }
-
-    /// See [`Queue::add_rate_limited`].
-    pub fn add_rate_limited(&self, key: K) {
-        match &self.traces {
-            None => self.queue.add_rate_limited(key),
-            Some(t) => t.add(&self.queue, key, None, |q, k| q.add_rate_limited(k)),
-        }
-    }
-
-    /// The engine's queue, for everything else it offers (lengths, requeue counts, metrics).
-    pub fn queue(&self) -> &Queue<K> {
-        &self.queue
-    }
-
-    /// A snapshot of the queue's metrics.
-    pub fn metrics(&self) -> crate::QueueMetrics {
-        self.queue.metrics()
-    }
-
-    /// Stops handing out work; workers exit after their current attempt. See [`Queue::shutdown`].
-    pub fn shutdown(&self) {
-        self.queue.shutdown();
-    }
-
-    /// Stops handing out work and waits for attempts in flight. See
-    /// [`Queue::shutdown_with_drain`].
-    pub async fn shutdown_with_drain(&self) {
-        self.queue.shutdown_with_drain().await;
-    }
-
-    /// Refuses new adds, lets workers finish every queued key, then stops. See
-    /// [`Queue::shutdown_with_drain_queued`].
-    pub async fn shutdown_with_drain_queued(&self) {
-        self.queue.shutdown_with_drain_queued().await;
     }
 }
 

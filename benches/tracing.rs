@@ -92,9 +92,9 @@ impl SpanProcessor for Discard {
 
 fn builder() -> EngineBuilder<u64> {
     Engine::<u64>::builder()
-        .workers(1)
-        .metrics(false)
-        .rate_limiter(NoDelay)
+        .with_workers(1)
+        .with_metrics(false)
+        .with_rate_limiter(NoDelay)
 }
 
 /// Adds `ITEMS` keys and runs them all; returns the time taken.
@@ -142,7 +142,7 @@ fn engine_per_item(c: &mut Criterion) {
             async move {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let engine = builder().tracer(tracer.clone()).build().unwrap();
+                    let engine = builder().with_tracer(tracer.clone()).build().unwrap();
                     total += run_items(engine).await;
                 }
                 total
@@ -160,7 +160,7 @@ fn engine_per_item(c: &mut Criterion) {
             async move {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let engine = builder().tracer(tracer.clone()).build().unwrap();
+                    let engine = builder().with_tracer(tracer.clone()).build().unwrap();
                     total += run_items(engine).await;
                 }
                 total

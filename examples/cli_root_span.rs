@@ -148,12 +148,12 @@ async fn execute(command: &Command, tracer: BoxedTracer, cx: &Context) -> anyhow
             let failed = Arc::new(AtomicUsize::new(0));
             let failures = Arc::clone(&failed);
             let engine = Engine::<String>::builder()
-                .name("sync")
-                .workers(2)
-                .max_retries(1)
-                .backoff(Duration::from_millis(5), Duration::from_millis(20))
-                .tracer(tracer)
-                .on_outcome(move |o| {
+                .with_name("sync")
+                .with_workers(2)
+                .with_max_retries(1)
+                .with_backoff(Duration::from_millis(5), Duration::from_millis(20))
+                .with_tracer(tracer)
+                .with_outcome_hook(move |o| {
                     if matches!(o.kind, OutcomeKind::Exhausted { .. }) {
                         failures.fetch_add(1, Ordering::Relaxed);
                     }

@@ -145,9 +145,9 @@ pub(crate) async fn run() -> anyhow::Result<Report> {
     let orders_addr = orders_listener.local_addr()?;
 
     let engine = Engine::<String>::builder()
-        .name("orders")
-        .workers(2)
-        .tracer(tracer.clone())
+        .with_name("orders")
+        .with_workers(2)
+        .with_tracer(tracer.clone())
         .build()?;
     let handle = engine.handle();
     let servers = [

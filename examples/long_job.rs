@@ -76,13 +76,13 @@ policies: [{name: errors, type: status_code, status_code: {status_codes: [ERROR]
     let clock = SimulatedClock::new();
 
     let engine = Engine::<String>::builder()
-        .name("scheduler")
-        .workers(1)
-        .backoff(Duration::from_millis(5), Duration::from_millis(50))
-        .tracer(tracer.clone())
-        .trace_clock(Arc::new(clock.clone()))
-        .max_trace_age(DAY)
-        .job_id_of(|key: &String| Some(format!("{key}@2024-w01")))
+        .with_name("scheduler")
+        .with_workers(1)
+        .with_backoff(Duration::from_millis(5), Duration::from_millis(50))
+        .with_tracer(tracer.clone())
+        .with_trace_clock(Arc::new(clock.clone()))
+        .with_max_trace_age(DAY)
+        .with_job_id_of(|key: &String| Some(format!("{key}@2024-w01")))
         .build()?;
     let handle = engine.handle();
     handle.add("weekly-backup".to_owned());

@@ -153,10 +153,10 @@ pub(crate) async fn run() -> anyhow::Result<Vec<SpanData>> {
     );
 
     let engine = Engine::<&'static str>::builder()
-        .name("operations")
-        .workers(2)
-        .backoff(Duration::from_millis(5), Duration::from_millis(50))
-        .tracer(tracer.clone())
+        .with_name("operations")
+        .with_workers(2)
+        .with_backoff(Duration::from_millis(5), Duration::from_millis(50))
+        .with_tracer(tracer.clone())
         .build()?;
     let handle = engine.handle();
     for name in ["build", "release"] {

@@ -49,11 +49,11 @@ pub(crate) async fn run() -> anyhow::Result<Vec<SpanData>> {
     let tracer = provider.tracer("traced-controller");
 
     let engine = Engine::<ObjectKey>::builder()
-        .name("deployments")
-        .workers(2)
-        .max_retries(2) // a third failure forgets the object
-        .backoff(Duration::from_millis(5), Duration::from_millis(50))
-        .tracer(tracer.clone())
+        .with_name("deployments")
+        .with_workers(2)
+        .with_max_retries(2) // a third failure forgets the object
+        .with_backoff(Duration::from_millis(5), Duration::from_millis(50))
+        .with_tracer(tracer.clone())
         .build()?;
     let handle = engine.handle();
     for (ns, name) in [("default", "web"), ("default", "api"), ("shop", "cart")] {

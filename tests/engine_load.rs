@@ -59,10 +59,10 @@ async fn load() {
     });
     let book = Arc::clone(&ledger);
     let engine = Engine::<u32>::builder()
-        .workers(WORKERS)
-        .max_retries(MAX_RETRIES)
-        .backoff(Duration::from_micros(50), Duration::from_millis(2))
-        .on_outcome(move |o| {
+        .with_workers(WORKERS)
+        .with_max_retries(MAX_RETRIES)
+        .with_backoff(Duration::from_micros(50), Duration::from_millis(2))
+        .with_outcome_hook(move |o| {
             let streak = &book.streak[o.key as usize];
             match &o.kind {
                 OutcomeKind::Requeued { .. } => {

@@ -2,7 +2,7 @@
 
 use traceq_engine::rate_limit::{ExponentialBackoff, FastSlow, MaxOf, NoDelay, TokenBucket};
 use traceq_engine::{
-    Engine, EngineBuilder, EngineHandle, Outcome, Queue, QueueConfig, QueueMetrics,
+    Engine, EngineBuilder, EngineHandle, Outcome, Queue, QueueConfig, QueueMetrics, QueueView,
 };
 
 fn is_send_sync<T: Send + Sync>() {}
@@ -15,6 +15,7 @@ fn engine_types_should_be_send_and_sync() {
     is_send_sync::<Engine<String>>();
     is_send_sync::<EngineBuilder<String>>();
     is_send_sync::<EngineHandle<String>>();
+    is_send_sync::<QueueView<'static, String>>();
     is_send_sync::<Outcome<String>>();
     is_send_sync::<ExponentialBackoff<String>>();
     is_send_sync::<FastSlow<String>>();
@@ -30,4 +31,14 @@ fn queue_get_future_should_be_send() {
     is_send(&q.get());
     is_send(&q.shutdown_with_drain());
     is_send(&q.shutdown_with_drain_queued());
+}
+
+#[test]
+fn engine_handle_futures_should_be_send() {
+    fn is_send<T: Send>(_: &T) {}
+    let engine = Engine::<String>::builder().build().unwrap();
+    let handle = engine.handle();
+    is_send(&handle.queue().wait_idle());
+    is_send(&handle.shutdown_with_drain());
+    is_send(&handle.shutdown_with_drain_queued());
 }

@@ -53,11 +53,11 @@ where
 async fn key_that_fails_twice_then_succeeds_should_be_one_trace_with_three_attempts() {
     let (provider, exporter) = provider();
     let engine = Engine::<String>::builder()
-        .name("orders")
-        .workers(1)
-        .backoff(Duration::from_millis(1), Duration::from_secs(1))
-        .tracer(provider.tracer("traceq"))
-        .job_id_of(|key| Some(format!("job-{key}")))
+        .with_name("orders")
+        .with_workers(1)
+        .with_backoff(Duration::from_millis(1), Duration::from_secs(1))
+        .with_tracer(provider.tracer("traceq"))
+        .with_job_id_of(|key| Some(format!("job-{key}")))
         .build()
         .unwrap();
     let handle = engine.handle();
@@ -181,10 +181,10 @@ async fn key_that_fails_twice_then_succeeds_should_be_one_trace_with_three_attem
 async fn key_that_exhausts_retries_should_end_its_item_span_with_error_and_forget_event() {
     let (provider, exporter) = provider();
     let engine = Engine::<u32>::builder()
-        .workers(1)
-        .max_retries(1)
-        .backoff(Duration::from_millis(1), Duration::from_millis(10))
-        .tracer(provider.tracer("traceq"))
+        .with_workers(1)
+        .with_max_retries(1)
+        .with_backoff(Duration::from_millis(1), Duration::from_millis(10))
+        .with_tracer(provider.tracer("traceq"))
         .build()
         .unwrap();
     let handle = engine.handle();
@@ -235,8 +235,8 @@ async fn tracing_spans_in_the_handler_should_nest_under_the_attempt() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let engine = Engine::<&'static str>::builder()
-        .workers(1)
-        .tracer(provider.tracer("traceq"))
+        .with_workers(1)
+        .with_tracer(provider.tracer("traceq"))
         .build()
         .unwrap();
     let handle = engine.handle();
@@ -267,8 +267,8 @@ async fn tracing_spans_in_the_handler_should_nest_under_the_attempt() {
 async fn adds_of_a_queued_key_should_become_events_on_its_item_span() {
     let (provider, exporter) = provider();
     let engine = Engine::<u8>::builder()
-        .workers(1)
-        .tracer(provider.tracer("traceq"))
+        .with_workers(1)
+        .with_tracer(provider.tracer("traceq"))
         .build()
         .unwrap();
     let handle = engine.handle();
@@ -303,7 +303,7 @@ async fn adds_of_a_queued_key_should_become_events_on_its_item_span() {
 async fn keys_left_at_shutdown_should_end_their_traces_as_dropped() {
     let (provider, exporter) = provider();
     let engine = Engine::<u8>::builder()
-        .tracer(provider.tracer("traceq"))
+        .with_tracer(provider.tracer("traceq"))
         .build()
         .unwrap();
     let handle = engine.handle();
@@ -334,8 +334,8 @@ async fn keys_left_at_shutdown_should_end_their_traces_as_dropped() {
 async fn a_key_added_again_after_it_was_forgotten_should_get_a_new_trace() {
     let (provider, exporter) = provider();
     let engine = Engine::<u8>::builder()
-        .workers(1)
-        .tracer(provider.tracer("traceq"))
+        .with_workers(1)
+        .with_tracer(provider.tracer("traceq"))
         .build()
         .unwrap();
     let handle = engine.handle();
@@ -356,9 +356,66 @@ async fn a_key_added_again_after_it_was_forgotten_should_get_a_new_trace() {
     );
 }
 
+/// The one way a key reaches a worker without a trace: added while it is processed (dirty), then
+/// forgotten by that attempt's success, so `done` queues it again after its trace ended.
+#[tokio::test]
+async fn a_key_added_while_processed_and_then_forgotten_should_run_again_in_a_new_trace() {
+    let (provider, exporter) = provider();
+    let engine = Engine::<u8>::builder()
+        .with_workers(1)
+        .with_tracer(provider.tracer("traceq"))
+        .build()
+        .unwrap();
+    let handle = engine.handle();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let first = Arc::new(Mutex::new(Some((started_tx, release_rx))));
+    handle.add(5);
+    let run = tokio::spawn(async move {
+        engine
+            .run(move |_: Attempt<u8>| {
+                let first = first.lock().take();
+                async move {
+                    if let Some((started, release)) = first {
+                        started.send(()).unwrap();
+                        release.await.unwrap();
+                    }
+                    Ok::<(), String>(())
+                }
+            })
+            .await;
+    });
+    started_rx.await.unwrap();
+    handle.add(5); // in process: marked dirty, recorded on the running trace
+    release_tx.send(()).unwrap();
+    let spans = wait_for_spans(&exporter, "item traceq", 2).await;
+    stop(&handle, run).await;
+
+    let items: Vec<&SpanData> = spans.iter().filter(|s| s.name == "item traceq").collect();
+    assert_eq!(items.len(), 2);
+    assert_ne!(
+        items[0].span_context.trace_id(),
+        items[1].span_context.trace_id()
+    );
+    assert!(has_event(items[0], attr::EVENT_COALESCED_ADD));
+    for item in &items {
+        let attempts = spans
+            .iter()
+            .filter(|s| {
+                s.name == "process traceq" && s.parent_span_id == item.span_context.span_id()
+            })
+            .count();
+        assert_eq!(attempts, 1, "each life ran once, in its own trace");
+        assert_eq!(
+            attr_of(item, attr::OUTCOME),
+            Some(&Value::from(attr::OUTCOME_SUCCEEDED))
+        );
+    }
+}
+
 #[tokio::test]
 async fn untraced_engine_should_hand_the_current_context_to_the_handler() {
-    let engine = Engine::<u8>::builder().workers(1).build().unwrap();
+    let engine = Engine::<u8>::builder().with_workers(1).build().unwrap();
     let handle = engine.handle();
     handle.add(1);
     let saw = Arc::new(Mutex::new(None));
@@ -405,8 +462,8 @@ async fn producer_context_should_be_continued(
     cx.span().end();
 
     let engine = Engine::<&'static str>::builder()
-        .workers(1)
-        .tracer(provider.tracer("traceq"))
+        .with_workers(1)
+        .with_tracer(provider.tracer("traceq"))
         .build()
         .unwrap();
     let handle = engine.handle();
@@ -460,8 +517,8 @@ async fn b3_multi_producer_context_should_be_continued_by_the_item_span() {
 async fn noop_tracer_should_leave_the_engine_untraced() {
     // `global::tracer` with no provider installed is the API's no-op tracer.
     let engine = Engine::<u8>::builder()
-        .workers(1)
-        .tracer(opentelemetry::global::tracer("traceq"))
+        .with_workers(1)
+        .with_tracer(opentelemetry::global::tracer("traceq"))
         .build()
         .unwrap();
     let handle = engine.handle();
@@ -487,11 +544,11 @@ async fn noop_tracer_should_leave_the_engine_untraced() {
 async fn timed_out_and_panicking_attempts_should_have_error_status() {
     let (provider, exporter) = provider();
     let engine = Engine::<u8>::builder()
-        .workers(1)
-        .max_retries(1)
-        .attempt_timeout(Duration::from_millis(5))
-        .backoff(Duration::from_millis(1), Duration::from_millis(1))
-        .tracer(provider.tracer("traceq"))
+        .with_workers(1)
+        .with_max_retries(1)
+        .with_attempt_timeout(Duration::from_millis(5))
+        .with_backoff(Duration::from_millis(1), Duration::from_millis(1))
+        .with_tracer(provider.tracer("traceq"))
         .build()
         .unwrap();
     let handle = engine.handle();
@@ -542,8 +599,8 @@ fn job_context_should_be_send_sync_and_cheap_to_clone() {
 async fn delayed_add_should_start_the_trace_and_count_the_delay_as_queue_wait() {
     let (provider, exporter) = provider();
     let engine = Engine::<u8>::builder()
-        .workers(1)
-        .tracer(provider.tracer("traceq"))
+        .with_workers(1)
+        .with_tracer(provider.tracer("traceq"))
         .build()
         .unwrap();
     let handle = engine.handle();
@@ -568,7 +625,7 @@ async fn delayed_add_should_start_the_trace_and_count_the_delay_as_queue_wait() 
 async fn dropping_an_engine_that_never_ran_should_end_its_traces() {
     let (provider, exporter) = provider();
     let engine = Engine::<u8>::builder()
-        .tracer(provider.tracer("traceq"))
+        .with_tracer(provider.tracer("traceq"))
         .build()
         .unwrap();
     let handle = engine.handle();
@@ -593,10 +650,10 @@ async fn concurrent_adds_and_failures_should_keep_every_trace_whole() {
 
     let (provider, exporter) = provider();
     let engine = Engine::<u32>::builder()
-        .workers(4)
-        .max_retries(2)
-        .backoff(Duration::from_micros(100), Duration::from_millis(1))
-        .tracer(provider.tracer("traceq"))
+        .with_workers(4)
+        .with_max_retries(2)
+        .with_backoff(Duration::from_micros(100), Duration::from_millis(1))
+        .with_tracer(provider.tracer("traceq"))
         .build()
         .unwrap();
     let handle = engine.handle();

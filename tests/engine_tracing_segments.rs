@@ -49,11 +49,11 @@ async fn job_running_past_the_max_age_should_continue_in_a_linked_trace() {
     let (provider, exporter) = provider();
     let clock = ManualClock::new();
     let engine = Engine::<&'static str>::builder()
-        .workers(1)
-        .tracer(provider.tracer("traceq"))
-        .trace_clock(Arc::new(clock.clone()))
-        .max_trace_age(Duration::from_secs(3600))
-        .job_id_of(|_| Some("job-42".to_owned()))
+        .with_workers(1)
+        .with_tracer(provider.tracer("traceq"))
+        .with_trace_clock(Arc::new(clock.clone()))
+        .with_max_trace_age(Duration::from_secs(3600))
+        .with_job_id_of(|_| Some("job-42".to_owned()))
         .build()
         .unwrap();
     let tracer = provider.tracer("handler");
@@ -137,9 +137,9 @@ async fn job_running_past_the_max_age_should_continue_in_a_linked_trace() {
 async fn span_budget_should_cut_segments_and_default_the_job_id_to_the_first_trace() {
     let (provider, exporter) = provider();
     let engine = Engine::<&'static str>::builder()
-        .workers(1)
-        .tracer(provider.tracer("traceq"))
-        .max_spans_per_segment(4)
+        .with_workers(1)
+        .with_tracer(provider.tracer("traceq"))
+        .with_max_spans_per_segment(4)
         .build()
         .unwrap();
     let tracer = provider.tracer("handler");

@@ -6,8 +6,10 @@
 //! `max_retries` times; the next failure forgets it and the [`Outcome`] says why.
 
 mod attempt;
+mod handle;
 
 pub use attempt::{Attempt, AttemptError, Handler, Outcome, OutcomeKind};
+pub use handle::{EngineHandle, QueueView};
 
 use crate::clock::{Clock, TokioClock};
 use crate::queue::{Failure, Queue, QueueConfig};
@@ -20,7 +22,6 @@ use crate::trace::{
 };
 use attempt::run_attempt;
 use opentelemetry::trace::Tracer;
-use opentelemetry::Context;
 use std::fmt;
 use std::hash::Hash;
 use std::sync::Arc;
@@ -35,13 +36,14 @@ pub const DEFAULT_MAX_RETRIES: u32 = 5;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum BuildError {
-    /// `workers(0)`: nothing would ever run.
+    /// `with_workers(0)`: nothing would ever run.
     #[error("workers must be at least 1")]
     ZeroWorkers,
     /// A zero per-attempt timeout would fail every attempt.
     #[error("attempt timeout must be above zero")]
     ZeroTimeout,
-    /// `backoff(0, 0)`: use `rate_limiter(rate_limit::none())` for retries without delay.
+    /// `with_backoff(0, 0)`: use `with_rate_limiter(rate_limit::none())` for retries without
+    /// delay.
     #[error("backoff bounds are both zero; use rate_limit::none() for retries without delay")]
     ZeroBackoff,
     /// A rate-limiter parameter is invalid.
@@ -73,7 +75,26 @@ enum LimiterChoice<K> {
     Custom(Arc<dyn RateLimiter<K>>),
 }
 
-/// Builds an [`Engine`]; every parameter is checked in [`build`](Self::build).
+/// Builds an [`Engine`]: `with_*` setters, each documenting its default; every parameter is
+/// checked in [`build`](Self::build), so a bad one is refused before anything runs.
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// use traceq_engine::{BuildError, Engine};
+///
+/// let engine = Engine::<String>::builder()
+///     .with_name("pods")
+///     .with_workers(8)
+///     .with_max_retries(3)
+///     .with_backoff(Duration::from_millis(5), Duration::from_secs(60))
+///     .with_attempt_timeout(Duration::from_secs(30))
+///     .build();
+/// assert!(engine.is_ok());
+///
+/// let refused = Engine::<String>::builder().with_workers(0).build();
+/// assert_eq!(refused.unwrap_err(), BuildError::ZeroWorkers);
+/// ```
 pub struct EngineBuilder<K> {
     name: String,
     workers: usize,
@@ -81,7 +102,7 @@ pub struct EngineBuilder<K> {
     attempt_timeout: Option<Duration>,
     metrics: bool,
     limiter: LimiterChoice<K>,
-    on_outcome: Option<OutcomeHook<K>>,
+    outcome_hook: Option<OutcomeHook<K>>,
     tracing: Option<TracingChoice<K>>,
     max_trace_age: Duration,
     max_spans_per_segment: u32,
@@ -112,7 +133,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Default for EngineBuilder<K> 
             attempt_timeout: None,
             metrics: true,
             limiter: LimiterChoice::Default,
-            on_outcome: None,
+            outcome_hook: None,
             tracing: None,
             max_trace_age: DEFAULT_MAX_TRACE_AGE,
             max_spans_per_segment: DEFAULT_MAX_SPANS_PER_SEGMENT,
@@ -123,46 +144,49 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Default for EngineBuilder<K> 
 }
 
 impl<K: Eq + Hash + Clone + Send + Sync + 'static> EngineBuilder<K> {
-    /// The engine's (and its queue's) name, the `name` label of its metrics.
+    /// The engine's (and its queue's) name: the `name` label of its metrics and the end of its
+    /// span names (`item <name>`, `process <name>`). Default [`DEFAULT_NAME`](crate::DEFAULT_NAME).
     #[must_use]
-    pub fn name(mut self, name: impl Into<String>) -> Self {
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
     }
 
     /// How many workers run the handler concurrently. Default [`DEFAULT_WORKERS`].
     #[must_use]
-    pub fn workers(mut self, n: usize) -> Self {
+    pub fn with_workers(mut self, n: usize) -> Self {
         self.workers = n;
         self
     }
 
-    /// Requeues allowed per key before it is forgotten: a key runs at most `max_retries + 1`
-    /// times between successes. Default [`DEFAULT_MAX_RETRIES`].
+    /// Requeues allowed per key before it is forgotten: a key runs at most `n + 1` times between
+    /// successes. Default [`DEFAULT_MAX_RETRIES`].
     #[must_use]
-    pub fn max_retries(mut self, n: u32) -> Self {
+    pub fn with_max_retries(mut self, n: u32) -> Self {
         self.max_retries = n;
         self
     }
 
     /// Fails an attempt that runs longer than `timeout`. Default: no timeout.
     #[must_use]
-    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+    pub fn with_attempt_timeout(mut self, timeout: Duration) -> Self {
         self.attempt_timeout = Some(timeout);
         self
     }
 
-    /// Whether the queue records time-based metrics. Default on.
+    /// Whether the queue records time-based metrics (queue latency, work duration, unfinished
+    /// work). Default on, unlike a bare [`Queue`](crate::Queue).
     #[must_use]
-    pub fn metrics(mut self, on: bool) -> Self {
+    pub fn with_metrics(mut self, on: bool) -> Self {
         self.metrics = on;
         self
     }
 
     /// Per-key exponential backoff from `base` to `max`, combined (max-of) with the token bucket
-    /// if one is set. Checked in `build`.
+    /// of [`with_token_bucket`](Self::with_token_bucket) if one is set. Replaces a limiter given
+    /// to [`with_rate_limiter`](Self::with_rate_limiter). Checked in `build`.
     #[must_use]
-    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
+    pub fn with_backoff(mut self, base: Duration, max: Duration) -> Self {
         self.limiter = match self.limiter {
             LimiterChoice::Params { bucket, .. } => LimiterChoice::Params {
                 backoff: Some((base, max)),
@@ -176,10 +200,11 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> EngineBuilder<K> {
         self
     }
 
-    /// A global token bucket of `qps` and `burst`, combined (max-of) with the backoff if one is
-    /// set. Checked in `build`.
+    /// A global token bucket of `qps` and `burst`, combined (max-of) with the backoff of
+    /// [`with_backoff`](Self::with_backoff) if one is set. Replaces a limiter given to
+    /// [`with_rate_limiter`](Self::with_rate_limiter). Checked in `build`.
     #[must_use]
-    pub fn bucket(mut self, qps: f64, burst: u32) -> Self {
+    pub fn with_token_bucket(mut self, qps: f64, burst: u32) -> Self {
         self.limiter = match self.limiter {
             LimiterChoice::Params { backoff, .. } => LimiterChoice::Params {
                 backoff,
@@ -193,25 +218,28 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> EngineBuilder<K> {
         self
     }
 
-    /// Any rate limiter, replacing `backoff`/`bucket`. Default: client-go's default controller
-    /// limiter (exponential 5 ms..1000 s, max-of a 10 qps / 100 burst bucket).
+    /// Any rate limiter, replacing [`with_backoff`](Self::with_backoff) and
+    /// [`with_token_bucket`](Self::with_token_bucket). Default, when none of the three is given:
+    /// client-go's default controller limiter (exponential 5 ms..1000 s, max-of a 10 qps / 100
+    /// burst bucket).
     #[must_use]
-    pub fn rate_limiter(mut self, limiter: impl RateLimiter<K> + 'static) -> Self {
+    pub fn with_rate_limiter(mut self, limiter: impl RateLimiter<K> + 'static) -> Self {
         self.limiter = LimiterChoice::Custom(Arc::new(limiter));
         self
     }
 
-    /// Called in the worker after every attempt with what became of the key.
+    /// Called in the worker after every attempt with what became of the key. It runs on the
+    /// worker, so a slow hook delays that worker's next attempt. Default: none.
     #[must_use]
-    pub fn on_outcome(mut self, hook: impl Fn(&Outcome<K>) + Send + Sync + 'static) -> Self {
-        self.on_outcome = Some(Arc::new(hook));
+    pub fn with_outcome_hook(mut self, hook: impl Fn(&Outcome<K>) + Send + Sync + 'static) -> Self {
+        self.outcome_hook = Some(Arc::new(hook));
         self
     }
 
     /// Traces every item with `tracer`, naming keys by their `Display` text: one trace per
     /// key from its first add until it is forgotten, an attempt span per attempt (see the
     /// crate's [`trace`](crate::trace) module). Without a tracer the engine does no tracing
-    /// work at all.
+    /// work at all. Default: no tracer.
     ///
     /// Any `opentelemetry::trace::Tracer` will do: `opentelemetry::global::tracer("traceq")`,
     /// or an SDK provider's `provider.tracer("traceq")`. A tracer that gives a new root span no
@@ -220,7 +248,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> EngineBuilder<K> {
     /// engine stops tracing for good, so that it costs what no tracer costs, and handlers get
     /// `Context::current()` as without a tracer.
     #[must_use]
-    pub fn tracer<T>(self, tracer: T) -> Self
+    pub fn with_tracer<T>(self, tracer: T) -> Self
     where
         T: Tracer + Send + Sync + 'static,
         T::Span: Send + Sync + 'static,
@@ -232,10 +260,10 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> EngineBuilder<K> {
         self.traced(tracer, Arc::new(|key: &K| key.to_string().into()))
     }
 
-    /// As [`tracer`](Self::tracer), for keys without `Display`: `key_format` gives the text of
-    /// a key's `traceq.item.key`.
+    /// As [`with_tracer`](Self::with_tracer), for keys without `Display`: `key_format` gives the
+    /// text of a key's `traceq.item.key`.
     #[must_use]
-    pub fn tracer_with_key_format<T>(
+    pub fn with_tracer_and_key_format<T>(
         self,
         tracer: T,
         key_format: impl Fn(&K) -> String + Send + Sync + 'static,
@@ -265,7 +293,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> EngineBuilder<K> {
     /// handler asks its [`JobContext`] for a context, so a key waiting out a long backoff is cut
     /// when it next runs.
     #[must_use]
-    pub fn max_trace_age(mut self, age: Duration) -> Self {
+    pub fn with_max_trace_age(mut self, age: Duration) -> Self {
         self.max_trace_age = age;
         self
     }
@@ -275,16 +303,16 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> EngineBuilder<K> {
     /// [`DEFAULT_MAX_SPANS_PER_SEGMENT`](crate::trace::DEFAULT_MAX_SPANS_PER_SEGMENT). At least
     /// 2, checked in `build`.
     #[must_use]
-    pub fn max_spans_per_segment(mut self, n: u32) -> Self {
+    pub fn with_max_spans_per_segment(mut self, n: u32) -> Self {
         self.max_spans_per_segment = n;
         self
     }
 
     /// Gives each key's job id (`traceq.job.id`, baggage and attribute, shared by the segments
     /// of a long job). Without one, a job id in the producer's baggage is used; failing that, a
-    /// job that is split gets the trace id of its first segment.
+    /// job that is split gets the trace id of its first segment. Default: none.
     #[must_use]
-    pub fn job_id_of(
+    pub fn with_job_id_of(
         mut self,
         job_id_of: impl Fn(&K) -> Option<String> + Send + Sync + 'static,
     ) -> Self {
@@ -295,7 +323,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> EngineBuilder<K> {
     /// The clock trace ages are measured with. Default [`TokioClock`], so a test that pauses
     /// tokio's time controls segment cuts too.
     #[must_use]
-    pub fn trace_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+    pub fn with_trace_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.trace_clock = clock;
         self
     }
@@ -363,7 +391,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> EngineBuilder<K> {
                 workers: self.workers,
                 max_retries: self.max_retries,
                 attempt_timeout: self.attempt_timeout,
-                on_outcome: self.on_outcome,
+                outcome_hook: self.outcome_hook,
             }),
         })
     }
@@ -376,7 +404,7 @@ struct Inner<K> {
     workers: usize,
     max_retries: u32,
     attempt_timeout: Option<Duration>,
-    on_outcome: Option<OutcomeHook<K>>,
+    outcome_hook: Option<OutcomeHook<K>>,
 }
 
 /// Runs a handler over a work queue with N async workers.
@@ -388,7 +416,7 @@ struct Inner<K> {
 /// use traceq_engine::{Attempt, Engine};
 ///
 /// # tokio::runtime::Builder::new_multi_thread().enable_time().build().unwrap().block_on(async {
-/// let engine = Engine::<u32>::builder().workers(2).build().unwrap();
+/// let engine = Engine::<u32>::builder().with_workers(2).build().unwrap();
 /// let handle = engine.handle();
 /// for key in 0..10 {
 ///     handle.add(key);
@@ -433,10 +461,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Engine<K> {
 
     /// A cheap, clonable handle for producers and for shutting the engine down.
     pub fn handle(&self) -> EngineHandle<K> {
-        EngineHandle {
-            queue: self.inner.queue.clone(),
-            traces: self.inner.traces.clone(),
-        }
+        EngineHandle::new(self.inner.queue.clone(), self.inner.traces.clone())
     }
 
     /// Runs the workers until the queue is shut down, then returns once every worker has
@@ -462,7 +487,7 @@ where
 {
     while let Some((key, requeues)) = inner.queue.get_counted().await {
         let number = requeues + 1;
-        let started = inner.on_outcome.as_ref().map(|_| Instant::now());
+        let started = inner.outcome_hook.as_ref().map(|_| Instant::now());
         // `None` without a tracer (or under a no-op one): the attempt runs untraced.
         let traced = inner
             .traces
@@ -480,7 +505,7 @@ where
                 traces.settle(&key, &item, || settle(&inner, &key, result))
             }
         };
-        if let (Some(hook), Some(started)) = (&inner.on_outcome, started) {
+        if let (Some(hook), Some(started)) = (&inner.outcome_hook, started) {
             hook(&Outcome {
                 key,
                 attempt: number,
@@ -507,90 +532,6 @@ fn settle<K: Eq + Hash + Clone + Send + Sync + 'static>(
             Failure::Exhausted { .. } => OutcomeKind::Exhausted { error },
             Failure::Dropped => OutcomeKind::DroppedAtShutdown { error },
         },
-    }
-}
-
-/// A producer's handle on a running [`Engine`]: adds work and shuts the engine down.
-///
-/// With a tracer, the first add of a key starts its trace; later adds while the key is known
-/// (queued, waiting or in process) become `coalesced_add` events on its item span.
-#[derive(Debug)]
-pub struct EngineHandle<K> {
-    queue: Queue<K>,
-    traces: Option<Arc<ItemTraces<K>>>,
-}
-
-impl<K> Clone for EngineHandle<K> {
-    fn clone(&self) -> Self {
-        Self {
-            queue: self.queue.clone(),
-            traces: self.traces.clone(),
-        }
-    }
-}
-
-impl<K: Eq + Hash + Clone + Send + Sync + 'static> EngineHandle<K> {
-    /// See [`Queue::add`].
-    pub fn add(&self, key: K) {
-        match &self.traces {
-            None => self.queue.add(key),
-            Some(t) => t.add(&self.queue, key, None, |q, k| q.add(k)),
-        }
-    }
-
-    /// As [`add`](Self::add), continuing a producer's trace: the key's item span becomes a
-    /// child of `cx`'s span (for instance one extracted with
-    /// [`propagation`](crate::trace::propagation) from another service's headers), and `cx`'s
-    /// baggage travels on. If the key is already known, the add is recorded on its item span
-    /// (an event, and a link to `cx`'s span). Without a tracer, a plain add.
-    pub fn add_with_context(&self, key: K, cx: &Context) {
-        match &self.traces {
-            None => self.queue.add(key),
-            Some(t) => t.add(&self.queue, key, Some(cx), |q, k| q.add(k)),
-        }
-    }
-
-    /// See [`Queue::add_after`].
-    pub fn add_after(&self, key: K, delay: Duration) {
-        match &self.traces {
-            None => self.queue.add_after(key, delay),
-            Some(t) => t.add(&self.queue, key, None, |q, k| q.add_after(k, delay)),
-        }
-    }
-
-    /// See [`Queue::add_rate_limited`].
-    pub fn add_rate_limited(&self, key: K) {
-        match &self.traces {
-            None => self.queue.add_rate_limited(key),
-            Some(t) => t.add(&self.queue, key, None, |q, k| q.add_rate_limited(k)),
-        }
-    }
-
-    /// The engine's queue, for everything else it offers (lengths, requeue counts, metrics).
-    pub fn queue(&self) -> &Queue<K> {
-        &self.queue
-    }
-
-    /// A snapshot of the queue's metrics.
-    pub fn metrics(&self) -> crate::QueueMetrics {
-        self.queue.metrics()
-    }
-
-    /// Stops handing out work; workers exit after their current attempt. See [`Queue::shutdown`].
-    pub fn shutdown(&self) {
-        self.queue.shutdown();
-    }
-
-    /// Stops handing out work and waits for attempts in flight. See
-    /// [`Queue::shutdown_with_drain`].
-    pub async fn shutdown_with_drain(&self) {
-        self.queue.shutdown_with_drain().await;
-    }
-
-    /// Refuses new adds, lets workers finish every queued key, then stops. See
-    /// [`Queue::shutdown_with_drain_queued`].
-    pub async fn shutdown_with_drain_queued(&self) {
-        self.queue.shutdown_with_drain_queued().await;
     }
 }
 

@@ -22,7 +22,7 @@ pub mod trace;
 
 pub use engine::{
     Attempt, AttemptError, BuildError, Engine, EngineBuilder, EngineHandle, Handler, Outcome,
-    OutcomeKind, DEFAULT_MAX_RETRIES, DEFAULT_WORKERS,
+    OutcomeKind, QueueView, DEFAULT_MAX_RETRIES, DEFAULT_WORKERS,
 };
 pub use metrics::QueueMetrics;
 pub use queue::{Queue, QueueConfig, DEFAULT_NAME, INBOX_BOUND, MAX_DELAY};

@@ -14,18 +14,16 @@
 //! `done`'s); see `keys` for the slab that keeps those probes few and small.
 //!
 //! `core` is a spin lock (`spin::mutex::SpinMutex`): taking it is one atomic compare-and-swap,
-//! releasing it a plain store, where a parking mutex pays a second read-modify-write to release
-//! (it must learn whether anyone sleeps on it). That halves the atomic work of the cycle above;
-//! measured with `benches/queue.rs`, it made the single-threaded cycle about a quarter faster
-//! and two threads sharing a queue 1.6x faster (16 OS threads on two cores: 1.8x, half the
-//! CPU). A thread that finds it taken spins a few rounds and then yields its time slice between
-//! tries (`crossbeam_utils::Backoff`, as crossbeam's channels do for their own locks); it never
-//! sleeps on it. That is sound here because nobody waits on `core` for long: it is held for one
-//! operation on the key structures, never across user code other than the rate limiter's `when`
-//! and the key's `Hash`/`Eq`/`Clone`, and never while waiting; getters wait for keys on a
-//! `Notify`, not on the lock, and producers never wait on it at all (below). The longest holds
-//! are applying a full inbox ([`INBOX_BOUND`] adds) and a metrics snapshot with time metrics on
-//! (one pass over the slots).
+//! releasing it a plain store, where a parking mutex pays a second read-modify-write to release (it
+//! must learn whether anyone sleeps on it). That halves the atomic work of the cycle above
+//! (`benches/queue.rs` has the figures). A thread that finds it taken spins a few rounds and then
+//! yields its time slice between tries (`crossbeam_utils::Backoff`, as crossbeam's channels do for
+//! their own locks); it never sleeps on it. That is sound here because nobody waits on `core` for
+//! long: it is held for one operation on the key structures, never across user code other than the
+//! rate limiter's `when` and the key's `Hash`/`Eq`/`Clone`, and never while waiting; getters wait
+//! for keys on a `Notify`, not on the lock, and producers never wait on it at all (below). The
+//! longest holds are applying a full inbox ([`INBOX_BOUND`] adds) and a metrics snapshot with time
+//! metrics on (one pass over the slots).
 //!
 //! A plain [`Queue::add`] that finds the lock free applies the add at once. One that finds it
 //! taken does not wait behind the holder's work: it pushes the key onto the inbox, a `Vec` behind
@@ -40,13 +38,6 @@
 //! made the key ready with, whether a getter is parked, and wakes one only then. A getter
 //! registers as parked under both locks before its last look (`take_or_park`), so the two cannot
 //! miss each other, and the fast path pays no fence for it.
-//!
-//! Tried and dropped, measured with `benches/queue.rs`: a lock-free `SegQueue` inbox with an
-//! atomic length (three read-modify-writes per add, two more to pop it, and an emptiness check on
-//! every lock that cost more than a whole add does now); `std::sync::Mutex` instead of
-//! `parking_lot` (no gain: it too releases with a read-modify-write); settling one key and taking
-//! the next under one lock (no gain); keeping 32 bits of each key's hash in the index, so that it grows without reading the
-//! slots (fewer cache misses under callgrind, no difference in wall time).
 
 mod keys;
 

@@ -121,7 +121,8 @@ impl OutcomeKind {
     }
 }
 
-/// One attempt's result, given to the engine's `on_outcome` hook.
+/// One attempt's result, given to the hook set with
+/// [`EngineBuilder::with_outcome_hook`](crate::EngineBuilder::with_outcome_hook).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Outcome<K> {

@@ -28,37 +28,43 @@ where
 
 #[test]
 fn build_should_reject_bad_input_with_a_clear_error() {
-    let e = Engine::<u8>::builder().workers(0).build().unwrap_err();
+    let e = Engine::<u8>::builder().with_workers(0).build().unwrap_err();
     assert_eq!(e, BuildError::ZeroWorkers);
     assert_eq!(e.to_string(), "workers must be at least 1");
     let e = Engine::<u8>::builder()
-        .backoff(Duration::ZERO, Duration::ZERO)
+        .with_backoff(Duration::ZERO, Duration::ZERO)
         .build()
         .unwrap_err();
     assert_eq!(e, BuildError::ZeroBackoff);
     let e = Engine::<u8>::builder()
-        .backoff(Duration::from_secs(2), Duration::from_secs(1))
+        .with_backoff(Duration::from_secs(2), Duration::from_secs(1))
         .build()
         .unwrap_err();
     assert!(matches!(
         e,
         BuildError::RateLimit(RateLimitError::InvertedBounds { .. })
     ));
-    let e = Engine::<u8>::builder().bucket(10.0, 0).build().unwrap_err();
+    let e = Engine::<u8>::builder()
+        .with_token_bucket(10.0, 0)
+        .build()
+        .unwrap_err();
     assert_eq!(e, BuildError::RateLimit(RateLimitError::ZeroBurst));
-    let e = Engine::<u8>::builder().bucket(0.0, 1).build().unwrap_err();
+    let e = Engine::<u8>::builder()
+        .with_token_bucket(0.0, 1)
+        .build()
+        .unwrap_err();
     assert!(matches!(
         e,
         BuildError::RateLimit(RateLimitError::InvalidRate(_))
     ));
     let e = Engine::<u8>::builder()
-        .attempt_timeout(Duration::ZERO)
+        .with_attempt_timeout(Duration::ZERO)
         .build()
         .unwrap_err();
     assert_eq!(e, BuildError::ZeroTimeout);
     assert!(Engine::<u8>::builder()
-        .backoff(Duration::from_millis(1), Duration::from_secs(1))
-        .bucket(5.0, 10)
+        .with_backoff(Duration::from_millis(1), Duration::from_secs(1))
+        .with_token_bucket(5.0, 10)
         .build()
         .is_ok());
 }
@@ -67,8 +73,8 @@ fn build_should_reject_bad_input_with_a_clear_error() {
 async fn engine_should_retry_with_backoff_then_succeed_and_forget() {
     let (log, hook) = recorder();
     let engine = Engine::<&str>::builder()
-        .backoff(Duration::from_millis(10), Duration::from_secs(1))
-        .on_outcome(hook)
+        .with_backoff(Duration::from_millis(10), Duration::from_secs(1))
+        .with_outcome_hook(hook)
         .build()
         .unwrap();
     engine.handle().add("k");
@@ -114,9 +120,9 @@ async fn engine_should_retry_with_backoff_then_succeed_and_forget() {
 async fn engine_should_forget_a_key_after_max_retries_and_say_why() {
     let (log, hook) = recorder();
     let engine = Engine::<u8>::builder()
-        .max_retries(2)
-        .rate_limiter(rate_limit::none())
-        .on_outcome(hook)
+        .with_max_retries(2)
+        .with_rate_limiter(rate_limit::none())
+        .with_outcome_hook(hook)
         .build()
         .unwrap();
     let handle = engine.handle();
@@ -141,9 +147,9 @@ async fn engine_should_forget_a_key_after_max_retries_and_say_why() {
 async fn engine_should_survive_a_panicking_handler_and_record_the_message() {
     let (log, hook) = recorder();
     let engine = Engine::<u8>::builder()
-        .workers(1)
-        .max_retries(0)
-        .on_outcome(hook)
+        .with_workers(1)
+        .with_max_retries(0)
+        .with_outcome_hook(hook)
         .build()
         .unwrap();
     let handle = engine.handle();
@@ -175,10 +181,10 @@ async fn engine_should_survive_a_panicking_handler_and_record_the_message() {
 async fn engine_should_fail_an_attempt_that_times_out() {
     let (log, hook) = recorder();
     let engine = Engine::<u8>::builder()
-        .attempt_timeout(Duration::from_secs(1))
-        .rate_limiter(rate_limit::none())
-        .max_retries(1)
-        .on_outcome(hook)
+        .with_attempt_timeout(Duration::from_secs(1))
+        .with_rate_limiter(rate_limit::none())
+        .with_max_retries(1)
+        .with_outcome_hook(hook)
         .build()
         .unwrap();
     engine.handle().add(1);
@@ -203,7 +209,10 @@ async fn engine_should_fail_an_attempt_that_times_out() {
 #[tokio::test(start_paused = true)]
 async fn engine_should_drop_retries_of_attempts_failing_during_shutdown() {
     let (log, hook) = recorder();
-    let engine = Engine::<u8>::builder().on_outcome(hook).build().unwrap();
+    let engine = Engine::<u8>::builder()
+        .with_outcome_hook(hook)
+        .build()
+        .unwrap();
     let handle = engine.handle();
     handle.add(1);
     let h = handle.clone();
@@ -230,8 +239,8 @@ async fn engine_should_drop_retries_of_attempts_failing_during_shutdown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_should_never_run_one_key_on_two_workers() {
     let engine = Engine::<u32>::builder()
-        .workers(8)
-        .rate_limiter(rate_limit::none())
+        .with_workers(8)
+        .with_rate_limiter(rate_limit::none())
         .build()
         .unwrap();
     let handle = engine.handle();

@@ -111,8 +111,13 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> ItemTraces<K> {
     }
 
     /// The key's trace for the attempt a worker is about to run, with the attempt span started.
-    /// A key queued behind the engine's back (through `queue()` directly) gets its trace here.
     /// `None` for a no-op tracer: the attempt runs untraced.
+    ///
+    /// Every add goes through [`add`](Self::add), so a key normally arrives here with its trace.
+    /// One does not: a key added while a worker processes it (dirty; the add is recorded on the
+    /// running trace) whose attempt then forgets it (success, retries exhausted, or a failure
+    /// during shutdown). `done` queues it again, but its entry went with the forgotten trace, so
+    /// the key's new life starts its trace here.
     pub(crate) fn begin(&self, key: &K, number: u32) -> Option<(Arc<Item>, JobContext)> {
         if self.is_noop() {
             return None;

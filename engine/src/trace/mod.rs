@@ -22,9 +22,9 @@
 //! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
 //! // Any tracer: here the global one (a no-op until an SDK provider is installed).
 //! let engine = Engine::<String>::builder()
-//!     .tracer(opentelemetry::global::tracer("traceq"))
-//!     .max_trace_age(Duration::from_secs(30 * 60))
-//!     .job_id_of(|key: &String| Some(format!("job-{key}")))
+//!     .with_tracer(opentelemetry::global::tracer("traceq"))
+//!     .with_max_trace_age(Duration::from_secs(30 * 60))
+//!     .with_job_id_of(|key: &String| Some(format!("job-{key}")))
 //!     .build()
 //!     .unwrap();
 //! let handle = engine.handle();

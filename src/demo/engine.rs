@@ -1,0 +1,114 @@
+//! The demo's tracing and engine: the tail sampler (exporting to the file, or over OTLP/HTTP), the
+//! tracer provider in front of it, and the engine that traces every object with it.
+
+use super::report::Tally;
+use super::{DemoArgs, LONG_JOB_ID, LONG_JOB_SEGMENTS};
+use crate::sampling::SharedProcessor;
+use anyhow::Context as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, SpanExporter as _};
+use opentelemetry_sdk::Resource;
+use std::sync::Arc;
+use std::time::Duration;
+use traceq::engine::Engine;
+use traceq::exporter::OtlpJsonFileExporter;
+use traceq::sampler::{SamplerConfig, TailSamplingProcessor};
+
+/// The URL OTLP/HTTP traces are posted to.
+pub(super) fn traces_url(endpoint: &str) -> String {
+    let base = endpoint.trim_end_matches('/');
+    if base.ends_with("/v1/traces") {
+        base.to_owned()
+    } else {
+        format!("{base}/v1/traces")
+    }
+}
+
+/// The tail sampler, exporting to the file or, with `--otlp-endpoint`, over OTLP/HTTP.
+pub(super) fn processor(
+    args: &DemoArgs,
+    resource: &Resource,
+) -> anyhow::Result<TailSamplingProcessor> {
+    let config = sampler_config(args.sample_percent)?;
+    Ok(match &args.otlp_endpoint {
+        None => {
+            let exporter = OtlpJsonFileExporter::create(&args.output)
+                .with_context(|| format!("creating {}", args.output.display()))?
+                .with_resource(resource);
+            TailSamplingProcessor::new(exporter, config)?
+        }
+        Some(endpoint) => {
+            let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_endpoint(traces_url(endpoint))
+                .with_timeout(Duration::from_secs(5))
+                .build()
+                .with_context(|| format!("the OTLP exporter for {endpoint}"))?;
+            exporter.set_resource(resource);
+            TailSamplingProcessor::new(exporter, config)?
+        }
+    })
+}
+
+/// Errors, the long job's segments (any job's, if its id were listed), and a sample of the rest,
+/// in the Collector's syntax.
+fn sampler_config(sample_percent: f64) -> anyhow::Result<SamplerConfig> {
+    let yaml = format!(
+        "decision_wait: 60s
+decision_wait_after_root: 300ms
+policies:
+  - {{name: errors, type: status_code, status_code: {{status_codes: [ERROR]}}}}
+  - name: long-jobs
+    type: string_attribute
+    string_attribute: {{key: traceq.job.id, values: [{job_id}]}}
+  - {{name: probabilistic, type: probabilistic, probabilistic: {{sampling_percentage: {sample_percent}}}}}
+",
+        job_id = LONG_JOB_ID
+    );
+    SamplerConfig::from_yaml(&yaml).context("the demo's sampler configuration")
+}
+
+/// The tracer provider, sending every span to the shared tail sampler (whose counters the
+/// summary reads after the provider is shut down).
+pub(super) fn tracer_provider(
+    resource: Resource,
+    processor: &Arc<TailSamplingProcessor>,
+) -> SdkTracerProvider {
+    SdkTracerProvider::builder()
+        .with_resource(resource)
+        .with_span_processor(SharedProcessor::new(Arc::clone(processor)))
+        .build()
+}
+
+/// The demo's controller: traced with `tracer`, every outcome counted in `tally`.
+pub(super) fn build(
+    args: &DemoArgs,
+    tracer: SdkTracer,
+    long_job_len: Duration,
+    tally: Arc<Tally>,
+) -> anyhow::Result<Engine<String>> {
+    Engine::<String>::builder()
+        .with_name("demo-controller")
+        .with_workers(args.workers)
+        .with_max_retries(5)
+        .with_backoff(Duration::from_millis(5), Duration::from_millis(500))
+        .with_tracer(tracer)
+        // Shortened from the default hour so the long job is split within the run.
+        .with_max_trace_age(long_job_len.div_f64(LONG_JOB_SEGMENTS - 0.5))
+        .with_job_id_of(|key: &String| key.strip_prefix("jobs/").map(str::to_owned))
+        .with_outcome_hook(move |outcome| tally.record(outcome))
+        .build()
+        .context("building the engine")
+}
+
+/// Flushes the tracer (the sampler decides every trace still pending) and shuts it down.
+pub(super) async fn shut_down_tracing(provider: SdkTracerProvider) -> anyhow::Result<()> {
+    // The SDK's flush and shutdown must not run on an async worker (see PITFALLS).
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        provider.force_flush().context("flushing the tracer")?;
+        provider.shutdown().context("shutting the tracer down")?;
+        Ok(())
+    })
+    .await
+    .context("joining the flush")?
+}

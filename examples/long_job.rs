@@ -6,7 +6,8 @@
 //! and the tail sampler's job linkage: the job fails on day 6, so the segment with the failure is
 //! kept for its error and every later segment of the job is kept too, while the quiet segments
 //! before it are dropped. The clock is a plain `Clock` implementation the example advances by a
-//! day per step, the way a test or a simulation would.
+//! day per step, the way a test or a simulation would; the engine and the sampler read the same
+//! one, so the sampler's decision timers live in the simulated week too.
 //!
 //! Run it: `cargo run --example long_job`
 
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 use traceq::engine::clock::Clock;
 use traceq::engine::{Attempt, Engine};
 use traceq::exporter::{records_from_sdk, traces, Waterfall};
-use traceq::sampler::{ProcessorConfig, SamplerConfig, SystemClock, TailSamplingProcessor};
+use traceq::sampler::{ProcessorConfig, SamplerConfig, TailSamplingProcessor};
 
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 const DAYS: u32 = 7;
@@ -63,17 +64,17 @@ policies: [{name: errors, type: status_code, status_code: {status_codes: [ERROR]
         poll_interval: Duration::from_millis(2),
         ..ProcessorConfig::default()
     };
+    let clock = SimulatedClock::new();
     let processor = TailSamplingProcessor::with_parts(
         exporter.clone(),
         config,
         export,
-        Arc::new(SystemClock::new()),
+        Arc::new(clock.clone()),
     )?;
     let provider = SdkTracerProvider::builder()
         .with_span_processor(processor)
         .build();
     let tracer = provider.tracer("long-job");
-    let clock = SimulatedClock::new();
 
     let engine = Engine::<String>::builder()
         .with_name("scheduler")

@@ -103,7 +103,8 @@ pub(super) fn build(
 
 /// Flushes the tracer (the sampler decides every trace still pending) and shuts it down.
 pub(super) async fn shut_down_tracing(provider: SdkTracerProvider) -> anyhow::Result<()> {
-    // The SDK's flush and shutdown must not run on an async worker (see PITFALLS).
+    // The SDK's flush and shutdown must not run on an async worker: on a current-thread
+    // runtime they can deadlock (opentelemetry-rust #3176), and they block whatever the runtime.
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         provider.force_flush().context("flushing the tracer")?;
         provider.shutdown().context("shutting the tracer down")?;

@@ -23,7 +23,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use super::error::{with_causes, Accepted, SendError};
-use super::{Compression, USER_AGENT};
+use super::{ClientConfig, Compression, USER_AGENT};
 use crate::export::ExportSetupError;
 use crate::otlp::grpc::{EncodedRequestCodec, EXPORT_PATH};
 
@@ -54,13 +54,15 @@ impl fmt::Debug for GrpcTransport {
 
 impl GrpcTransport {
     /// Validates the endpoint and headers and makes a lazy channel (no connection yet).
-    pub(crate) fn new(
-        name: &str,
-        endpoint: &str,
-        compression: Compression,
-        timeout: Duration,
-        headers: &[(String, String)],
-    ) -> Result<Self, ExportSetupError> {
+    pub(crate) fn new(name: &str, config: &ClientConfig) -> Result<Self, ExportSetupError> {
+        let ClientConfig {
+            endpoint,
+            compression,
+            timeout,
+            headers,
+            ..
+        } = config;
+        let (compression, timeout) = (*compression, *timeout);
         let uri = endpoint_uri(name, endpoint)?;
         let invalid = |reason: String| ExportSetupError::InvalidEndpoint {
             exporter: name.to_owned(),

@@ -9,7 +9,6 @@
 
 use std::fmt;
 use std::io::Write as _;
-use std::time::Duration;
 
 use bytes::Bytes;
 use flate2::write::GzEncoder;
@@ -20,7 +19,7 @@ use reqwest::{Client, Url};
 
 use super::error::{error_text, with_causes, Accepted, SendError, MAX_ERROR_BODY};
 use super::retry::retry_after;
-use super::{Compression, USER_AGENT};
+use super::{ClientConfig, Compression, USER_AGENT};
 use crate::export::ExportSetupError;
 
 /// Largest response body read for a partial success; a longer one is ignored (the request
@@ -49,13 +48,15 @@ impl fmt::Debug for HttpTransport {
 
 impl HttpTransport {
     /// Validates the URL and headers and builds the client (no connection yet).
-    pub(crate) fn new(
-        name: &str,
-        endpoint: &str,
-        compression: Compression,
-        timeout: Duration,
-        headers: &[(String, String)],
-    ) -> Result<Self, ExportSetupError> {
+    pub(crate) fn new(name: &str, config: &ClientConfig) -> Result<Self, ExportSetupError> {
+        let ClientConfig {
+            endpoint,
+            compression,
+            timeout,
+            headers,
+            ..
+        } = config;
+        let (compression, timeout) = (*compression, *timeout);
         let client = Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -69,7 +70,7 @@ impl HttpTransport {
             })?;
         Ok(Self {
             client,
-            url: traces_url(name, endpoint)?,
+            url: traces_url(name, &super::with_scheme(endpoint))?,
             headers: header_map(name, headers)?,
             gzip: compression == Compression::Gzip,
         })

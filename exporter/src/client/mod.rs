@@ -160,35 +160,16 @@ impl OtlpClient {
     /// downstream is not supported yet), no tokio runtime (gRPC), or an HTTP client that cannot
     /// be built.
     pub fn new(name: &str, config: &ClientConfig) -> Result<Self, ExportSetupError> {
-        let ClientConfig {
-            protocol,
-            endpoint,
-            compression,
-            timeout,
-            headers,
-        } = config;
-        let transport = match protocol {
+        let transport = match config.protocol {
             Protocol::Grpc => {
                 if tokio::runtime::Handle::try_current().is_err() {
                     return Err(ExportSetupError::NoRuntime {
                         exporter: name.to_owned(),
                     });
                 }
-                Transport::Grpc(GrpcTransport::new(
-                    name,
-                    endpoint,
-                    *compression,
-                    *timeout,
-                    headers,
-                )?)
+                Transport::Grpc(GrpcTransport::new(name, config)?)
             }
-            Protocol::Http => Transport::Http(HttpTransport::new(
-                name,
-                &with_scheme(endpoint),
-                *compression,
-                *timeout,
-                headers,
-            )?),
+            Protocol::Http => Transport::Http(HttpTransport::new(name, config)?),
         };
         Ok(Self { transport })
     }

@@ -2,6 +2,7 @@ use std::collections::VecDeque;
 use std::io::Read as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap as AxumHeaders, StatusCode};

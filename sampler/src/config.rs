@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::duration::{parse_duration, DurationError};
 use crate::error::ConfigError;
 use crate::policy::{PolicyConfig, PolicySet};
 
@@ -206,42 +207,11 @@ pub(crate) fn yaml_message(e: &serde_yaml::Error) -> String {
     }
 }
 
-/// Parses a Go-style duration: `500ms`, `2s`, `1m30s`, `1.5h` (units ns, us, µs, ms, s, m, h).
-pub fn parse_duration(field: &'static str, text: &str) -> Result<Duration, ConfigError> {
-    let bad = || ConfigError::Setting {
+fn duration_error(field: &'static str, e: DurationError) -> ConfigError {
+    ConfigError::Setting {
         field,
-        reason: format!("`{text}` is not a duration like `500ms`, `2s` or `1m30s`"),
-    };
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return Err(bad());
+        reason: e.to_string(),
     }
-    if rest == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut total = 0f64;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        let value: f64 = rest[..num_len].parse().map_err(|_| bad())?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(bad()),
-        };
-        rest = &rest[unit_len..];
-        total += value * scale;
-    }
-    Duration::try_from_secs_f64(total).map_err(|_| bad())
 }
 
 impl SamplerConfig {
@@ -280,11 +250,13 @@ impl SamplerConfig {
         let d = Self::default();
         let cfg = Self {
             decision_wait: match raw.decision_wait {
-                Some(t) => parse_duration("decision_wait", &t)?,
+                Some(t) => parse_duration(&t).map_err(|e| duration_error("decision_wait", e))?,
                 None => d.decision_wait,
             },
             decision_wait_after_root: match raw.decision_wait_after_root {
-                Some(t) => parse_duration("decision_wait_after_root", &t)?,
+                Some(t) => {
+                    parse_duration(&t).map_err(|e| duration_error("decision_wait_after_root", e))?
+                }
                 None => d.decision_wait_after_root,
             },
             num_traces: raw.num_traces.unwrap_or(d.num_traces),
@@ -409,14 +381,17 @@ mod tests {
 
     #[test]
     fn durations_should_parse_like_go() {
-        let d = |s| parse_duration("decision_wait", s).unwrap();
+        let d = |s| parse_duration(s).unwrap();
         assert_eq!(d("10s"), Duration::from_secs(10));
         assert_eq!(d("500ms"), Duration::from_millis(500));
         assert_eq!(d("1m30s"), Duration::from_secs(90));
         assert_eq!(d("1.5h"), Duration::from_secs(5400));
         assert_eq!(d("0"), Duration::ZERO);
         for bad in ["", "10", "s", "10 parsecs", "-1s", "1e999h"] {
-            let err = parse_duration("decision_wait", bad).unwrap_err();
+            let err = SamplerConfig::from_yaml(&format!(
+                "decision_wait: {bad:?}\npolicies: [{{name: a, type: always_sample}}]"
+            ))
+            .unwrap_err();
             assert!(
                 err.to_string().starts_with("field `decision_wait`"),
                 "{bad}"

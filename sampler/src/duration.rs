@@ -4,7 +4,10 @@
 //! and the caller names the field (the YAML reader through the path serde reports, the command
 //! line through its flag), so every front end reads durations the same way.
 
+use std::fmt;
 use std::time::Duration;
+
+use serde::de::{self, Deserialize, Deserializer, Visitor};
 
 /// A text that is not a duration in Go's syntax.
 ///
@@ -81,6 +84,32 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
         total += value * scale;
     }
     Duration::try_from_secs_f64(total).map_err(|_| bad())
+}
+
+/// A duration in a configuration file: any YAML scalar, read as its text, so `2s` and `"2s"`
+/// are two seconds, `0` is zero and `10` is refused for want of a unit. The error is raised
+/// inside the value's deserializer, so serde_yaml prefixes it with the field's path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct YamlDuration(pub(crate) Duration);
+
+impl<'de> Deserialize<'de> for YamlDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Text;
+
+        impl Visitor<'_> for Text {
+            type Value = Duration;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration like `500ms`, `2s` or `1m30s`")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+                parse_duration(v).map_err(E::custom)
+            }
+        }
+
+        d.deserialize_str(Text).map(Self)
+    }
 }
 
 #[cfg(test)]

@@ -293,6 +293,14 @@ impl SamplerConfig {
     ///
     /// [`ConfigError`] naming the field (and policy) at fault.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let cfg = Self::from_yaml_unvalidated(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// [`Self::from_yaml`] without [`Self::validate`], for a caller that builds a sampler from the
+    /// result at once: building validates, so the policies are compiled once.
+    pub(crate) fn from_yaml_unvalidated(text: &str) -> Result<Self, ConfigError> {
         let yaml_err = |e: serde_yaml::Error| ConfigError::Yaml {
             message: e.to_string(),
         };
@@ -310,16 +318,26 @@ impl SamplerConfig {
                 message: "missing field `policies`".to_owned(),
             });
         }
-        cfg.validate()?;
         Ok(cfg)
     }
 
-    /// Checks every bound and compiles the policies.
+    /// Checks every bound and compiles the policies, to check them. The compiled policies are not
+    /// kept: rate-limiting policies keep state, so each sampler compiles its own when it is built.
     ///
     /// # Errors
     ///
     /// [`ConfigError`] naming the field (and policy) at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.compile().map(drop)
+    }
+
+    /// Checks every bound and compiles the policies: the one place a configuration is checked,
+    /// called by [`Self::validate`] and once by each sampler as it is built.
+    ///
+    /// The compiled set is not kept on the configuration: rate-limiting policies keep state (the
+    /// current second's budget, a token bucket), so each sampler needs a set of its own, while a
+    /// configuration is plain data that is cloned and compared.
+    pub(crate) fn compile(&self) -> Result<PolicySet, ConfigError> {
         let positive = |field: &'static str, v: usize| {
             if v == 0 {
                 Err(ConfigError::Setting {
@@ -340,10 +358,6 @@ impl SamplerConfig {
                 reason: "must be positive".to_owned(),
             });
         }
-        self.compile_policies().map(|_| ())
-    }
-
-    pub(crate) fn compile_policies(&self) -> Result<PolicySet, ConfigError> {
         PolicySet::compile(&self.policies, self.sample_on_first_match)
     }
 

@@ -125,8 +125,7 @@ impl<S: SpanView> TailSampler<S> {
     ///
     /// [`ConfigError`] when the configuration is invalid.
     pub fn with_clock(config: SamplerConfig, clock: Arc<dyn Clock>) -> Result<Self, ConfigError> {
-        config.validate()?;
-        let policies = config.compile_policies()?;
+        let policies = config.compile()?;
         let shards = floor_pow2(
             config
                 .num_shards

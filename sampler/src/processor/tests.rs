@@ -148,6 +148,23 @@ fn invalid_settings_should_be_refused() {
 }
 
 #[test]
+fn from_yaml_should_refuse_what_validation_refuses() {
+    for (yaml, message) in [
+        (
+            "num_traces: 0\npolicies: [{name: a, type: always_sample}]",
+            "field `num_traces`: must be positive",
+        ),
+        (
+            "policies: [{name: l, type: latency}]",
+            "policy `l`: field `latency` section is required for this type",
+        ),
+    ] {
+        let err = TailSamplingProcessor::from_yaml(InMemorySpanExporter::default(), yaml);
+        assert_eq!(err.unwrap_err().to_string(), message);
+    }
+}
+
+#[test]
 fn attribute_policies_should_see_the_provider_resource() {
     let exporter = InMemorySpanExporter::default();
     let p = TailSamplingProcessor::from_yaml(

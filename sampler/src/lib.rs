@@ -91,8 +91,8 @@ pub use policy::{
     SpanCountConfig, StatusCodeConfig, StringAttributeConfig, TraceStateConfig,
 };
 pub use processor::{
-    ProcessorConfig, TailSamplingProcessor, DEFAULT_FLUSH_TIMEOUT, DEFAULT_MAX_EXPORT_BATCH_SIZE,
-    DEFAULT_MAX_QUEUE_SIZE, DEFAULT_POLL_INTERVAL,
+    ProcessorConfig, SamplerMetricsHandle, TailSamplingProcessor, DEFAULT_FLUSH_TIMEOUT,
+    DEFAULT_MAX_EXPORT_BATCH_SIZE, DEFAULT_MAX_QUEUE_SIZE, DEFAULT_POLL_INTERVAL,
 };
 pub use sampler::{FlushCursor, TailSampler};
 pub use span::{AttrValue, SpanView, StatusKind};

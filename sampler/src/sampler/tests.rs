@@ -324,6 +324,8 @@ fn public_types_should_be_send_and_sync() {
     fn is_send_sync<T: Send + Sync>() {}
     is_send_sync::<Sampler>();
     is_send_sync::<crate::TailSamplingProcessor>();
+    is_send_sync::<crate::SamplerMetricsHandle>();
+    is_send_sync::<crate::DurationError>();
     is_send_sync::<SamplerConfig>();
     is_send_sync::<crate::SamplerMetrics>();
     is_send_sync::<crate::ConfigError>();

@@ -13,8 +13,8 @@
 
 use std::fmt;
 use std::hash::BuildHasher;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 
 use foldhash::fast::FixedState;
@@ -31,20 +31,6 @@ use crate::error::ConfigError;
 use crate::metrics::{Counters, PolicyMetrics, SamplerMetrics, Trigger};
 use crate::policy::{EvalContext, Outcome, PolicySet};
 use crate::span::{AttrValue, SpanView, StatusKind};
-
-/// Which shard a shared flush takes next (see [`TailSampler::flush_shared`]).
-#[derive(Debug, Default)]
-pub struct FlushCursor {
-    next: AtomicUsize,
-}
-
-impl FlushCursor {
-    /// A cursor at the first shard.
-    #[must_use]
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
 
 /// Smallest share of `num_traces` a shard gets; fewer shards are used for tiny buffers.
 const MIN_TRACES_PER_SHARD: usize = 16;
@@ -262,22 +248,10 @@ impl<S: SpanView> TailSampler<S> {
     /// Decides every pending trace now; kept spans are appended to `kept`.
     /// Returns the number of traces decided.
     pub fn flush(&self, kept: &mut Vec<S>) -> usize {
-        self.flush_shared(&FlushCursor::new(), kept)
-    }
-
-    /// Decides pending traces shard by shard, taking the next shard from `cursor`, so several
-    /// threads calling it with one cursor flush the buffer together, each taking shards while
-    /// any are left (the faster thread simply takes more). Returns the number of traces decided
-    /// by this call.
-    pub fn flush_shared(&self, cursor: &FlushCursor, kept: &mut Vec<S>) -> usize {
         let now = nanos(self.clock.now());
         let resource = self.resource.read().clone();
         let mut decided = 0;
-        loop {
-            let next = cursor.next.fetch_add(1, Relaxed);
-            let Some(shard) = self.shards.get(next) else {
-                break;
-            };
+        for shard in self.shards.iter() {
             shard.lock().drain_with(|shard, trace_id, entry| {
                 self.decide_entry(shard, trace_id, entry, Trigger::Flush, now, &resource, kept);
                 decided += 1;

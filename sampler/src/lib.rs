@@ -3,7 +3,7 @@
 //! ```text
 //!  SDK spans ──► TailSamplingProcessor::on_end ─┐            ┌─► kept? ── annotate ──► exporter
 //!                                               ├─► TailSampler (sharded buffer per trace id)
-//!  OTLP spans ─► collector receiver (later) ────┘      │ decide when: root ended + quiet period,
+//!  OTLP spans ─► traceq collector receivers ────┘      │ decide when: root ended + quiet period,
 //!                                                      │ decision_wait, max spans, memory pressure,
 //!                                                      │ flush ── policies (Collector YAML syntax)
 //!                                                      └─► decision caches: late spans follow

@@ -15,9 +15,9 @@
 //! thread is needed, which matters on a busy machine, where a woken thread can wait
 //! milliseconds to be scheduled. The background thread is not asked to decide half of the
 //! buffer either: deciding mostly frees dropped spans, and two threads freeing memory of one
-//! allocator arena at once contend for it (measured slower than one thread alone, with several
-//! times the context switches). The exporter sits behind a lock (see [`export`]) taken by the
-//! background thread and by flushing callers, never by `on_end`.
+//! allocator arena at once contend for it, so two deciding together finish later than one alone
+//! (the sampler benchmark records the figures). The exporter sits behind a lock (see [`export`])
+//! taken by the background thread and by flushing callers, never by `on_end`.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};

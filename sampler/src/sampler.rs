@@ -8,8 +8,8 @@
 //!
 //! The core does no I/O and owns no thread: callers ingest spans, call [`TailSampler::poll`]
 //! periodically and [`TailSampler::flush`] at the end, and export what they are handed. The
-//! [`TailSamplingProcessor`](crate::TailSamplingProcessor) does exactly that; the collector's
-//! receiver will too.
+//! [`TailSamplingProcessor`](crate::TailSamplingProcessor) does exactly that, and so does the
+//! pipeline of `traceq collector` with the OTLP spans its receivers decode.
 
 use std::fmt;
 use std::hash::BuildHasher;
@@ -38,7 +38,7 @@ const MIN_TRACES_PER_SHARD: usize = 16;
 /// Buffers spans per trace and decides which traces to keep.
 ///
 /// Generic over the span type through [`SpanView`]: the processor buffers SDK `SpanData` as is,
-/// the collector will buffer OTLP spans; `Box<S>` works too when spans are large.
+/// the collector buffers OTLP spans; `Box<S>` works too when spans are large.
 ///
 /// # Examples
 ///

@@ -78,10 +78,9 @@ pub(crate) struct LoadgenArgs {
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    match traceq::sampler::parse_duration("duration", text) {
+    match traceq::sampler::parse_duration(text) {
         Ok(d) if d.is_zero() => Err("must be longer than 0".to_owned()),
         Ok(d) => Ok(d),
-        Err(traceq::sampler::ConfigError::Setting { reason, .. }) => Err(reason),
         Err(e) => Err(e.to_string()),
     }
 }

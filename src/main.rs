@@ -3,7 +3,6 @@
 mod collector;
 mod demo;
 mod loadgen;
-mod sampling;
 mod show;
 
 use clap::{Parser, Subcommand};

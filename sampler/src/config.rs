@@ -5,11 +5,24 @@
 //! [`SamplerConfig::default`] and the `with_*` setters. Where traceq's defaults differ from the
 //! Collector's, it is on purpose (see each constant): the buffer is bounded by bytes and sized for
 //! a 24 GiB machine, decision caches are on, and a trace is decided soon after its root ends.
+//!
+//! [`SamplerConfig`] is read by serde as it is: a key that is absent takes its value from
+//! [`SamplerConfig::default`] (so each default is written once, as a constant below), and an
+//! unknown key is an error. Integers may be written with `_` separators, as YAML 1.1 (and so the
+//! Collector) reads them; durations are Go-style strings (see
+//! [`parse_duration`](crate::parse_duration)). A key given with no value (`decision_wait: ~`, or
+//! nothing after the colon) takes its default too, except for the integers, which refuse it.
+//!
+//! Every error names where it happened: a policy by its name (``policy `slow`: latency: unknown
+//! field ...``), a setting by its path (``field `decision_cache.sampled_cache_size`: ...``).
 
+use std::fmt;
 use std::time::Duration;
 
+use serde::de::{self, Deserializer, Unexpected, Visitor};
 use serde::Deserialize;
 
+use crate::duration::YamlDuration;
 use crate::error::ConfigError;
 use crate::policy::{PolicyConfig, PolicySet};
 
@@ -38,43 +51,67 @@ pub const DEFAULT_SAMPLING_PERCENTAGE: f64 = 10.0;
 
 /// Sizes of the decision caches (`decision_cache` in the Collector's syntax).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct DecisionCacheConfig {
     /// Kept trace ids remembered; 0 disables the cache.
-    #[serde(default = "default_sampled", deserialize_with = "lenient_usize")]
+    #[serde(deserialize_with = "lenient_usize")]
     pub sampled_cache_size: usize,
     /// Dropped trace ids remembered; 0 disables the cache.
-    #[serde(default = "default_non_sampled", deserialize_with = "lenient_usize")]
+    #[serde(deserialize_with = "lenient_usize")]
     pub non_sampled_cache_size: usize,
 }
 
-/// An integer as YAML 1.1 (and so the Collector) reads it: `100000` or `100_000`.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum LenientUsize {
-    Number(usize),
-    Text(String),
-}
+/// An integer as YAML 1.1 (and so the Collector) reads it: `100000` or `100_000`, also quoted.
+fn lenient_usize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    struct LenientUsize;
 
-fn lenient_usize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-    match LenientUsize::deserialize(d)? {
-        LenientUsize::Number(n) => Ok(n),
-        LenientUsize::Text(t) => t
-            .replace('_', "")
-            .parse()
-            .map_err(|_| serde::de::Error::custom(format!("`{t}` is not a non-negative integer"))),
+    impl Visitor<'_> for LenientUsize {
+        type Value = usize;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a non-negative integer")
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<usize, E> {
+            usize::try_from(v).map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<usize, E> {
+            usize::try_from(v).map_err(|_| E::invalid_value(Unexpected::Signed(v), &self))
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<usize, E> {
+            v.replace('_', "")
+                .parse()
+                .map_err(|_| E::custom(format!("`{v}` is not a non-negative integer")))
+        }
     }
+
+    d.deserialize_any(LenientUsize)
 }
 
-fn lenient_opt_usize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
-    lenient_usize(d).map(Some)
+// A key given with no value takes the field's default, as an absent key does (Collector files
+// are often templated, leaving some values empty). One function per field whose default is not
+// its type's `Default`.
+
+fn null_is_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
-fn default_sampled() -> usize {
-    DEFAULT_SAMPLED_CACHE_SIZE
+fn decision_wait<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    Ok(Option::<YamlDuration>::deserialize(d)?.map_or(DEFAULT_DECISION_WAIT, |t| t.0))
 }
-fn default_non_sampled() -> usize {
-    DEFAULT_NON_SAMPLED_CACHE_SIZE
+
+fn decision_wait_after_root<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    Ok(Option::<YamlDuration>::deserialize(d)?.map_or(DEFAULT_DECISION_WAIT_AFTER_ROOT, |t| t.0))
+}
+
+fn job_id_key<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_else(|| DEFAULT_JOB_ID_KEY.to_owned()))
 }
 
 impl Default for DecisionCacheConfig {
@@ -102,31 +139,49 @@ impl Default for DecisionCacheConfig {
 /// assert_eq!(small.policies.len(), 2); // errors + 10% of the rest
 /// # Ok::<(), traceq_sampler::ConfigError>(())
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Deserializing it directly (as a part of a larger configuration) fills every absent field from
+/// [`SamplerConfig::default`], `policies` included, and checks nothing else: call
+/// [`SamplerConfig::validate`] afterwards, or read it with [`SamplerConfig::from_yaml`], which
+/// also requires `policies` and names the policy at fault in its errors.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SamplerConfig {
     /// Upper bound on waiting: a trace is decided this long after its first span at the latest.
+    #[serde(deserialize_with = "decision_wait")]
     pub decision_wait: Duration,
     /// A trace whose local root span has ended is decided after this long without a new span.
+    #[serde(deserialize_with = "decision_wait_after_root")]
     pub decision_wait_after_root: Duration,
     /// Most traces buffered at once; beyond it the oldest are decided early.
+    #[serde(deserialize_with = "lenient_usize")]
     pub num_traces: usize,
     /// Most span bytes buffered at once; beyond it the oldest traces are decided early.
+    #[serde(deserialize_with = "lenient_usize")]
     pub max_buffer_bytes: usize,
     /// A trace reaching this many spans is decided at once.
+    #[serde(deserialize_with = "lenient_usize")]
     pub max_spans_per_trace: usize,
     /// Expected new traces per second; only used to pre-size the buffer.
+    #[serde(deserialize_with = "lenient_usize")]
     pub expected_new_traces_per_sec: usize,
     /// Decision cache sizes.
+    #[serde(deserialize_with = "null_is_default")]
     pub decision_cache: DecisionCacheConfig,
     /// Stop evaluating sampling policies at the first that samples (drop policies still apply).
+    #[serde(deserialize_with = "null_is_default")]
     pub sample_on_first_match: bool,
     /// On shutdown, drop pending traces instead of deciding them.
+    #[serde(deserialize_with = "null_is_default")]
     pub drop_pending_traces_on_shutdown: bool,
     /// Attribute holding the job id linking segments of one job; empty disables job linkage.
+    #[serde(deserialize_with = "job_id_key")]
     pub job_id_key: String,
     /// Job ids remembered as kept for an error.
+    #[serde(deserialize_with = "lenient_usize")]
     pub job_cache_size: usize,
     /// Buffer shards (independent locks).
+    #[serde(deserialize_with = "lenient_usize")]
     pub num_shards: usize,
     /// The policies, evaluated in this order.
     pub policies: Vec<PolicyConfig>,
@@ -156,37 +211,6 @@ impl Default for SamplerConfig {
     }
 }
 
-/// The YAML shape: the Collector's keys plus traceq's, all optional but `policies`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    #[serde(default)]
-    decision_wait: Option<String>,
-    #[serde(default)]
-    decision_wait_after_root: Option<String>,
-    #[serde(default, deserialize_with = "lenient_opt_usize")]
-    num_traces: Option<usize>,
-    #[serde(default, deserialize_with = "lenient_opt_usize")]
-    max_buffer_bytes: Option<usize>,
-    #[serde(default, deserialize_with = "lenient_opt_usize")]
-    max_spans_per_trace: Option<usize>,
-    #[serde(default, deserialize_with = "lenient_opt_usize")]
-    expected_new_traces_per_sec: Option<usize>,
-    #[serde(default)]
-    decision_cache: Option<DecisionCacheConfig>,
-    #[serde(default)]
-    sample_on_first_match: Option<bool>,
-    #[serde(default)]
-    drop_pending_traces_on_shutdown: Option<bool>,
-    #[serde(default)]
-    job_id_key: Option<String>,
-    #[serde(default, deserialize_with = "lenient_opt_usize")]
-    job_cache_size: Option<usize>,
-    #[serde(default, deserialize_with = "lenient_opt_usize")]
-    num_shards: Option<usize>,
-    policies: Vec<serde_yaml::Value>,
-}
-
 /// Deserializes a YAML value so that errors name the offending field's path (`latency.threshold_ms:
 /// invalid type ...`): `serde_yaml::from_value` reports no path, parsing text does. The position
 /// it adds refers to the re-serialized text, not the user's file, so it is cut off.
@@ -198,7 +222,7 @@ fn from_value_with_path<T: serde::de::DeserializeOwned>(
 }
 
 /// The message of a YAML error without its position in re-serialized text.
-pub(crate) fn yaml_message(e: &serde_yaml::Error) -> String {
+fn yaml_message(e: &serde_yaml::Error) -> String {
     let message = e.to_string();
     match message.rfind(" at line ") {
         Some(at) => message[..at].to_owned(),
@@ -206,42 +230,59 @@ pub(crate) fn yaml_message(e: &serde_yaml::Error) -> String {
     }
 }
 
-/// Parses a Go-style duration: `500ms`, `2s`, `1m30s`, `1.5h` (units ns, us, µs, ms, s, m, h).
-pub fn parse_duration(field: &'static str, text: &str) -> Result<Duration, ConfigError> {
-    let bad = || ConfigError::Setting {
-        field,
-        reason: format!("`{text}` is not a duration like `500ms`, `2s` or `1m30s`"),
+/// A serde_yaml error on `doc` (the `tail_sampling` body), sorted by where it happened: in a
+/// policy, named by the policy's name (or position) as the compiler's errors are; in a setting,
+/// named by its path; or in the document as a whole.
+fn yaml_error(doc: &serde_yaml::Value, e: &serde_yaml::Error) -> ConfigError {
+    let message = yaml_message(e);
+    let Some((path, detail)) = split_path(&message) else {
+        return ConfigError::Yaml { message };
     };
-    let mut rest = text.trim();
+    match policy_path(path) {
+        Some((index, inner)) => ConfigError::PolicyYaml {
+            policy: policy_name(doc, index),
+            message: match inner {
+                Some(inner) => format!("{inner}: {detail}"),
+                None => detail.to_owned(),
+            },
+        },
+        None => ConfigError::SettingYaml {
+            field: path.to_owned(),
+            message: detail.to_owned(),
+        },
+    }
+}
+
+/// Splits serde_yaml's `path: message` (`policies[0].latency: unknown field ...`) into its two
+/// parts. An error at the document's root has no path; a path is field names, dots and `[i]`
+/// indices, never spaces, so `invalid type: ...` is not taken for one.
+fn split_path(message: &str) -> Option<(&str, &str)> {
+    let (path, detail) = message.split_once(": ")?;
+    let is_path = !path.is_empty()
+        && path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']'));
+    is_path.then_some((path, detail))
+}
+
+/// `policies[3].latency` is `(3, Some("latency"))`, `policies[3]` is `(3, None)`.
+fn policy_path(path: &str) -> Option<(usize, Option<&str>)> {
+    let (index, rest) = path.strip_prefix("policies[")?.split_once(']')?;
+    let index = index.parse().ok()?;
     if rest.is_empty() {
-        return Err(bad());
+        Some((index, None))
+    } else {
+        Some((index, Some(rest.strip_prefix('.')?)))
     }
-    if rest == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut total = 0f64;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        let value: f64 = rest[..num_len].parse().map_err(|_| bad())?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(bad()),
-        };
-        rest = &rest[unit_len..];
-        total += value * scale;
-    }
-    Duration::try_from_secs_f64(total).map_err(|_| bad())
+}
+
+/// The `name` of policy `index` in `doc`, or its position (`#1` for the first) when it has none.
+fn policy_name(doc: &serde_yaml::Value, index: usize) -> String {
+    doc.get("policies")
+        .and_then(|policies| policies.get(index))
+        .and_then(|policy| policy.get("name"))
+        .and_then(serde_yaml::Value::as_str)
+        .map_or_else(|| format!("#{}", index + 1), str::to_owned)
 }
 
 impl SamplerConfig {
@@ -252,6 +293,14 @@ impl SamplerConfig {
     ///
     /// [`ConfigError`] naming the field (and policy) at fault.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let cfg = Self::from_yaml_unvalidated(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// [`Self::from_yaml`] without [`Self::validate`], for a caller that builds a sampler from the
+    /// result at once: building validates, so the policies are compiled once.
+    pub(crate) fn from_yaml_unvalidated(text: &str) -> Result<Self, ConfigError> {
         let yaml_err = |e: serde_yaml::Error| ConfigError::Yaml {
             message: e.to_string(),
         };
@@ -261,54 +310,34 @@ impl SamplerConfig {
         } else if let Some(t) = doc.get("tail_sampling") {
             doc = t.clone();
         }
-        let raw: RawConfig = from_value_with_path(&doc).map_err(|e| ConfigError::Yaml {
-            message: yaml_message(&e),
-        })?;
-        let mut policies = Vec::with_capacity(raw.policies.len());
-        for (i, value) in raw.policies.into_iter().enumerate() {
-            let name = value
-                .get("name")
-                .and_then(serde_yaml::Value::as_str)
-                .map_or_else(|| format!("#{}", i + 1), str::to_owned);
-            let policy: PolicyConfig =
-                from_value_with_path(&value).map_err(|e| ConfigError::PolicyYaml {
-                    policy: name,
-                    message: yaml_message(&e),
-                })?;
-            policies.push(policy);
+        let cfg: Self = from_value_with_path(&doc).map_err(|e| yaml_error(&doc, &e))?;
+        // Every other setting has a default; the policies are what the file is for. (Serde's
+        // own check cannot be had: a field cannot opt out of the struct's `default`.)
+        if doc.get("policies").is_none() {
+            return Err(ConfigError::Yaml {
+                message: "missing field `policies`".to_owned(),
+            });
         }
-        let d = Self::default();
-        let cfg = Self {
-            decision_wait: match raw.decision_wait {
-                Some(t) => parse_duration("decision_wait", &t)?,
-                None => d.decision_wait,
-            },
-            decision_wait_after_root: match raw.decision_wait_after_root {
-                Some(t) => parse_duration("decision_wait_after_root", &t)?,
-                None => d.decision_wait_after_root,
-            },
-            num_traces: raw.num_traces.unwrap_or(d.num_traces),
-            max_buffer_bytes: raw.max_buffer_bytes.unwrap_or(d.max_buffer_bytes),
-            max_spans_per_trace: raw.max_spans_per_trace.unwrap_or(d.max_spans_per_trace),
-            expected_new_traces_per_sec: raw.expected_new_traces_per_sec.unwrap_or(0),
-            decision_cache: raw.decision_cache.unwrap_or(d.decision_cache),
-            sample_on_first_match: raw.sample_on_first_match.unwrap_or(false),
-            drop_pending_traces_on_shutdown: raw.drop_pending_traces_on_shutdown.unwrap_or(false),
-            job_id_key: raw.job_id_key.unwrap_or(d.job_id_key),
-            job_cache_size: raw.job_cache_size.unwrap_or(d.job_cache_size),
-            num_shards: raw.num_shards.unwrap_or(d.num_shards),
-            policies,
-        };
-        cfg.validate()?;
         Ok(cfg)
     }
 
-    /// Checks every bound and compiles the policies.
+    /// Checks every bound and compiles the policies, to check them. The compiled policies are not
+    /// kept: rate-limiting policies keep state, so each sampler compiles its own when it is built.
     ///
     /// # Errors
     ///
     /// [`ConfigError`] naming the field (and policy) at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.compile().map(drop)
+    }
+
+    /// Checks every bound and compiles the policies: the one place a configuration is checked,
+    /// called by [`Self::validate`] and once by each sampler as it is built.
+    ///
+    /// The compiled set is not kept on the configuration: rate-limiting policies keep state (the
+    /// current second's budget, a token bucket), so each sampler needs a set of its own, while a
+    /// configuration is plain data that is cloned and compared.
+    pub(crate) fn compile(&self) -> Result<PolicySet, ConfigError> {
         let positive = |field: &'static str, v: usize| {
             if v == 0 {
                 Err(ConfigError::Setting {
@@ -329,10 +358,6 @@ impl SamplerConfig {
                 reason: "must be positive".to_owned(),
             });
         }
-        self.compile_policies().map(|_| ())
-    }
-
-    pub(crate) fn compile_policies(&self) -> Result<PolicySet, ConfigError> {
         PolicySet::compile(&self.policies, self.sample_on_first_match)
     }
 
@@ -406,17 +431,21 @@ impl SamplerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::duration::parse_duration;
 
     #[test]
     fn durations_should_parse_like_go() {
-        let d = |s| parse_duration("decision_wait", s).unwrap();
+        let d = |s| parse_duration(s).unwrap();
         assert_eq!(d("10s"), Duration::from_secs(10));
         assert_eq!(d("500ms"), Duration::from_millis(500));
         assert_eq!(d("1m30s"), Duration::from_secs(90));
         assert_eq!(d("1.5h"), Duration::from_secs(5400));
         assert_eq!(d("0"), Duration::ZERO);
         for bad in ["", "10", "s", "10 parsecs", "-1s", "1e999h"] {
-            let err = parse_duration("decision_wait", bad).unwrap_err();
+            let err = SamplerConfig::from_yaml(&format!(
+                "decision_wait: {bad:?}\npolicies: [{{name: a, type: always_sample}}]"
+            ))
+            .unwrap_err();
             assert!(
                 err.to_string().starts_with("field `decision_wait`"),
                 "{bad}"
@@ -489,6 +518,87 @@ mod tests {
             Err(ConfigError::NoPolicies)
         ));
         assert!(SamplerConfig::from_yaml(": : :").is_err());
+    }
+
+    #[test]
+    fn settings_given_no_value_should_take_their_default_but_integers_should_not() {
+        let policies = "policies: [{name: a, type: always_sample}]";
+        for key in [
+            "decision_wait",
+            "decision_wait_after_root",
+            "decision_cache",
+            "sample_on_first_match",
+            "drop_pending_traces_on_shutdown",
+            "job_id_key",
+        ] {
+            for empty in ["~", ""] {
+                let cfg = SamplerConfig::from_yaml(&format!("{key}: {empty}\n{policies}"));
+                let cfg = cfg.unwrap_or_else(|e| panic!("{key}: {empty:?}: {e}"));
+                assert_eq!(cfg.policies.len(), 1);
+                assert_eq!(
+                    cfg.with_policies(Vec::new()),
+                    SamplerConfig::default().with_policies(Vec::new()),
+                    "{key}"
+                );
+            }
+        }
+        let err = SamplerConfig::from_yaml(&format!("num_shards: ~\n{policies}")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "field `num_shards`: invalid type: unit value, expected a non-negative integer"
+        );
+    }
+
+    #[test]
+    fn yaml_errors_should_name_the_path_of_a_nested_setting() {
+        let err = SamplerConfig::from_yaml(
+            "decision_cache: {sampled_cache_size: lots}\npolicies: [{name: a, type: always_sample}]",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "field `decision_cache.sampled_cache_size`: `lots` is not a non-negative integer"
+        );
+        let err = SamplerConfig::from_yaml("decision_wait: [1s]\npolicies: []").unwrap_err();
+        assert!(
+            err.to_string().starts_with("field `decision_wait`: "),
+            "{err}"
+        );
+        // A policy without a name is named by its position.
+        let err = SamplerConfig::from_yaml(
+            "policies: [{name: a, type: always_sample}, {type: latency, latency: {threshold_ms: x}}]",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "policy `#2`: latency.threshold_ms: invalid type: string \"x\", expected u64"
+        );
+        let err = SamplerConfig::from_yaml("num_traces: 5").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid tail_sampling configuration: missing field `policies`"
+        );
+    }
+
+    #[test]
+    fn a_duration_should_be_any_scalar_read_as_its_text() {
+        let policies = "policies: [{name: a, type: always_sample}]";
+        let cfg = |text: &str| SamplerConfig::from_yaml(&format!("{text}\n{policies}"));
+        assert_eq!(
+            cfg("decision_wait: '10s'").unwrap().decision_wait,
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            cfg("decision_wait_after_root: 0")
+                .unwrap()
+                .decision_wait_after_root,
+            Duration::ZERO
+        );
+        let err = cfg("decision_wait_after_root: 10").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "field `decision_wait_after_root`: `10` is not a duration like `500ms`, `2s` or `1m30s`"
+        );
     }
 
     #[test]

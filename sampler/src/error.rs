@@ -19,6 +19,14 @@ pub enum ConfigError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A setting's YAML value has the wrong type or form (`num_traces: lots`).
+    #[error("field `{field}`: {message}")]
+    SettingYaml {
+        /// The setting's path, `decision_wait` or `decision_cache.sampled_cache_size`.
+        field: String,
+        /// The parser's message.
+        message: String,
+    },
     /// A policy's YAML does not match its type's schema (unknown or mistyped field).
     #[error("policy `{policy}`: {message}")]
     PolicyYaml {

@@ -3,7 +3,7 @@
 //! ```text
 //!  SDK spans ──► TailSamplingProcessor::on_end ─┐            ┌─► kept? ── annotate ──► exporter
 //!                                               ├─► TailSampler (sharded buffer per trace id)
-//!  OTLP spans ─► collector receiver (later) ────┘      │ decide when: root ended + quiet period,
+//!  OTLP spans ─► traceq collector receivers ────┘      │ decide when: root ended + quiet period,
 //!                                                      │ decision_wait, max spans, memory pressure,
 //!                                                      │ flush ── policies (Collector YAML syntax)
 //!                                                      └─► decision caches: late spans follow
@@ -60,6 +60,7 @@ mod clock;
 mod collector_example;
 mod config;
 mod decision;
+mod duration;
 mod error;
 mod metrics;
 mod policy;
@@ -73,15 +74,15 @@ pub mod testing;
 pub use clock::ManualClock;
 pub use clock::{Clock, SystemClock};
 pub use config::{
-    parse_duration, DecisionCacheConfig, SamplerConfig, DEFAULT_DECISION_WAIT,
-    DEFAULT_DECISION_WAIT_AFTER_ROOT, DEFAULT_JOB_CACHE_SIZE, DEFAULT_JOB_ID_KEY,
-    DEFAULT_MAX_BUFFER_BYTES, DEFAULT_MAX_SPANS_PER_TRACE, DEFAULT_NON_SAMPLED_CACHE_SIZE,
-    DEFAULT_NUM_SHARDS, DEFAULT_NUM_TRACES, DEFAULT_SAMPLED_CACHE_SIZE,
-    DEFAULT_SAMPLING_PERCENTAGE,
+    DecisionCacheConfig, SamplerConfig, DEFAULT_DECISION_WAIT, DEFAULT_DECISION_WAIT_AFTER_ROOT,
+    DEFAULT_JOB_CACHE_SIZE, DEFAULT_JOB_ID_KEY, DEFAULT_MAX_BUFFER_BYTES,
+    DEFAULT_MAX_SPANS_PER_TRACE, DEFAULT_NON_SAMPLED_CACHE_SIZE, DEFAULT_NUM_SHARDS,
+    DEFAULT_NUM_TRACES, DEFAULT_SAMPLED_CACHE_SIZE, DEFAULT_SAMPLING_PERCENTAGE,
 };
 pub use decision::{
     KeptDecision, ADJUSTED_COUNT_ATTRIBUTE, JOB_LINKAGE_POLICY, POLICY_ATTRIBUTE, SEGMENT_ATTRIBUTE,
 };
+pub use duration::{parse_duration, DurationError};
 pub use error::ConfigError;
 pub use metrics::{PolicyMetrics, SamplerMetrics};
 pub use policy::{
@@ -90,8 +91,8 @@ pub use policy::{
     SpanCountConfig, StatusCodeConfig, StringAttributeConfig, TraceStateConfig,
 };
 pub use processor::{
-    ProcessorConfig, TailSamplingProcessor, DEFAULT_FLUSH_TIMEOUT, DEFAULT_MAX_EXPORT_BATCH_SIZE,
-    DEFAULT_MAX_QUEUE_SIZE, DEFAULT_POLL_INTERVAL,
+    ProcessorConfig, SamplerMetricsHandle, TailSamplingProcessor, DEFAULT_FLUSH_TIMEOUT,
+    DEFAULT_MAX_EXPORT_BATCH_SIZE, DEFAULT_MAX_QUEUE_SIZE, DEFAULT_POLL_INTERVAL,
 };
-pub use sampler::{FlushCursor, TailSampler};
+pub use sampler::TailSampler;
 pub use span::{AttrValue, SpanView, StatusKind};

@@ -15,9 +15,9 @@
 //! thread is needed, which matters on a busy machine, where a woken thread can wait
 //! milliseconds to be scheduled. The background thread is not asked to decide half of the
 //! buffer either: deciding mostly frees dropped spans, and two threads freeing memory of one
-//! allocator arena at once contend for it (measured slower than one thread alone, with several
-//! times the context switches). The exporter sits behind a lock (see [`export`]) taken by the
-//! background thread and by flushing callers, never by `on_end`.
+//! allocator arena at once contend for it, so two deciding together finish later than one alone
+//! (the sampler benchmark records the figures). The exporter sits behind a lock (see [`export`])
+//! taken by the background thread and by flushing callers, never by `on_end`.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -169,7 +169,9 @@ impl TailSamplingProcessor {
         exporter: E,
         yaml: &str,
     ) -> Result<Self, ConfigError> {
-        Self::new(exporter, SamplerConfig::from_yaml(yaml)?)
+        // Building validates the configuration; validating it here too would compile the
+        // policies twice.
+        Self::new(exporter, SamplerConfig::from_yaml_unvalidated(yaml)?)
     }
 
     /// A processor with every part given: sampler config, queue and export settings, clock.
@@ -246,6 +248,63 @@ impl TailSamplingProcessor {
     #[must_use]
     pub fn metrics(&self) -> SamplerMetrics {
         self.sampler.metrics()
+    }
+
+    /// A handle that reads [`Self::metrics`] after the processor was handed to a tracer
+    /// provider, which owns its processors, and after the provider shut it down.
+    #[must_use]
+    pub fn metrics_handle(&self) -> SamplerMetricsHandle {
+        SamplerMetricsHandle {
+            sampler: self.sampler.clone(),
+        }
+    }
+}
+
+/// A cheap, cloneable reader of a [`TailSamplingProcessor`]'s counters, for when the processor
+/// itself was given away: to a tracer provider, which owns its processors.
+///
+/// It shares the sampler with the processor, and so keeps the sampler's decision caches alive
+/// until the last handle is dropped (the buffer itself is empty once the processor shut down).
+///
+/// # Examples
+///
+/// ```
+/// use opentelemetry::trace::{Span as _, Status, Tracer as _, TracerProvider as _};
+/// use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+/// use traceq_sampler::{SamplerConfig, TailSamplingProcessor};
+///
+/// let processor = TailSamplingProcessor::new(InMemorySpanExporter::default(), SamplerConfig::default())?;
+/// let metrics = processor.metrics_handle();
+/// let provider = SdkTracerProvider::builder().with_span_processor(processor).build();
+/// let mut failed = provider.tracer("example").start("failed");
+/// failed.set_status(Status::error("boom"));
+/// failed.end();
+/// provider.shutdown().unwrap();
+///
+/// let m = metrics.snapshot();
+/// assert_eq!(m.global_count_traces_sampled, 1);
+/// assert_eq!(m.spans_exported, 1);
+/// # Ok::<(), traceq_sampler::ConfigError>(())
+/// ```
+#[derive(Clone)]
+pub struct SamplerMetricsHandle {
+    sampler: Arc<TailSampler<SpanData>>,
+}
+
+impl SamplerMetricsHandle {
+    /// A snapshot of the sampler's and the processor's counters, as
+    /// [`TailSamplingProcessor::metrics`] gives.
+    #[must_use]
+    pub fn snapshot(&self) -> SamplerMetrics {
+        self.sampler.metrics()
+    }
+}
+
+impl fmt::Debug for SamplerMetricsHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SamplerMetricsHandle")
+            .field("sampler", &self.sampler)
+            .finish()
     }
 }
 

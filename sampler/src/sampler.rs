@@ -8,13 +8,13 @@
 //!
 //! The core does no I/O and owns no thread: callers ingest spans, call [`TailSampler::poll`]
 //! periodically and [`TailSampler::flush`] at the end, and export what they are handed. The
-//! [`TailSamplingProcessor`](crate::TailSamplingProcessor) does exactly that; the collector's
-//! receiver will too.
+//! [`TailSamplingProcessor`](crate::TailSamplingProcessor) does exactly that, and so does the
+//! pipeline of `traceq collector` with the OTLP spans its receivers decode.
 
 use std::fmt;
 use std::hash::BuildHasher;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 
 use foldhash::fast::FixedState;
@@ -32,27 +32,13 @@ use crate::metrics::{Counters, PolicyMetrics, SamplerMetrics, Trigger};
 use crate::policy::{EvalContext, Outcome, PolicySet};
 use crate::span::{AttrValue, SpanView, StatusKind};
 
-/// Which shard a shared flush takes next (see [`TailSampler::flush_shared`]).
-#[derive(Debug, Default)]
-pub struct FlushCursor {
-    next: AtomicUsize,
-}
-
-impl FlushCursor {
-    /// A cursor at the first shard.
-    #[must_use]
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
-
 /// Smallest share of `num_traces` a shard gets; fewer shards are used for tiny buffers.
 const MIN_TRACES_PER_SHARD: usize = 16;
 
 /// Buffers spans per trace and decides which traces to keep.
 ///
 /// Generic over the span type through [`SpanView`]: the processor buffers SDK `SpanData` as is,
-/// the collector will buffer OTLP spans; `Box<S>` works too when spans are large.
+/// the collector buffers OTLP spans; `Box<S>` works too when spans are large.
 ///
 /// # Examples
 ///
@@ -125,8 +111,7 @@ impl<S: SpanView> TailSampler<S> {
     ///
     /// [`ConfigError`] when the configuration is invalid.
     pub fn with_clock(config: SamplerConfig, clock: Arc<dyn Clock>) -> Result<Self, ConfigError> {
-        config.validate()?;
-        let policies = config.compile_policies()?;
+        let policies = config.compile()?;
         let shards = floor_pow2(
             config
                 .num_shards
@@ -263,22 +248,10 @@ impl<S: SpanView> TailSampler<S> {
     /// Decides every pending trace now; kept spans are appended to `kept`.
     /// Returns the number of traces decided.
     pub fn flush(&self, kept: &mut Vec<S>) -> usize {
-        self.flush_shared(&FlushCursor::new(), kept)
-    }
-
-    /// Decides pending traces shard by shard, taking the next shard from `cursor`, so several
-    /// threads calling it with one cursor flush the buffer together, each taking shards while
-    /// any are left (the faster thread simply takes more). Returns the number of traces decided
-    /// by this call.
-    pub fn flush_shared(&self, cursor: &FlushCursor, kept: &mut Vec<S>) -> usize {
         let now = self.clock.nanos();
         let resource = self.resource.read().clone();
         let mut decided = 0;
-        loop {
-            let next = cursor.next.fetch_add(1, Relaxed);
-            let Some(shard) = self.shards.get(next) else {
-                break;
-            };
+        for shard in self.shards.iter() {
             shard.lock().drain_with(|shard, trace_id, entry| {
                 self.decide_entry(shard, trace_id, entry, Trigger::Flush, now, &resource, kept);
                 decided += 1;

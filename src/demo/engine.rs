@@ -3,7 +3,6 @@
 
 use super::report::Tally;
 use super::{DemoArgs, LONG_JOB_ID, LONG_JOB_SEGMENTS};
-use crate::sampling::SharedProcessor;
 use anyhow::Context as _;
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, SpanExporter as _};
@@ -11,17 +10,14 @@ use opentelemetry_sdk::Resource;
 use std::sync::Arc;
 use std::time::Duration;
 use traceq::engine::Engine;
+use traceq::exporter::client::http_traces_url;
 use traceq::exporter::OtlpJsonFileExporter;
 use traceq::sampler::{SamplerConfig, TailSamplingProcessor};
 
-/// The URL OTLP/HTTP traces are posted to.
+/// The URL OTLP/HTTP traces are posted to: the OTLP client's one rule (`http://` assumed,
+/// `/v1/traces` appended when the URL has no path).
 pub(super) fn traces_url(endpoint: &str) -> String {
-    let base = endpoint.trim_end_matches('/');
-    if base.ends_with("/v1/traces") {
-        base.to_owned()
-    } else {
-        format!("{base}/v1/traces")
-    }
+    http_traces_url(endpoint).unwrap_or_else(|| endpoint.to_owned())
 }
 
 /// The tail sampler, exporting to the file or, with `--otlp-endpoint`, over OTLP/HTTP.
@@ -68,15 +64,15 @@ policies:
     SamplerConfig::from_yaml(&yaml).context("the demo's sampler configuration")
 }
 
-/// The tracer provider, sending every span to the shared tail sampler (whose counters the
-/// summary reads after the provider is shut down).
+/// The tracer provider, sending every span to the tail sampler (whose counters the summary
+/// reads through the sampler's metrics handle after the provider is shut down).
 pub(super) fn tracer_provider(
     resource: Resource,
-    processor: &Arc<TailSamplingProcessor>,
+    processor: TailSamplingProcessor,
 ) -> SdkTracerProvider {
     SdkTracerProvider::builder()
         .with_resource(resource)
-        .with_span_processor(SharedProcessor::new(Arc::clone(processor)))
+        .with_span_processor(processor)
         .build()
 }
 

@@ -103,7 +103,7 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
     let resource = Resource::builder().with_service_name("traceq-demo").build();
     // Built before entering the runtime: the OTLP exporter's blocking HTTP client must not be
     // created on an async thread.
-    let processor = Arc::new(engine::processor(&args, &resource)?);
+    let processor = engine::processor(&args, &resource)?;
     runtime.block_on(demo(args, resource, processor))
 }
 
@@ -115,9 +115,10 @@ fn object_key(i: usize) -> String {
 async fn demo(
     args: DemoArgs,
     resource: Resource,
-    processor: Arc<TailSamplingProcessor>,
+    processor: TailSamplingProcessor,
 ) -> anyhow::Result<()> {
-    let provider = engine::tracer_provider(resource, &processor);
+    let sampler_metrics = processor.metrics_handle();
+    let provider = engine::tracer_provider(resource, processor);
     let tracer = provider.tracer("traceq-demo");
     let long_job_len = Duration::from_secs_f64((args.duration * 0.8).clamp(0.5, 60.0));
     let progress = report::progress_bar(args.duration);
@@ -147,7 +148,7 @@ async fn demo(
     progress.finish_and_clear();
 
     engine::shut_down_tracing(provider).await?;
-    let sampled = processor.metrics();
+    let sampled = sampler_metrics.snapshot();
     report::print_summary(&args, ran_for, adds, &handle.metrics(), &sampled, &tally);
     match &args.otlp_endpoint {
         Some(endpoint) => report::sent_over_otlp(endpoint, &sampled),

@@ -177,7 +177,7 @@ struct RawStdoutExporter {
 }
 
 fn duration(field: &str, text: &str) -> Result<Duration, CollectorConfigError> {
-    parse_duration("duration", text).map_err(|_| {
+    parse_duration(text).map_err(|_| {
         field_error(
             field,
             format!("`{text}` is not a duration like `500ms`, `2s` or `1m30s`"),

@@ -148,6 +148,23 @@ fn invalid_settings_should_be_refused() {
 }
 
 #[test]
+fn from_yaml_should_refuse_what_validation_refuses() {
+    for (yaml, message) in [
+        (
+            "num_traces: 0\npolicies: [{name: a, type: always_sample}]",
+            "field `num_traces`: must be positive",
+        ),
+        (
+            "policies: [{name: l, type: latency}]",
+            "policy `l`: field `latency` section is required for this type",
+        ),
+    ] {
+        let err = TailSamplingProcessor::from_yaml(InMemorySpanExporter::default(), yaml);
+        assert_eq!(err.unwrap_err().to_string(), message);
+    }
+}
+
+#[test]
 fn attribute_policies_should_see_the_provider_resource() {
     let exporter = InMemorySpanExporter::default();
     let p = TailSamplingProcessor::from_yaml(
@@ -167,4 +184,29 @@ fn attribute_policies_should_see_the_provider_resource() {
     provider.force_flush().unwrap();
     assert_eq!(exporter.get_finished_spans().unwrap().len(), 1);
     provider.shutdown().unwrap();
+}
+
+#[test]
+fn a_metrics_handle_should_read_the_counters_after_the_provider_owns_and_shuts_the_processor() {
+    let (p, _clock) = processor(InMemorySpanExporter::default(), Duration::from_secs(3600));
+    let metrics = p.metrics_handle();
+    let before = metrics.clone().snapshot();
+    assert_eq!(before, p.metrics());
+    let provider = SdkTracerProvider::builder().with_span_processor(p).build();
+    let tracer = provider.tracer("test");
+    tracer.in_span("fine", |_| {});
+    tracer.in_span("failed", |cx| cx.span().set_status(Status::error("boom")));
+    provider.shutdown().unwrap();
+    drop(provider);
+    let m = metrics.snapshot();
+    assert_eq!(m.new_trace_id_received, 2);
+    assert_eq!(
+        (
+            m.global_count_traces_sampled,
+            m.global_count_traces_not_sampled
+        ),
+        (1, 1)
+    );
+    // (The in-memory exporter forgets its spans when shut down; the counter remains.)
+    assert_eq!(m.spans_exported, 1);
 }

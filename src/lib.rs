@@ -5,9 +5,13 @@
 //!                                      │ spans (OpenTelemetry API)
 //!                                      ▼
 //!                         sampler::TailSamplingProcessor ─▶ exporter::OtlpJsonFileExporter
+//!
+//!  OTLP in ─▶ collector::Collector (receivers, sampler::TailSampler) ─▶ exporter::export ─▶ OTLP out
 //! ```
 //!
-//! This crate re-exports the workspace's libraries and holds the `traceq` command line.
+//! This crate re-exports the workspace's libraries (`engine`, `sampler`, `exporter`, `collector`;
+//! `traceq-core`'s clock is `engine::clock::Clock`, the same trait as `sampler::Clock`) and holds
+//! the `traceq` command line.
 
 pub use traceq_collector as collector;
 pub use traceq_engine as engine;

@@ -55,14 +55,7 @@ impl fmt::Debug for GrpcTransport {
 impl GrpcTransport {
     /// Validates the endpoint and headers and makes a lazy channel (no connection yet).
     pub(crate) fn new(name: &str, config: &ClientConfig) -> Result<Self, ExportSetupError> {
-        let ClientConfig {
-            endpoint,
-            compression,
-            timeout,
-            headers,
-            ..
-        } = config;
-        let (compression, timeout) = (*compression, *timeout);
+        let (endpoint, timeout) = (config.endpoint.as_str(), config.timeout);
         let uri = endpoint_uri(name, endpoint)?;
         let invalid = |reason: String| ExportSetupError::InvalidEndpoint {
             exporter: name.to_owned(),
@@ -77,12 +70,12 @@ impl GrpcTransport {
             .tcp_nodelay(true)
             .connect_lazy();
         let mut client = Grpc::new(channel).accept_compressed(CompressionEncoding::Gzip);
-        if compression == Compression::Gzip {
+        if config.compression == Compression::Gzip {
             client = client.send_compressed(CompressionEncoding::Gzip);
         }
         Ok(Self {
             client,
-            metadata: metadata(name, headers)?,
+            metadata: metadata(name, &config.headers)?,
             timeout,
         })
     }

@@ -49,14 +49,7 @@ impl fmt::Debug for HttpTransport {
 impl HttpTransport {
     /// Validates the URL and headers and builds the client (no connection yet).
     pub(crate) fn new(name: &str, config: &ClientConfig) -> Result<Self, ExportSetupError> {
-        let ClientConfig {
-            endpoint,
-            compression,
-            timeout,
-            headers,
-            ..
-        } = config;
-        let (compression, timeout) = (*compression, *timeout);
+        let (endpoint, timeout) = (config.endpoint.as_str(), config.timeout);
         let client = Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -71,8 +64,8 @@ impl HttpTransport {
         Ok(Self {
             client,
             url: traces_url(name, &super::with_scheme(endpoint))?,
-            headers: header_map(name, headers)?,
-            gzip: compression == Compression::Gzip,
+            headers: header_map(name, &config.headers)?,
+            gzip: config.compression == Compression::Gzip,
         })
     }
 

@@ -415,6 +415,8 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
                 core.keys.add(d.hash, d.key, metrics_now);
             }
         }
+        // The entries that fired were live: the stale ones left may now outnumber the rest.
+        compact(core);
         self.store_next_deadline(core);
     }
 
@@ -507,12 +509,14 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         core.next_seq += 1;
         let earliest = core.heap.peek().is_none_or(|top| at < top.at);
         core.heap.push(Delayed { at, seq, hash, key });
-        if earliest {
-            // A parked getter re-arms its timer for the new, earlier deadline.
+        // A deadline moved earlier leaves the key's previous entry stale.
+        let compacted = compact(core);
+        if earliest || compacted {
             self.store_next_deadline(core);
-            if self.any_parked() {
-                self.wake_one();
-            }
+        }
+        if earliest && self.any_parked() {
+            // A parked getter re-arms its timer for the new, earlier deadline.
+            self.wake_one();
         }
     }
 
@@ -571,6 +575,12 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
     /// Keys waiting out a delay or backoff before they are queued.
     pub fn waiting_len(&self) -> usize {
         self.lock().keys.waiting_len()
+    }
+
+    /// Entries in the delay heap, stale ones included.
+    #[cfg(test)]
+    fn heap_len(&self) -> usize {
+        self.lock().heap.len()
     }
 
     /// Keys handed out and not yet done.
@@ -915,6 +925,26 @@ pub(crate) enum Failure {
     Exhausted { requeues: u32 },
     /// The queue is shutting down: no retry was scheduled.
     Dropped,
+}
+
+/// Drops the heap's stale entries once they outnumber its live ones, so that a key whose
+/// deadline moves earlier does not leave its later entries in the heap until they expire (up to
+/// [`MAX_DELAY`]). Whether it did.
+///
+/// Why a count and not a removal: a binary heap cannot remove an entry from its middle, so a
+/// superseded entry stays until it surfaces or the heap is rebuilt. Every live entry is its key's
+/// pending delayed add, so the stale ones number `heap.len() - waiting_len()`; rebuilding only
+/// when they are more than half the heap removes at least half of what it visits, so its cost is
+/// at most two entry visits per entry ever pushed. It runs on the delay paths only (`schedule`,
+/// and `promote` when entries fired); a plain add, get and done never reach it.
+fn compact<K: Eq + Hash + Clone>(core: &mut Core<K>) -> bool {
+    let live = core.keys.waiting_len();
+    if core.heap.len().saturating_sub(live) <= live {
+        return false;
+    }
+    let keys = &core.keys;
+    core.heap.retain(|d| keys.is_pending(&d.key, d.seq));
+    true
 }
 
 fn deadline(now: Instant, delay: Duration) -> Instant {

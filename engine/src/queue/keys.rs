@@ -319,12 +319,17 @@ impl<K: Eq + Hash + Clone> Keys<K> {
 
     /// Takes `key` out of waiting if `seq` is still its pending delayed add.
     pub(super) fn take_due(&mut self, key: &K, seq: u64) -> bool {
-        if self.waiting.get(key).is_some_and(|&(_, s)| s == seq) {
+        if self.is_pending(key, seq) {
             self.waiting.remove(key);
             true
         } else {
             false
         }
+    }
+
+    /// Whether `seq` is `key`'s pending delayed add: its heap entry is live, not superseded.
+    pub(super) fn is_pending(&self, key: &K, seq: u64) -> bool {
+        self.waiting.get(key).is_some_and(|&(_, s)| s == seq)
     }
 
     /// Whether a rate-limited add of `key` coalesces: it is queued, or already waits.

@@ -72,6 +72,53 @@ fn queue_should_let_the_earliest_delay_win_on_re_add() {
 }
 
 #[test]
+fn queue_should_drop_superseded_delay_entries_when_a_deadline_moves_earlier() {
+    let clock = ManualClock::new();
+    let q = manual_queue(&clock);
+    // Each add moves the key's deadline one second earlier, from a year down to 10_000 s less.
+    for i in 0..10_000u64 {
+        q.add_after("a", MAX_DELAY - Duration::from_secs(i));
+        assert!(
+            q.heap_len() <= 2 * q.waiting_len(),
+            "{} heap entries for {} waiting key after {} moves",
+            q.heap_len(),
+            q.waiting_len(),
+            i + 1
+        );
+    }
+    assert_eq!(q.waiting_len(), 1);
+    // The earliest deadline still wins, and the key fires once.
+    clock.advance(MAX_DELAY - Duration::from_secs(10_000));
+    assert_eq!(q.try_get(), None);
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(q.try_get(), Some("a"));
+    q.done(&"a");
+    clock.advance(Duration::from_secs(20_000));
+    assert_eq!(q.try_get(), None);
+    assert_eq!(q.heap_len(), 0);
+}
+
+#[test]
+fn queue_should_drop_stale_delay_entries_once_the_live_ones_fire() {
+    let clock = ManualClock::new();
+    let q = Queue::<u32>::with_config(QueueConfig::default().with_clock(Arc::new(clock.clone())));
+    // Every key moved earlier once: as many stale entries as live ones, not yet too many.
+    for k in 0..1_000 {
+        q.add_after(k, MAX_DELAY);
+        q.add_after(k, Duration::from_secs(1));
+    }
+    assert_eq!((q.waiting_len(), q.heap_len()), (1_000, 2_000));
+    // The live entries fire; the stale ones would otherwise wait for a year.
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(q.len(), 1_000);
+    assert_eq!(
+        (q.waiting_len(), q.heap_len()),
+        (0, 0),
+        "stale entries left"
+    );
+}
+
+#[test]
 fn queue_should_clamp_absurd_delays() {
     let clock = ManualClock::new();
     let q = manual_queue(&clock);

@@ -4,6 +4,13 @@
 //! later failure starts the backoff afresh). On an error, a timeout or a panic — caught per item,
 //! the worker survives — the key is re-queued rate-limited until it has been re-queued
 //! `max_retries` times; the next failure forgets it and the [`Outcome`] says why.
+//!
+//! Why every call into user code on the attempt path is caught: the handler (its synchronous part
+//! and its future), the error's `Display`, the key's formatting for its trace and the outcome hook
+//! all run on a worker between `get` and `done`. A panic escaping any of them would kill the
+//! worker and leave its key in process for ever, so that `shutdown_with_drain` never returns.
+//! Instead the attempt fails with an [`AttemptError`] naming what panicked (or, for the hook, the
+//! panic is reported and the outcome stands), and the worker goes on.
 
 mod attempt;
 mod handle;
@@ -20,10 +27,13 @@ use crate::trace::{
     interned, ErasedTracer, ItemTraces, JobContext, KeyFormat, TraceConfig,
     DEFAULT_MAX_SPANS_PER_SEGMENT, DEFAULT_MAX_TRACE_AGE,
 };
+pub(crate) use attempt::panic_message;
 use attempt::run_attempt;
 use opentelemetry::trace::Tracer;
 use std::fmt;
 use std::hash::Hash;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -229,7 +239,9 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> EngineBuilder<K> {
     }
 
     /// Called in the worker after every attempt with what became of the key. It runs on the
-    /// worker, so a slow hook delays that worker's next attempt. Default: none.
+    /// worker, so a slow hook delays that worker's next attempt. A panic in it is caught: the
+    /// key's outcome stands and the worker goes on; the first panic is reported on stderr, and
+    /// the number of panics when [`Engine::run`] returns. Default: none.
     #[must_use]
     pub fn with_outcome_hook(mut self, hook: impl Fn(&Outcome<K>) + Send + Sync + 'static) -> Self {
         self.outcome_hook = Some(Arc::new(hook));
@@ -392,6 +404,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> EngineBuilder<K> {
                 max_retries: self.max_retries,
                 attempt_timeout: self.attempt_timeout,
                 outcome_hook: self.outcome_hook,
+                hook_panics: AtomicU64::new(0),
             }),
         })
     }
@@ -405,6 +418,8 @@ struct Inner<K> {
     max_retries: u32,
     attempt_timeout: Option<Duration>,
     outcome_hook: Option<OutcomeHook<K>>,
+    /// Panics of the outcome hook: the first is shown on stderr, the total when `run` returns.
+    hook_panics: AtomicU64,
 }
 
 /// Runs a handler over a work queue with N async workers.
@@ -477,6 +492,13 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Engine<K> {
         if let Some(traces) = &self.inner.traces {
             traces.drop_all();
         }
+        let hook_panics = self.inner.hook_panics.load(Ordering::Relaxed);
+        if hook_panics > 0 {
+            eprintln!(
+                "traceq: engine {}: outcome hook panicked {hook_panics} times in total",
+                self.inner.queue.name()
+            );
+        }
     }
 }
 
@@ -489,29 +511,40 @@ where
         let number = requeues + 1;
         let started = inner.outcome_hook.as_ref().map(|_| Instant::now());
         // `None` without a tracer (or under a no-op one): the attempt runs untraced.
-        let traced = inner
-            .traces
-            .as_ref()
-            .and_then(|t| Some((t, t.begin(&key, number)?)));
+        let traced = inner.traces.as_ref().map(|t| (t, t.begin(&key, number)));
         let kind = match traced {
-            None => {
+            None | Some((_, Ok(None))) => {
                 let attempt = Attempt::new(key.clone(), number, JobContext::default());
                 let result = run_attempt(&*handler, attempt, inner.attempt_timeout).await;
                 settle(&inner, &key, result)
             }
-            Some((traces, (item, job))) => {
+            // Formatting the key for its trace panicked: the attempt fails without running, and
+            // the key, which has no trace, is settled as an untraced one.
+            Some((_, Err(error))) => settle(&inner, &key, Err(error)),
+            Some((traces, Ok(Some((item, job))))) => {
                 let attempt = Attempt::new(key.clone(), number, job);
                 let result = run_attempt(&*handler, attempt, inner.attempt_timeout).await;
                 traces.settle(&key, &item, || settle(&inner, &key, result))
             }
         };
         if let (Some(hook), Some(started)) = (&inner.outcome_hook, started) {
-            hook(&Outcome {
+            let outcome = Outcome {
                 key,
                 attempt: number,
                 duration: started.elapsed(),
                 kind,
-            });
+            };
+            // User code: a panic is counted and reported, the key's outcome stands.
+            if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| hook(&outcome))) {
+                if inner.hook_panics.fetch_add(1, Ordering::Relaxed) == 0 {
+                    eprintln!(
+                        "traceq: engine {}: outcome hook panicked: {}; later panics are counted \
+                         and their total reported when run returns",
+                        inner.queue.name(),
+                        panic_message(&*panic)
+                    );
+                }
+            }
         }
     }
 }

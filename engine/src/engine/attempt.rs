@@ -79,9 +79,20 @@ pub enum AttemptError {
     /// The attempt ran past the per-attempt timeout.
     #[error("attempt timed out after {0:?}")]
     TimedOut(Duration),
-    /// The handler panicked; the panic message.
+    /// The handler panicked, in its synchronous part (before it returned its future) or while
+    /// its future ran; the panic message.
     #[error("handler panicked: {0}")]
     Panicked(String),
+    /// The handler returned an error whose `Display` panicked; the panic message.
+    #[error("error Display panicked: {0}")]
+    DisplayPanicked(String),
+    /// Formatting the key for its trace panicked (the key's `Display` under
+    /// [`with_tracer`](crate::EngineBuilder::with_tracer), the closure of
+    /// [`with_tracer_and_key_format`](crate::EngineBuilder::with_tracer_and_key_format), or that
+    /// of [`with_job_id_of`](crate::EngineBuilder::with_job_id_of)); the panic message. The
+    /// handler did not run.
+    #[error("key formatting panicked: {0}")]
+    KeyFormatPanicked(String),
 }
 
 /// What became of a key after an attempt.
@@ -137,28 +148,43 @@ pub struct Outcome<K> {
 }
 
 /// Runs the handler once, turning an error, a timeout or a panic into an [`AttemptError`].
+///
+/// Every call into user code is inside one `catch_unwind`: the handler's synchronous part (run
+/// on the first poll of the block below), the polling of its future, the drop of a future cut by
+/// the timeout, and the error's `Display` (caught on its own, to say so). Catching costs nothing
+/// while nothing panics.
 pub(crate) async fn run_attempt<K, H: Handler<K>>(
     handler: &H,
     attempt: Attempt<K>,
     timeout: Option<Duration>,
 ) -> Result<(), AttemptError> {
-    // The handler is user code: a panic must fail this attempt, not kill the worker.
-    let fut = AssertUnwindSafe(handler.handle(attempt)).catch_unwind();
-    let result = match timeout {
-        None => fut.await,
-        Some(limit) => match tokio::time::timeout(limit, fut).await {
-            Ok(r) => r,
-            Err(_) => return Err(AttemptError::TimedOut(limit)),
-        },
+    let run = async move {
+        let fut = handler.handle(attempt);
+        let result = match timeout {
+            None => fut.await,
+            Some(limit) => match tokio::time::timeout(limit, fut).await {
+                Ok(r) => r,
+                Err(_) => return Err(AttemptError::TimedOut(limit)),
+            },
+        };
+        result.map_err(describe)
     };
-    match result {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(AttemptError::Failed(e.to_string())),
-        Err(panic) => Err(AttemptError::Panicked(panic_message(&*panic))),
+    AssertUnwindSafe(run)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| Err(AttemptError::Panicked(panic_message(&*panic))))
+}
+
+/// The handler's error as an [`AttemptError`]: its `Display` text, or why there is none.
+fn describe<E: fmt::Display>(error: E) -> AttemptError {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| error.to_string())) {
+        Ok(text) => AttemptError::Failed(text),
+        Err(panic) => AttemptError::DisplayPanicked(panic_message(&*panic)),
     }
 }
 
-fn panic_message(panic: &(dyn Any + Send)) -> String {
+/// The message of a caught panic.
+pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = panic.downcast_ref::<String>() {

@@ -7,7 +7,7 @@
 
 use super::item::{AttemptEnd, Item, TraceConfig};
 use super::JobContext;
-use crate::engine::OutcomeKind;
+use crate::engine::{panic_message, AttemptError, OutcomeKind};
 use crate::queue::Queue;
 use foldhash::fast::RandomState;
 use hashbrown::hash_table::{Entry, HashTable};
@@ -15,6 +15,7 @@ use opentelemetry::Context;
 use parking_lot::Mutex;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -70,13 +71,20 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> ItemTraces<K> {
         }
     }
 
-    fn start(&self, key: &K, parent: Option<&Context>) -> Option<Arc<Item>> {
-        let job_id = self.job_id_of.as_ref().and_then(|f| f(key));
-        let item = Item::start(&self.cfg, (self.key_format)(key), job_id, parent);
+    /// Starts `key`'s trace. `Ok(None)` for a no-op tracer; an error when the key formatter or
+    /// the job id closure, user code, panicked.
+    fn start(&self, key: &K, parent: Option<&Context>) -> Result<Option<Arc<Item>>, AttemptError> {
+        let texts = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let job_id = self.job_id_of.as_ref().and_then(|f| f(key));
+            ((self.key_format)(key), job_id)
+        }));
+        let (key_text, job_id) =
+            texts.map_err(|panic| AttemptError::KeyFormatPanicked(panic_message(&*panic)))?;
+        let item = Item::start(&self.cfg, key_text, job_id, parent);
         if item.is_none() {
             self.noop.store(true, Ordering::Relaxed);
         }
-        item.map(Arc::new)
+        Ok(item.map(Arc::new))
     }
 
     fn is_noop(&self) -> bool {
@@ -102,7 +110,9 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> ItemTraces<K> {
         match items.entry(hash, |(k, _)| *k == key, |(k, _)| self.hasher.hash_one(k)) {
             Entry::Occupied(entry) => entry.get().1.coalesced(parent),
             Entry::Vacant(entry) => {
-                if let Some(item) = self.start(&key, parent) {
+                // A key whose formatting panicked is queued untraced; its attempt fails with
+                // the reason when `begin` tries again.
+                if let Ok(Some(item)) = self.start(&key, parent) {
                     entry.insert((key.clone(), item));
                 }
             }
@@ -111,16 +121,21 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> ItemTraces<K> {
     }
 
     /// The key's trace for the attempt a worker is about to run, with the attempt span started.
-    /// `None` for a no-op tracer: the attempt runs untraced.
+    /// `Ok(None)` for a no-op tracer: the attempt runs untraced. An error when the key's trace
+    /// could not be started because formatting the key panicked: the attempt fails with it.
     ///
     /// Every add goes through [`add`](Self::add), so a key normally arrives here with its trace.
     /// One does not: a key added while a worker processes it (dirty; the add is recorded on the
     /// running trace) whose attempt then forgets it (success, retries exhausted, or a failure
     /// during shutdown). `done` queues it again, but its entry went with the forgotten trace, so
     /// the key's new life starts its trace here.
-    pub(crate) fn begin(&self, key: &K, number: u32) -> Option<(Arc<Item>, JobContext)> {
+    pub(crate) fn begin(
+        &self,
+        key: &K,
+        number: u32,
+    ) -> Result<Option<(Arc<Item>, JobContext)>, AttemptError> {
         if self.is_noop() {
-            return None;
+            return Ok(None);
         }
         let hash = self.hasher.hash_one(key);
         let item = {
@@ -128,7 +143,9 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> ItemTraces<K> {
             match items.entry(hash, |(k, _)| k == key, |(k, _)| self.hasher.hash_one(k)) {
                 Entry::Occupied(entry) => Arc::clone(&entry.get().1),
                 Entry::Vacant(entry) => {
-                    let item = self.start(key, None)?;
+                    let Some(item) = self.start(key, None)? else {
+                        return Ok(None);
+                    };
                     entry.insert((key.clone(), Arc::clone(&item)));
                     item
                 }
@@ -136,7 +153,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> ItemTraces<K> {
         };
         item.begin_attempt(&self.cfg, number);
         let job = JobContext::bound(Arc::clone(&self.cfg), Arc::clone(&item));
-        Some((item, job))
+        Ok(Some((item, job)))
     }
 
     /// Settles a finished attempt: `settle` runs the queue operation; the entry is removed if the

@@ -236,3 +236,88 @@ async fn a_panicking_outcome_hook_should_leave_the_outcome_and_the_worker_alone(
     assert_eq!(handle.metrics().processing, 0);
     assert_eq!(handle.queue().num_requeues(&"a".to_owned()), 0, "succeeded");
 }
+
+/// A handler that signals each attempt it starts and never finishes one.
+fn hang_on_first_attempt(
+    started: Arc<tokio::sync::Notify>,
+) -> impl Handler<String, Error = std::io::Error> {
+    move |_: Attempt<String>| {
+        let started = Arc::clone(&started);
+        async move {
+            started.notify_one();
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+    }
+}
+
+/// Runs `engine` until its handler has started, then drops the `run` future mid-attempt.
+async fn drop_run_mid_attempt(engine: &Engine<String>) {
+    let started = Arc::new(tokio::sync::Notify::new());
+    let run = engine.run(hang_on_first_attempt(Arc::clone(&started)));
+    tokio::select! {
+        () = run => panic!("run returned while its handler hangs"),
+        r = timeout(BOUND, started.notified()) => r.expect("the handler never started"),
+    }
+}
+
+#[tokio::test]
+async fn dropping_run_mid_attempt_should_let_the_drain_return() {
+    let (provider, exporter) = provider();
+    let engine = Engine::<String>::builder()
+        .with_workers(1)
+        .with_tracer(provider.tracer("traceq"))
+        .build()
+        .unwrap();
+    let handle = engine.handle();
+    handle.add("k".to_owned());
+    drop_run_mid_attempt(&engine).await;
+    let drained = timeout(BOUND, handle.shutdown_with_drain()).await;
+    assert!(drained.is_ok(), "drain hung: {}", state(handle.queue()));
+    assert_eq!(handle.queue().processing_len(), 0);
+    // The attempt span ends as cancelled; the key was not queued again during the shutdown, so
+    // its trace ends too.
+    let spans = exporter.get_finished_spans().unwrap();
+    let outcome = |prefix: &str| {
+        spans
+            .iter()
+            .find(|s| s.name.starts_with(prefix))
+            .and_then(|s| attr_of(s, attr::OUTCOME))
+            .map(|v| v.to_string())
+    };
+    assert_eq!(
+        outcome("process "),
+        Some(attr::OUTCOME_CANCELLED.to_owned())
+    );
+    assert_eq!(outcome("item "), Some(attr::OUTCOME_DROPPED.to_owned()));
+}
+
+#[tokio::test]
+async fn a_key_cut_short_by_a_dropped_run_should_be_handed_out_again() {
+    let (builder, log) = builder();
+    let engine = builder.build().unwrap();
+    let handle = engine.handle();
+    handle.add("k".to_owned());
+    drop_run_mid_attempt(&engine).await;
+    let requeued = timeout(BOUND, async {
+        while handle.queue().processing_len() != 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    assert!(requeued.is_ok(), "key stuck: {}", state(handle.queue()));
+    assert_eq!(
+        handle.queue().len(),
+        1,
+        "the interrupted key is queued again"
+    );
+    // A second run hands it out and finishes it.
+    let second = engine.run(|_: Attempt<String>| async { Ok::<(), std::io::Error>(()) });
+    let stop = async {
+        handle.queue().wait_idle().await;
+        handle.shutdown_with_drain().await;
+    };
+    let both = timeout(BOUND, async { tokio::join!(second, stop) }).await;
+    assert!(both.is_ok(), "second run hung: {}", state(handle.queue()));
+    assert!(succeeded(&log, "k"));
+}

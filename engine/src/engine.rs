@@ -24,7 +24,7 @@ use crate::rate_limit::{
     self, ExponentialBackoff, MaxOf, RateLimitError, RateLimiter, TokenBucket,
 };
 use crate::trace::{
-    interned, ErasedTracer, ItemTraces, JobContext, KeyFormat, TraceConfig,
+    interned, ErasedTracer, Item, ItemTraces, JobContext, KeyFormat, TraceConfig,
     DEFAULT_MAX_SPANS_PER_SEGMENT, DEFAULT_MAX_TRACE_AGE,
 };
 pub(crate) use attempt::panic_message;
@@ -482,6 +482,14 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Engine<K> {
     /// Runs the workers until the queue is shut down, then returns once every worker has
     /// finished its current attempt. Must be called inside a tokio runtime. When tracing, the
     /// traces of keys left queued or waiting end then, with outcome `dropped_at_shutdown`.
+    ///
+    /// Cancel-safe: dropping the returned future aborts the workers, and each key in process is
+    /// marked done as its worker's task is dropped, queued again unless the queue is shutting
+    /// down, so that `shutdown_with_drain` returns and a later `run` hands the key out again.
+    /// The interrupted handlers' futures are dropped; their attempt spans end with outcome
+    /// `cancelled`, and the item span too (as `dropped_at_shutdown`) if the key was not queued
+    /// again. The traces of keys left queued or waiting stay open for a later `run` and end when
+    /// the engine is dropped.
     pub async fn run<H: Handler<K>>(&self, handler: H) {
         let handler = Arc::new(handler);
         let mut tasks = tokio::task::JoinSet::new();
@@ -511,21 +519,33 @@ where
         let number = requeues + 1;
         let started = inner.outcome_hook.as_ref().map(|_| Instant::now());
         // `None` without a tracer (or under a no-op one): the attempt runs untraced.
-        let traced = inner.traces.as_ref().map(|t| (t, t.begin(&key, number)));
-        let kind = match traced {
-            None | Some((_, Ok(None))) => {
-                let attempt = Attempt::new(key.clone(), number, JobContext::default());
-                let result = run_attempt(&*handler, attempt, inner.attempt_timeout).await;
-                settle(&inner, &key, result)
-            }
+        // Until it is settled, a dropped worker (a dropped `run`) hands the key back.
+        let mut flight = InFlight {
+            inner: &inner,
+            key: Some(key),
+            item: None,
+        };
+        let begun = inner.traces.as_ref().map(|t| t.begin(flight.key(), number));
+        let result = match begun {
             // Formatting the key for its trace panicked: the attempt fails without running, and
             // the key, which has no trace, is settled as an untraced one.
-            Some((_, Err(error))) => settle(&inner, &key, Err(error)),
-            Some((traces, Ok(Some((item, job))))) => {
-                let attempt = Attempt::new(key.clone(), number, job);
-                let result = run_attempt(&*handler, attempt, inner.attempt_timeout).await;
+            Some(Err(error)) => Err(error),
+            Some(Ok(Some((item, job)))) => {
+                flight.item = Some(item);
+                let attempt = Attempt::new(flight.key().clone(), number, job);
+                run_attempt(&*handler, attempt, inner.attempt_timeout).await
+            }
+            None | Some(Ok(None)) => {
+                let attempt = Attempt::new(flight.key().clone(), number, JobContext::default());
+                run_attempt(&*handler, attempt, inner.attempt_timeout).await
+            }
+        };
+        let (key, item) = flight.disarm();
+        let kind = match (&inner.traces, item) {
+            (Some(traces), Some(item)) => {
                 traces.settle(&key, &item, || settle(&inner, &key, result))
             }
+            _ => settle(&inner, &key, result),
         };
         if let (Some(hook), Some(started)) = (&inner.outcome_hook, started) {
             let outcome = Outcome {
@@ -546,6 +566,47 @@ where
                 }
             }
         }
+    }
+}
+
+/// A key a worker holds between `get` and its settling. Dropped before it is settled — the
+/// worker's task aborted because the `run` future was dropped mid-attempt — it marks the key done
+/// and queued again (see [`Queue::abandon`]), and ends the attempt's span, so that the key is not
+/// left in process for ever.
+struct InFlight<'a, K: Eq + Hash + Clone + Send + Sync + 'static> {
+    inner: &'a Inner<K>,
+    /// `None` once settled.
+    key: Option<K>,
+    /// The key's trace, once its attempt span started.
+    item: Option<Arc<Item>>,
+}
+
+impl<K: Eq + Hash + Clone + Send + Sync + 'static> InFlight<'_, K> {
+    fn key(&self) -> &K {
+        self.key.as_ref().expect("a key in flight until disarmed")
+    }
+
+    /// The key and its trace, for the worker to settle.
+    fn disarm(&mut self) -> (K, Option<Arc<Item>>) {
+        (self.key.take().expect("disarmed once"), self.item.take())
+    }
+}
+
+impl<K: Eq + Hash + Clone + Send + Sync + 'static> Drop for InFlight<'_, K> {
+    fn drop(&mut self) {
+        let Some(key) = self.key.take() else { return };
+        let inner = self.inner;
+        let item = self.item.take();
+        // The queue and trace operations run user code (the key's `Hash` and `Eq`, the tracer);
+        // a panic must not leave this drop, which may run while the task unwinds.
+        let _ = std::panic::catch_unwind(AssertUnwindSafe(|| match (&inner.traces, item) {
+            (Some(traces), Some(item)) => {
+                traces.abandon(&key, &item, || inner.queue.abandon(&key));
+            }
+            _ => {
+                inner.queue.abandon(&key);
+            }
+        }));
     }
 }
 

@@ -902,6 +902,20 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         failure
     }
 
+    /// Engine path for an attempt that never finished, its worker dropped (the engine's `run`
+    /// future was): marks `key` done, queued again unless the queue is shutting down, so the
+    /// interrupted work is handed out again. Whether it was queued again.
+    pub(crate) fn abandon(&self, key: &K) -> bool {
+        let hash = self.hash(key);
+        let mut core = self.lock();
+        if !self.refuses_adds() {
+            core.keys.mark_dirty(hash, key);
+        }
+        let requeued = core.keys.done(hash, key, self.metrics_now());
+        self.after_done(core, requeued);
+        requeued == Some(true)
+    }
+
     /// Engine path for a successful attempt: forgets `key`'s history and marks it done, under one
     /// lock.
     pub(crate) fn succeed(&self, key: &K) {

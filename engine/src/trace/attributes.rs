@@ -51,3 +51,6 @@ pub const OUTCOME_DROPPED: &str = "dropped_at_shutdown";
 pub const OUTCOME_REQUEUED: &str = "requeued";
 /// Attempt outcome: the attempt was cut by a segment split and continues in the next segment.
 pub const OUTCOME_CONTINUED: &str = "continued";
+/// Attempt outcome: the attempt was cut short because the engine's `run` future was dropped;
+/// the key was queued again (or, while shutting down, dropped).
+pub const OUTCOME_CANCELLED: &str = "cancelled";

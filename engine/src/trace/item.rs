@@ -300,6 +300,21 @@ impl Item {
         }
     }
 
+    /// Ends the span of an attempt cut short by a dropped `run` future; ends the item span too
+    /// if the key was not queued again (the engine was shutting down).
+    pub(crate) fn cancel(&self, running: AttemptEnd, forgotten: bool) {
+        if let Some(running) = running {
+            let span = running.cx.span();
+            span.set_attribute(KeyValue::new(attr::OUTCOME, attr::OUTCOME_CANCELLED));
+            span.end();
+        }
+        if forgotten {
+            self.state
+                .lock()
+                .end_item(attr::OUTCOME_DROPPED, Some("engine shut down"), None);
+        }
+    }
+
     /// Ends the trace of a key the engine never got to (or could not retry) before it stopped.
     pub(crate) fn drop_at_shutdown(&self) {
         let mut st = self.state.lock();

@@ -183,6 +183,26 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> ItemTraces<K> {
         kind
     }
 
+    /// Settles an attempt cut short by a dropped `run` future: `abandon` runs the queue operation
+    /// and says whether the key was queued again; if not, its entry is removed and its trace
+    /// ends. The attempt span ends with outcome `cancelled`.
+    pub(crate) fn abandon(&self, key: &K, item: &Arc<Item>, abandon: impl FnOnce() -> bool) {
+        let hash = self.hasher.hash_one(key);
+        let (running, requeued) = {
+            let mut items = self.items.lock();
+            let requeued = abandon();
+            let running = item.take_running(&self.cfg, requeued);
+            if !requeued {
+                let ours = |(k, i): &(K, Arc<Item>)| k == key && Arc::ptr_eq(i, item);
+                if let Ok(entry) = items.find_entry(hash, ours) {
+                    entry.remove();
+                }
+            }
+            (running, requeued)
+        };
+        item.cancel(running, !requeued);
+    }
+
     /// Ends the traces of every key left when the engine stopped, as dropped at shutdown.
     pub(crate) fn drop_all(&self) {
         let items = std::mem::take(&mut *self.items.lock());

@@ -60,6 +60,12 @@ pub trait SpanView: Send + 'static {
     /// Bytes the span occupies: its inline size (`size_of::<Self>()`) plus its heap allocations
     /// (an estimate). The buffer charges the inline part through its vector's capacity.
     fn size_bytes(&self) -> usize;
+    /// An identity and the size of memory this span shares with other spans (in the collector:
+    /// its resource and scope); a trace is charged that size once for each run of consecutive
+    /// spans with the same identity.
+    fn shared_bytes(&self) -> Option<(usize, usize)> {
+        None
+    }
     /// Records a keep decision on the span (policy, adjusted count, tracestate threshold).
     fn annotate(&mut self, decision: &KeptDecision);
 }

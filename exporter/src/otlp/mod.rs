@@ -3,9 +3,12 @@
 
 #[cfg(feature = "client")]
 pub mod grpc;
+mod json;
 mod request;
 mod span;
+mod validate;
 mod wire;
 
 pub use request::{decode_json_request, decode_request, encode_request, DecodeError};
 pub use span::OtlpSpan;
+pub use validate::{MAX_LIST_ITEMS, MAX_VALUE_DEPTH};

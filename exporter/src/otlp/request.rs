@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prost::Message;
 
+use super::json;
 use super::span::{Origin, OtlpSpan};
-use super::wire::{self, Fields, WireError};
+use super::validate::{self, Invalid};
+use super::wire::{self, Fields, Value, WireError};
 
 const REQUEST_RESOURCE_SPANS: u32 = 1;
 const RESOURCE_SPANS_RESOURCE: u32 = 1;
@@ -40,8 +40,20 @@ impl From<WireError> for DecodeError {
     }
 }
 
+impl From<Invalid> for DecodeError {
+    fn from(e: Invalid) -> Self {
+        Self::new(e.0)
+    }
+}
+
 /// Splits a protobuf-encoded `ExportTraceServiceRequest` into spans, each keeping its encoded
 /// bytes and a shared reference to its resource and scope.
+///
+/// Every message is validated as strictly as a strict protobuf decoder does (see
+/// [`MAX_LIST_ITEMS`](super::MAX_LIST_ITEMS) and [`MAX_VALUE_DEPTH`](super::MAX_VALUE_DEPTH)
+/// for the limits on top), so what is accepted here decodes with prost and can be forwarded to
+/// any downstream. Memory: the spans are copied out of `body` once; per span that is its bytes
+/// plus a fixed ~100 bytes, allocated only once the whole request is known to be valid.
 ///
 /// # Errors
 ///
@@ -50,78 +62,154 @@ impl From<WireError> for DecodeError {
 ///
 /// # Examples
 /// ```
-/// use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 /// use traceq_exporter::otlp::decode_request;
 ///
 /// assert!(decode_request(&[]).unwrap().is_empty()); // an empty request is valid
 /// assert!(decode_request(b"\x0a\xff garbage").is_err());
 /// ```
 pub fn decode_request(body: &[u8]) -> Result<Vec<OtlpSpan>, DecodeError> {
-    let mut spans = Vec::new();
-    for field in Fields::new(body) {
-        let (number, value) = field?;
-        if number != REQUEST_RESOURCE_SPANS {
-            continue;
+    // First pass: structure, and the number of spans, before anything is allocated per span.
+    let mut total = 0usize;
+    for resource_spans in resource_spans(body) {
+        let (_, _, scopes) = resource_spans?;
+        for scope_spans in scopes {
+            let (_, _, spans) = split_scope_spans(scope_spans)?;
+            total += spans.count();
         }
-        let mut resource = None;
-        let mut resource_schema_url = Bytes::new();
-        let mut scope_spans = Vec::new();
-        for field in Fields::new(value.bytes()?) {
-            match field? {
-                (RESOURCE_SPANS_RESOURCE, v) => resource = Some(v.bytes()?),
-                (RESOURCE_SPANS_SCOPE_SPANS, v) => scope_spans.push(v.bytes()?),
-                (RESOURCE_SPANS_SCHEMA_URL, v) => resource_schema_url = utf8(v.bytes()?)?,
-                _ => {}
-            }
+    }
+    let mut out = Vec::with_capacity(total);
+    for resource_spans in resource_spans(body) {
+        let (resource, resource_schema_url, scopes) = resource_spans?;
+        if let Some(r) = resource {
+            validate::check(r, &validate::RESOURCE, 0)?;
         }
         let resource = resource.map(Bytes::copy_from_slice);
-        for ss in scope_spans {
-            let mut scope = None;
-            let mut scope_schema_url = Bytes::new();
-            let mut encoded_spans = Vec::new();
-            for field in Fields::new(ss) {
-                match field? {
-                    (SCOPE_SPANS_SCOPE, v) => scope = Some(v.bytes()?),
-                    (SCOPE_SPANS_SPANS, v) => encoded_spans.push(v.bytes()?),
-                    (SCOPE_SPANS_SCHEMA_URL, v) => scope_schema_url = utf8(v.bytes()?)?,
-                    _ => {}
-                }
+        let resource_schema_url = Bytes::copy_from_slice(resource_schema_url);
+        for scope_spans in scopes {
+            let (scope, scope_schema_url, spans) = split_scope_spans(scope_spans)?;
+            if let Some(s) = scope {
+                validate::check(s, &validate::SCOPE, 0)?;
             }
-            if encoded_spans.is_empty() {
+            if spans.clone().next().is_none() {
                 continue;
             }
-            let origin = Arc::new(Origin {
-                resource: resource.clone(),
-                resource_schema_url: resource_schema_url.clone(),
-                scope: scope.map(Bytes::copy_from_slice),
-                scope_schema_url,
-            });
-            spans.reserve(encoded_spans.len());
-            for encoded in encoded_spans {
-                spans.push(OtlpSpan::parse(encoded, origin.clone())?);
+            let origin = Arc::new(Origin::new(
+                resource.clone(),
+                resource_schema_url.clone(),
+                scope.map(Bytes::copy_from_slice),
+                Bytes::copy_from_slice(scope_schema_url),
+            ));
+            for encoded in spans {
+                out.push(OtlpSpan::parse(encoded, origin.clone())?);
             }
         }
     }
-    Ok(spans)
+    Ok(out)
 }
 
-fn utf8(b: &[u8]) -> Result<Bytes, DecodeError> {
+/// The parts of one `ResourceSpans`: resource, schema URL, and its `ScopeSpans` messages.
+type ResourceParts<'a> = (Option<&'a [u8]>, &'a [u8], Vec<&'a [u8]>);
+
+/// Iterates over the `ResourceSpans` of a request, split into their parts.
+fn resource_spans(body: &[u8]) -> impl Iterator<Item = Result<ResourceParts<'_>, DecodeError>> {
+    Fields::new(body).filter_map(|field| match field {
+        Err(e) => Some(Err(e.into())),
+        Ok((REQUEST_RESOURCE_SPANS, value)) => Some(split_resource_spans(value)),
+        Ok(_) => None,
+    })
+}
+
+fn split_resource_spans(value: Value<'_>) -> Result<ResourceParts<'_>, DecodeError> {
+    let mut resource = None;
+    let mut schema_url: &[u8] = &[];
+    let mut scopes = Vec::new();
+    for field in Fields::new(len_delimited(value, "ResourceSpans")?) {
+        match field? {
+            (RESOURCE_SPANS_RESOURCE, v) => {
+                if resource
+                    .replace(len_delimited(v, "ResourceSpans.resource")?)
+                    .is_some()
+                {
+                    // A decoder would merge the two; we keep one encoding, so refuse.
+                    return Err(DecodeError::new("ResourceSpans has two resource fields"));
+                }
+            }
+            (RESOURCE_SPANS_SCOPE_SPANS, v) => {
+                scopes.push(len_delimited(v, "ResourceSpans.scope_spans")?);
+            }
+            (RESOURCE_SPANS_SCHEMA_URL, v) => {
+                schema_url = utf8(len_delimited(v, "ResourceSpans.schema_url")?)?;
+            }
+            _ => {}
+        }
+    }
+    Ok((resource, schema_url, scopes))
+}
+
+/// The parts of one `ScopeSpans`: scope, schema URL and its encoded spans.
+type ScopeParts<'a> = (
+    Option<&'a [u8]>,
+    &'a [u8],
+    std::iter::FilterMap<Fields<'a>, fn(WireResult<'a>) -> Option<&'a [u8]>>,
+);
+type WireResult<'a> = Result<(u32, Value<'a>), WireError>;
+
+fn split_scope_spans(ss: &[u8]) -> Result<ScopeParts<'_>, DecodeError> {
+    let mut scope = None;
+    let mut schema_url: &[u8] = &[];
+    for field in Fields::new(ss) {
+        match field? {
+            (SCOPE_SPANS_SCOPE, v) => {
+                if scope
+                    .replace(len_delimited(v, "ScopeSpans.scope")?)
+                    .is_some()
+                {
+                    return Err(DecodeError::new("ScopeSpans has two scope fields"));
+                }
+            }
+            (SCOPE_SPANS_SPANS, v) => {
+                len_delimited(v, "ScopeSpans.spans")?;
+            }
+            (SCOPE_SPANS_SCHEMA_URL, v) => {
+                schema_url = utf8(len_delimited(v, "ScopeSpans.schema_url")?)?;
+            }
+            _ => {}
+        }
+    }
+    // Checked above: every field is well-formed and every span is length-delimited.
+    fn span_of<'a>(field: WireResult<'a>) -> Option<&'a [u8]> {
+        match field {
+            Ok((SCOPE_SPANS_SPANS, Value::Bytes(b))) => Some(b),
+            _ => None,
+        }
+    }
+    let spans = Fields::new(ss).filter_map(span_of as fn(WireResult<'_>) -> Option<&[u8]>);
+    Ok((scope, schema_url, spans))
+}
+
+fn len_delimited<'a>(value: Value<'a>, what: &str) -> Result<&'a [u8], DecodeError> {
+    value
+        .bytes()
+        .map_err(|_| DecodeError::new(format!("{what} must be length-delimited")))
+}
+
+fn utf8(b: &[u8]) -> Result<&[u8], DecodeError> {
     std::str::from_utf8(b).map_err(|_| DecodeError::new("schema_url is not UTF-8"))?;
-    Ok(Bytes::copy_from_slice(b))
+    Ok(b)
 }
 
 /// Splits an OTLP/JSON `ExportTraceServiceRequest` (hex ids, as the OTLP/HTTP JSON encoding
 /// specifies) into spans.
 ///
+/// Memory: the JSON is transcoded to protobuf one span at a time (never the whole request as
+/// owned structs, which take ~90 times the JSON of small spans), then split as protobuf.
+///
 /// # Errors
 ///
 /// [`DecodeError`] when the body is not valid OTLP/JSON.
 pub fn decode_json_request(body: &[u8]) -> Result<Vec<OtlpSpan>, DecodeError> {
-    let request: ExportTraceServiceRequest =
-        serde_json::from_slice(body).map_err(|e| DecodeError::new(e.to_string()))?;
-    // The slow path: re-encode as protobuf, then split as usual. JSON is for people and
-    // small clients; high-volume senders use protobuf.
-    decode_request(&request.encode_to_vec())
+    let encoded = json::transcode(body).map_err(|e| DecodeError::new(e.to_string()))?;
+    decode_request(&encoded)
 }
 
 /// Encodes spans as one `ExportTraceServiceRequest`, grouping them under their original

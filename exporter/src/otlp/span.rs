@@ -10,10 +10,12 @@ use opentelemetry::trace::{TraceId, TraceState};
 use opentelemetry::Value as OtelValue;
 use traceq_sampler::{AttrValue, KeptDecision, SpanView, StatusKind};
 
-use super::wire::{self, Fields, Value, WireError};
+use super::validate::{self, Invalid};
+use super::wire::{self, Fields, Value};
 
 // Field numbers of `opentelemetry.proto.trace.v1.Span` and friends.
 pub(crate) const SPAN_TRACE_ID: u32 = 1;
+const SPAN_SPAN_ID: u32 = 2;
 pub(crate) const SPAN_TRACE_STATE: u32 = 3;
 pub(crate) const SPAN_PARENT_SPAN_ID: u32 = 4;
 pub(crate) const SPAN_START: u32 = 7;
@@ -31,7 +33,9 @@ const ANY_DOUBLE: u32 = 4;
 const RESOURCE_ATTRIBUTES: u32 = 1;
 
 /// Where a span came from: its resource and instrumentation scope, encoded as received, shared
-/// by every span of one `ScopeSpans`.
+/// by every span of one `ScopeSpans`, with the resource's attributes indexed once (so a policy
+/// that looks up a key the spans lack costs a binary search per span, not a walk of the
+/// resource).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Origin {
     /// The encoded `Resource`, if the request had one.
@@ -40,6 +44,87 @@ pub(crate) struct Origin {
     /// The encoded `InstrumentationScope`, if any.
     pub(crate) scope: Option<Bytes>,
     pub(crate) scope_schema_url: Bytes,
+    /// The resource's attributes: key and the byte range of the encoded `AnyValue` within
+    /// `resource`, sorted by key, first occurrence of a key only.
+    resource_attributes: Box<[(Box<str>, (u32, u32))]>,
+}
+
+impl Origin {
+    /// An origin of already validated parts.
+    pub(crate) fn new(
+        resource: Option<Bytes>,
+        resource_schema_url: Bytes,
+        scope: Option<Bytes>,
+        scope_schema_url: Bytes,
+    ) -> Self {
+        let resource_attributes = resource.as_deref().map_or_else(Box::default, index);
+        Self {
+            resource,
+            resource_schema_url,
+            scope,
+            scope_schema_url,
+            resource_attributes,
+        }
+    }
+
+    /// A resource attribute, by key.
+    fn resource_attribute(&self, key: &str) -> Option<AttrValue<'_>> {
+        let resource = self.resource.as_deref()?;
+        let i = self
+            .resource_attributes
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()?;
+        let (start, end) = self.resource_attributes[i].1;
+        any_value(resource.get(start as usize..end as usize)?)
+    }
+
+    /// Heap bytes this origin holds, with the shared allocation's own header.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        // The `Arc` allocation: two counters and the struct.
+        2 * size_of::<usize>()
+            + size_of::<Self>()
+            + self.resource.as_ref().map_or(0, Bytes::len)
+            + self.resource_schema_url.len()
+            + self.scope.as_ref().map_or(0, Bytes::len)
+            + self.scope_schema_url.len()
+            + self
+                .resource_attributes
+                .iter()
+                .map(|(k, _)| size_of::<(Box<str>, (u32, u32))>() + k.len())
+                .sum::<usize>()
+    }
+}
+
+/// The attribute index of an encoded `Resource` (see [`Origin`]).
+fn index(resource: &[u8]) -> Box<[(Box<str>, (u32, u32))]> {
+    let base = resource.as_ptr() as usize;
+    let mut out: Vec<(Box<str>, (u32, u32))> = Vec::new();
+    for f in Fields::new(resource) {
+        let Ok((RESOURCE_ATTRIBUTES, Value::Bytes(kv))) = f else {
+            continue;
+        };
+        let mut key = None;
+        let mut value: &[u8] = &[];
+        for f in Fields::new(kv) {
+            match f {
+                Ok((KEY_VALUE_KEY, Value::Bytes(b))) => key = std::str::from_utf8(b).ok(),
+                Ok((KEY_VALUE_VALUE, Value::Bytes(b))) => value = b,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        let Some(key) = key else { continue };
+        let start = value.as_ptr() as usize - base;
+        let (Ok(start), Ok(end)) = (u32::try_from(start), u32::try_from(start + value.len()))
+        else {
+            continue;
+        };
+        out.push((key.into(), (start, end)));
+    }
+    // Stable: among equal keys the first stays first, and is the one kept.
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.dedup_by(|later, first| later.0 == first.0);
+    out.into_boxed_slice()
 }
 
 /// What annotating a kept span added: encoded attributes appended after the span's own fields,
@@ -70,35 +155,41 @@ pub struct OtlpSpan {
 }
 
 impl OtlpSpan {
-    /// Reads the sampler's fields out of an encoded `Span`.
-    pub(crate) fn parse(bytes: &[u8], origin: Arc<Origin>) -> Result<Self, WireError> {
+    /// Validates an encoded `Span` (see [`validate`](super::validate)) and reads the sampler's
+    /// fields out of it.
+    pub(crate) fn parse(bytes: &[u8], origin: Arc<Origin>) -> Result<Self, Invalid> {
+        validate::check(bytes, &validate::SPAN, 0)?;
         let mut trace_id = None;
         let mut parent_empty = true;
         let mut start_nanos = 0;
         let mut end_nanos = 0;
         let mut status = StatusKind::Unset;
+        let invalid = |what: &str| Invalid(format!("Span.{what}"));
+        // Types were checked above: only the values matter here.
         for field in Fields::new(bytes) {
-            match field? {
-                (SPAN_TRACE_ID, v) => {
-                    let id = v.bytes()?;
+            match field.map_err(|e| Invalid(e.to_string()))? {
+                (SPAN_TRACE_ID, Value::Bytes(id)) => {
                     trace_id = Some(
                         <[u8; 16]>::try_from(id)
-                            .map_err(|_| WireError("trace_id must be 16 bytes"))?,
+                            .map_err(|_| invalid("trace_id must be 16 bytes"))?,
                     );
                 }
-                (SPAN_PARENT_SPAN_ID, v) => {
-                    let id = v.bytes()?;
+                (SPAN_SPAN_ID, Value::Bytes(id)) => {
                     if !(id.is_empty() || id.len() == 8) {
-                        return Err(WireError("parent_span_id must be empty or 8 bytes"));
+                        return Err(invalid("span_id must be empty or 8 bytes"));
+                    }
+                }
+                (SPAN_PARENT_SPAN_ID, Value::Bytes(id)) => {
+                    if !(id.is_empty() || id.len() == 8) {
+                        return Err(invalid("parent_span_id must be empty or 8 bytes"));
                     }
                     parent_empty = id.iter().all(|&b| b == 0);
                 }
                 (SPAN_START, Value::Fixed64(t)) => start_nanos = t,
                 (SPAN_END, Value::Fixed64(t)) => end_nanos = t,
-                (SPAN_START | SPAN_END, _) => return Err(WireError("span times must be fixed64")),
-                (SPAN_STATUS, v) => {
-                    for f in Fields::new(v.bytes()?) {
-                        if let (STATUS_CODE, Value::Varint(code)) = f? {
+                (SPAN_STATUS, Value::Bytes(b)) => {
+                    for f in Fields::new(b).flatten() {
+                        if let (STATUS_CODE, Value::Varint(code)) = f {
                             status = match code {
                                 1 => StatusKind::Ok,
                                 2 => StatusKind::Error,
@@ -107,18 +198,12 @@ impl OtlpSpan {
                         }
                     }
                 }
-                (SPAN_ATTRIBUTES, v) => {
-                    // Checked now, so lookups later can treat bad bytes as absent.
-                    for f in Fields::new(v.bytes()?) {
-                        f?;
-                    }
-                }
                 _ => {}
             }
         }
-        let trace_id = trace_id.ok_or(WireError("span without trace_id"))?;
+        let trace_id = trace_id.ok_or_else(|| invalid("trace_id is missing"))?;
         if trace_id == [0; 16] {
-            return Err(WireError("trace_id must not be all zeros"));
+            return Err(invalid("trace_id must not be all zeros"));
         }
         Ok(Self {
             bytes: bytes.into(),
@@ -273,12 +358,8 @@ impl SpanView for OtlpSpan {
 
     /// The span's attribute, else its resource's (as the Collector's attribute policies do).
     fn attribute(&self, key: &str) -> Option<AttrValue<'_>> {
-        find_attribute(&self.bytes, SPAN_ATTRIBUTES, key).or_else(|| {
-            self.origin
-                .resource
-                .as_deref()
-                .and_then(|r| find_attribute(r, RESOURCE_ATTRIBUTES, key))
-        })
+        find_attribute(&self.bytes, SPAN_ATTRIBUTES, key)
+            .or_else(|| self.origin.resource_attribute(key))
     }
 
     fn trace_state(&self, key: &str) -> Option<&str> {
@@ -288,8 +369,9 @@ impl SpanView for OtlpSpan {
         })
     }
 
-    /// The struct, the encoded bytes, the annotation, and a share of the origin (counted whole
-    /// per span: an upper bound, since spans of one request share it).
+    /// The struct, the encoded bytes and the annotation; the origin is [`shared_bytes`].
+    ///
+    /// [`shared_bytes`]: SpanView::shared_bytes
     fn size_bytes(&self) -> usize {
         size_of::<Self>()
             + self.bytes.len()
@@ -298,6 +380,12 @@ impl SpanView for OtlpSpan {
                     + a.encoded.capacity()
                     + a.trace_state.as_ref().map_or(0, String::capacity)
             })
+    }
+
+    /// The origin (resource and scope), shared by the spans of one `ScopeSpans`: identified by
+    /// its allocation, which lives as long as any span holding it.
+    fn shared_bytes(&self) -> Option<(usize, usize)> {
+        Some((Arc::as_ptr(&self.origin) as usize, self.origin.heap_bytes()))
     }
 
     fn annotate(&mut self, decision: &KeptDecision) {

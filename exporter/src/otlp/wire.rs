@@ -53,6 +53,11 @@ impl<'a> Fields<'a> {
                 return Err(WireError("truncated varint"));
             };
             self.pos += 1;
+            // The tenth byte holds only the top bit: more would overflow 64 bits, which a
+            // protobuf decoder refuses.
+            if shift == 63 && b > 1 {
+                return Err(WireError("varint overflows 64 bits"));
+            }
             value |= u64::from(b & 0x7f) << shift;
             if b < 0x80 {
                 return Ok(value);
@@ -82,7 +87,11 @@ impl<'a> Fields<'a> {
 
     fn read_field(&mut self) -> Result<(u32, Value<'a>), WireError> {
         let key = self.varint()?;
-        let number = u32::try_from(key >> 3).map_err(|_| WireError("field number too large"))?;
+        // Field numbers are 29 bits; a decoder refuses larger ones.
+        let number = u32::try_from(key >> 3)
+            .ok()
+            .filter(|&n| n < 1 << 29)
+            .ok_or(WireError("field number too large"))?;
         if number == 0 {
             return Err(WireError("field number 0"));
         }

@@ -1,7 +1,9 @@
 use super::*;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{status, ResourceSpans, ScopeSpans, Span, Status};
+use prost::Message;
 use std::sync::Arc;
 use traceq_sampler::{
     AttrValue, KeptDecision, SpanView, StatusKind, ADJUSTED_COUNT_ATTRIBUTE, POLICY_ATTRIBUTE,

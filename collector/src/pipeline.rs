@@ -209,6 +209,23 @@ impl Pipeline {
     }
 }
 
+/// What buffering `spans` will cost, as the sampler charges it: each span's own bytes, and each
+/// run of spans sharing a resource and scope charged that once.
+fn charge(spans: &[OtlpSpan]) -> usize {
+    let mut last = None;
+    let mut total = 0;
+    for span in spans {
+        total += span.size_bytes();
+        if let Some((id, bytes)) = span.shared_bytes() {
+            if last != Some(id) {
+                total += bytes;
+                last = Some(id);
+            }
+        }
+    }
+    total
+}
+
 impl SpanSink for Pipeline {
     fn offer(&self, spans: Vec<OtlpSpan>) -> Result<(), Refused> {
         let closed = self.closed.read();
@@ -219,8 +236,7 @@ impl SpanSink for Pipeline {
         match &self.sampler {
             Some(sampler) => {
                 if let OnBufferFull::Refuse { retry_after } = self.on_full {
-                    let incoming: usize = spans.iter().map(SpanView::size_bytes).sum();
-                    if self.is_full(sampler, incoming) {
+                    if self.is_full(sampler, charge(&spans)) {
                         return Err(Refused::Full { retry_after });
                     }
                 }

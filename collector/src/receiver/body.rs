@@ -6,21 +6,46 @@
 //! and must let go of a body when the receiver is stopped.
 
 use std::io::Read;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::body::{Body, HttpBody};
 use bytes::{Bytes, BytesMut};
 use flate2::read::MultiGzDecoder;
 use http_body_util::BodyExt;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Longest a client may take to send one request body.
 pub(super) const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Bodies at most this large are decoded on the connection's task; larger ones on the blocking
-/// pool, so one big request does not hold up every connection served by the same worker.
-const INLINE_DECODE_BYTES: usize = 64 << 10;
+/// Bodies at most this large once inflated are decoded on the connection's task; larger ones on
+/// the blocking pool, one per decode slot, so one big request does not hold up every connection
+/// served by the same worker and memory while decoding stays bounded.
+pub(super) const INLINE_DECODE_BYTES: usize = 64 << 10;
+
+/// Most request-body bytes being read at once, over every receiver of the process: a read that
+/// would go over is refused as retryable ("busy"), so slow senders of large bodies cannot pin
+/// unbounded memory between them.
+pub(crate) const MAX_READING_BYTES: usize = 256 << 20;
+
+fn reading_budget() -> &'static Semaphore {
+    static BUDGET: OnceLock<Semaphore> = OnceLock::new();
+    BUDGET.get_or_init(|| Semaphore::new(MAX_READING_BYTES))
+}
+
+/// Large decodes run at most this many at once (one per core, at least two): each holds its
+/// inflated body and the spans decoded from it, so together they hold at most this many times
+/// about 7 x `max_request_bytes`.
+pub(crate) fn decode_slots() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
+}
+
+fn decode_slot_semaphore() -> &'static Semaphore {
+    static SLOTS: OnceLock<Semaphore> = OnceLock::new();
+    SLOTS.get_or_init(|| Semaphore::new(decode_slots()))
+}
 
 /// Why a body could not be read whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +58,26 @@ pub(super) enum BodyError {
     Failed(String),
     /// The receiver is stopping.
     Stopped,
+    /// Too many body bytes are being read at once ([`MAX_READING_BYTES`]); retry later.
+    Busy,
+}
+
+/// The share of [`MAX_READING_BYTES`] a body holds while it is read and decoded.
+#[derive(Debug, Default)]
+pub(super) struct Reading(Option<SemaphorePermit<'static>>);
+
+impl Reading {
+    fn add(&mut self, bytes: usize) -> Result<(), BodyError> {
+        let n = u32::try_from(bytes).map_err(|_| BodyError::TooLarge)?;
+        let permit = reading_budget()
+            .try_acquire_many(n)
+            .map_err(|_| BodyError::Busy)?;
+        match &mut self.0 {
+            Some(held) => held.merge(permit),
+            None => self.0 = Some(permit),
+        }
+        Ok(())
+    }
 }
 
 /// A request body read incrementally, never holding more than `limit` bytes.
@@ -43,6 +88,7 @@ pub(super) struct BoundedBody<'a> {
     deadline: Instant,
     stop: &'a CancellationToken,
     done: bool,
+    reading: Reading,
 }
 
 impl<'a> BoundedBody<'a> {
@@ -62,6 +108,7 @@ impl<'a> BoundedBody<'a> {
             deadline: Instant::now() + BODY_READ_TIMEOUT,
             stop,
             done: false,
+            reading: Reading::default(),
         })
     }
 
@@ -73,12 +120,13 @@ impl<'a> BoundedBody<'a> {
         Ok(&self.buf)
     }
 
-    /// Reads the rest of the body.
-    pub(super) async fn read_to_end(mut self) -> Result<Bytes, BodyError> {
+    /// Reads the rest of the body; with it comes its share of the reading budget, to hold
+    /// until it is decoded.
+    pub(super) async fn read_to_end(mut self) -> Result<(Bytes, Reading), BodyError> {
         while !self.done {
             self.next_frame().await?;
         }
-        Ok(self.buf.freeze())
+        Ok((self.buf.freeze(), self.reading))
     }
 
     async fn next_frame(&mut self) -> Result<(), BodyError> {
@@ -99,6 +147,7 @@ impl<'a> BoundedBody<'a> {
                     if data.len() > self.limit - self.buf.len() {
                         return Err(BodyError::TooLarge);
                     }
+                    self.reading.add(data.len())?;
                     self.buf.extend_from_slice(&data);
                 }
             }
@@ -131,18 +180,51 @@ pub(super) fn gunzip(data: &[u8], limit: usize) -> Result<Vec<u8>, GunzipError> 
     Ok(out)
 }
 
-/// Runs a decode of a `len`-byte body: inline when small, on the blocking pool when large.
+/// Inflates (when `gzip`) and decodes `body[offset..]` within bounds: on the connection's task
+/// when it is at most [`INLINE_DECODE_BYTES`] once inflated, else on the blocking pool in one of
+/// the [`decode_slots`] (waiting for one). Gzip is first inflated inline up to the inline
+/// bound, so a small body that inflates hugely costs at most that much work on the task.
 /// `None` when the blocking task could not run to completion.
-pub(super) async fn decode_sized<T, F>(len: usize, decode: F) -> Option<T>
+pub(super) async fn decode_bounded<T, F, G>(
+    body: Bytes,
+    offset: usize,
+    gzip: bool,
+    max: usize,
+    decode: F,
+    gunzip_failed: G,
+) -> Option<T>
 where
     T: Send + 'static,
-    F: FnOnce() -> T + Send + 'static,
+    F: FnOnce(&[u8]) -> T + Send + 'static,
+    G: FnOnce(GunzipError) -> T + Send + 'static,
 {
-    if len <= INLINE_DECODE_BYTES {
-        Some(decode())
-    } else {
-        tokio::task::spawn_blocking(decode).await.ok()
+    let payload = body.get(offset..).unwrap_or_default();
+    if gzip {
+        match gunzip(payload, INLINE_DECODE_BYTES.min(max)) {
+            Ok(inflated) => return Some(decode(&inflated)),
+            Err(GunzipError::TooLarge) if max > INLINE_DECODE_BYTES => {}
+            Err(e) => return Some(gunzip_failed(e)),
+        }
+    } else if payload.len() <= INLINE_DECODE_BYTES {
+        return Some(decode(payload));
     }
+    let _slot = decode_slot_semaphore().acquire().await.ok()?;
+    tokio::task::spawn_blocking(move || {
+        let payload = body.get(offset..).unwrap_or_default();
+        if gzip {
+            match gunzip(payload, max) {
+                Ok(inflated) => {
+                    drop(body);
+                    decode(&inflated)
+                }
+                Err(e) => gunzip_failed(e),
+            }
+        } else {
+            decode(payload)
+        }
+    })
+    .await
+    .ok()
 }
 
 /// Compares two byte strings in time independent of where they differ (bearer tokens).
@@ -197,7 +279,7 @@ mod tests {
             .unwrap()
             .read_to_end()
             .await;
-        assert_eq!(read.unwrap().len(), 10);
+        assert_eq!(read.unwrap().0.len(), 10);
     }
 
     #[tokio::test]
@@ -210,7 +292,7 @@ mod tests {
         let body = Body::from_stream(chunks);
         let mut b = BoundedBody::new(body, 7, &stop).unwrap();
         assert_eq!(b.fill(5).await.unwrap(), b"12345");
-        assert_eq!(b.read_to_end().await, Err(BodyError::TooLarge));
+        assert_eq!(b.read_to_end().await.unwrap_err(), BodyError::TooLarge);
     }
 
     #[tokio::test]
@@ -219,6 +301,6 @@ mod tests {
         let body = Body::from_stream(futures::stream::pending::<Result<Bytes, std::io::Error>>());
         let b = BoundedBody::new(body, 7, &stop).unwrap();
         stop.cancel();
-        assert_eq!(b.read_to_end().await, Err(BodyError::Stopped));
+        assert_eq!(b.read_to_end().await.unwrap_err(), BodyError::Stopped);
     }
 }

@@ -21,11 +21,15 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use tonic::Code;
 
-use super::body::{decode_sized, gunzip, BodyError, BoundedBody, GunzipError};
+#[cfg(test)]
+use super::body::gunzip;
+use super::body::{decode_bounded, BodyError, BoundedBody, GunzipError};
 use super::server::{Shared, BUSY_RETRY_AFTER};
 use crate::Refused;
 use traceq_exporter::otlp::grpc::EXPORT_PATH;
-use traceq_exporter::otlp::{decode_request, DecodeError, OtlpSpan};
+use traceq_exporter::otlp::{decode_request, DecodeError};
+#[cfg(test)]
+use traceq_exporter::otlp::OtlpSpan;
 
 /// Compressed flag (1 byte) and big-endian message length (4 bytes).
 const HEADER_LEN: usize = 5;
@@ -85,17 +89,35 @@ impl GrpcRejection {
 /// `grpc_encoding` is the request's `grpc-encoding` header; `max_request_bytes` bounds the
 /// message both as sent and once inflated.
 ///
+/// The handler runs the same steps, with the inflate and decode bounded by `decode_bounded`.
+///
 /// # Errors
 ///
 /// [`GrpcRejection`], whose [`code`](GrpcRejection::code) is the status to answer with.
+#[cfg(test)]
 pub(super) fn decode_grpc_body(
     body: &[u8],
     grpc_encoding: Option<&str>,
     max_request_bytes: usize,
 ) -> Result<Vec<OtlpSpan>, GrpcRejection> {
-    let too_large = || GrpcRejection::TooLarge {
-        limit: max_request_bytes,
-    };
+    let gzip = grpc_frame(body, grpc_encoding, max_request_bytes)?;
+    let payload = &body[HEADER_LEN..];
+    if gzip {
+        let inflated =
+            gunzip(payload, max_request_bytes).map_err(|e| gunzip_rejection(e, max_request_bytes))?;
+        Ok(decode_request(&inflated)?)
+    } else {
+        Ok(decode_request(payload)?)
+    }
+}
+
+/// Checks the framing of a unary gRPC request body: exactly one message of at most
+/// `max_request_bytes` after the 5-byte header. Returns whether the message is gzip-compressed.
+fn grpc_frame(
+    body: &[u8],
+    grpc_encoding: Option<&str>,
+    max_request_bytes: usize,
+) -> Result<bool, GrpcRejection> {
     let Some((&flag, rest)) = body.split_first() else {
         return Err(GrpcRejection::Malformed("no message in the request".into()));
     };
@@ -107,7 +129,9 @@ pub(super) fn decode_grpc_body(
     };
     let len = usize::try_from(u32::from_be_bytes(*len)).unwrap_or(usize::MAX);
     if len > max_request_bytes {
-        return Err(too_large());
+        return Err(GrpcRejection::TooLarge {
+            limit: max_request_bytes,
+        });
     }
     if payload.len() < len {
         return Err(GrpcRejection::Malformed(format!(
@@ -121,15 +145,9 @@ pub(super) fn decode_grpc_body(
         ));
     }
     match flag {
-        0 => Ok(decode_request(payload)?),
+        0 => Ok(false),
         1 => match grpc_encoding.map(str::trim) {
-            Some(e) if e.eq_ignore_ascii_case("gzip") => {
-                let inflated = gunzip(payload, max_request_bytes).map_err(|e| match e {
-                    GunzipError::TooLarge => too_large(),
-                    GunzipError::Invalid(why) => GrpcRejection::Malformed(format!("gzip: {why}")),
-                })?;
-                Ok(decode_request(&inflated)?)
-            }
+            Some(e) if e.eq_ignore_ascii_case("gzip") => Ok(true),
             other => Err(GrpcRejection::UnsupportedEncoding {
                 encoding: other.unwrap_or("identity").chars().take(64).collect(),
             }),
@@ -137,6 +155,13 @@ pub(super) fn decode_grpc_body(
         other => Err(GrpcRejection::Malformed(format!(
             "unknown compressed flag {other}"
         ))),
+    }
+}
+
+fn gunzip_rejection(e: GunzipError, limit: usize) -> GrpcRejection {
+    match e {
+        GunzipError::TooLarge => GrpcRejection::TooLarge { limit },
+        GunzipError::Invalid(why) => GrpcRejection::Malformed(format!("gzip: {why}")),
     }
 }
 
@@ -189,6 +214,11 @@ async fn handle(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<(), 
             shared.refused_unread();
             status_response(Code::Unavailable, "the collector is shutting down", None)
         }
+        BodyError::Busy => {
+            shared.refused_unread();
+            let busy = "too many request bytes in flight, retry later";
+            status_response(Code::Unavailable, busy, Some(BUSY_RETRY_AFTER))
+        }
     };
     let limit = max.saturating_add(HEADER_LEN);
     let mut reader = BoundedBody::new(body, limit, &shared.hard_stop).map_err(body_error)?;
@@ -199,14 +229,18 @@ async fn handle(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<(), 
             return Err(reject(Code::ResourceExhausted, &too_large(max)));
         }
     }
-    let bytes = reader.read_to_end().await.map_err(body_error)?;
-    let encoding = headers
-        .get(GRPC_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let decoded = decode_sized(bytes.len(), move || {
-        decode_grpc_body(&bytes, encoding.as_deref(), max)
-    })
+    let (bytes, _reading) = reader.read_to_end().await.map_err(body_error)?;
+    let encoding = headers.get(GRPC_ENCODING).and_then(|v| v.to_str().ok());
+    let gzip = grpc_frame(&bytes, encoding, max)
+        .map_err(|rejection| reject(rejection.code(), &rejection.to_string()))?;
+    let decoded = decode_bounded(
+        bytes,
+        HEADER_LEN,
+        gzip,
+        max,
+        |payload| decode_request(payload).map_err(GrpcRejection::from),
+        move |e| Err(gunzip_rejection(e, max)),
+    )
     .await;
     let spans = match decoded {
         None => return Err(reject(Code::Internal, "the request could not be decoded")),

@@ -15,7 +15,9 @@ use axum::routing::post;
 use axum::Router;
 use tonic::Code;
 
-use super::body::{decode_sized, gunzip, BodyError, BoundedBody, GunzipError};
+#[cfg(test)]
+use super::body::gunzip;
+use super::body::{decode_bounded, BodyError, BoundedBody, GunzipError};
 use super::server::{retry_after_secs, Shared, BUSY_RETRY_AFTER};
 use crate::Refused;
 use traceq_exporter::otlp::{decode_json_request, decode_request, DecodeError, OtlpSpan};
@@ -143,31 +145,37 @@ fn encoding_of(content_encoding: Option<&str>) -> Result<Encoding, HttpRejection
     }
 }
 
+#[cfg(test)]
 fn decode_body(
     body: &[u8],
     format: Format,
     encoding: Encoding,
     max: usize,
 ) -> Result<Vec<OtlpSpan>, HttpRejection> {
-    let too_large = HttpRejection::TooLarge { limit: max };
     if body.len() > max {
-        return Err(too_large);
+        return Err(HttpRejection::TooLarge { limit: max });
     }
-    let inflated;
-    let payload = match encoding {
-        Encoding::Identity => body,
+    match encoding {
+        Encoding::Identity => decode_payload(body, format),
         Encoding::Gzip => {
-            inflated = gunzip(body, max).map_err(|e| match e {
-                GunzipError::TooLarge => too_large,
-                GunzipError::Invalid(why) => HttpRejection::Gzip(why),
-            })?;
-            &inflated
+            let inflated = gunzip(body, max).map_err(|e| gunzip_rejection(e, max))?;
+            decode_payload(&inflated, format)
         }
-    };
+    }
+}
+
+fn decode_payload(payload: &[u8], format: Format) -> Result<Vec<OtlpSpan>, HttpRejection> {
     Ok(match format {
         Format::Protobuf => decode_request(payload)?,
         Format::Json => decode_json_request(payload)?,
     })
+}
+
+fn gunzip_rejection(e: GunzipError, limit: usize) -> HttpRejection {
+    match e {
+        GunzipError::TooLarge => HttpRejection::TooLarge { limit },
+        GunzipError::Invalid(why) => HttpRejection::Gzip(why),
+    }
 }
 
 /// The HTTP receiver's routes.
@@ -247,12 +255,26 @@ async fn handle(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<Form
                 &message,
             )
         }
+        BodyError::Busy => {
+            shared.refused_unread();
+            let busy = "too many request bytes in flight, retry later";
+            let mut response =
+                status_response(reply, StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable, busy);
+            let secs = HeaderValue::from(retry_after_secs(BUSY_RETRY_AFTER));
+            response.headers_mut().insert(RETRY_AFTER, secs);
+            response
+        }
     };
     let reader = BoundedBody::new(body, max, &shared.hard_stop).map_err(body_error)?;
-    let bytes = reader.read_to_end().await.map_err(body_error)?;
-    let decoded = decode_sized(bytes.len(), move || {
-        decode_body(&bytes, format, encoding, max)
-    })
+    let (bytes, _reading) = reader.read_to_end().await.map_err(body_error)?;
+    let decoded = decode_bounded(
+        bytes,
+        0,
+        encoding == Encoding::Gzip,
+        max,
+        move |payload| decode_payload(payload, format),
+        move |e| Err(gunzip_rejection(e, max)),
+    )
     .await;
     let spans = match decoded {
         None => {

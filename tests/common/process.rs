@@ -14,27 +14,27 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A running `traceq collector` child; killed when dropped.
-pub struct CollectorProcess {
+pub(crate) struct CollectorProcess {
     child: Option<Child>,
     /// The OTLP/gRPC address it bound, if the receiver is on.
-    pub grpc: Option<SocketAddr>,
+    pub(crate) grpc: Option<SocketAddr>,
     /// The OTLP/HTTP address it bound, if the receiver is on.
-    pub http: Option<SocketAddr>,
+    pub(crate) http: Option<SocketAddr>,
     /// The admin (`/metrics`, `/healthz`) address, if on.
-    pub admin: Option<SocketAddr>,
+    pub(crate) admin: Option<SocketAddr>,
     stderr: Arc<Mutex<String>>,
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
 /// How a collector ended.
 #[derive(Debug)]
-pub struct Exit {
+pub(crate) struct Exit {
     /// Its exit status.
-    pub status: ExitStatus,
+    pub(crate) status: ExitStatus,
     /// Everything it wrote to stderr.
-    pub stderr: String,
+    pub(crate) stderr: String,
     /// From the call that waited to the exit.
-    pub took: Duration,
+    pub(crate) took: Duration,
 }
 
 fn addr_of(line: &str, key: &str) -> Option<SocketAddr> {
@@ -50,14 +50,14 @@ impl CollectorProcess {
     /// # Panics
     ///
     /// When it cannot start or exits before listening (with its stderr in the message).
-    pub fn start(dir: &Path, yaml: &str, extra: &[&str]) -> Self {
+    pub(crate) fn start(dir: &Path, yaml: &str, extra: &[&str]) -> Self {
         let config = dir.join("collector.yaml");
         std::fs::write(&config, yaml).expect("write the configuration");
         Self::start_with(&config, extra)
     }
 
     /// Starts `traceq collector --config <config> <extra...>`.
-    pub fn start_with(config: &PathBuf, extra: &[&str]) -> Self {
+    pub(crate) fn start_with(config: &PathBuf, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_traceq"))
             .args(["collector", "--progress=false", "--config"])
             .arg(config)
@@ -102,7 +102,7 @@ impl CollectorProcess {
     }
 
     /// The child's process id.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
 
@@ -114,17 +114,17 @@ impl CollectorProcess {
     }
 
     /// Peak resident memory so far (`VmHWM`), in bytes.
-    pub fn peak_rss(&self) -> u64 {
+    pub(crate) fn peak_rss(&self) -> u64 {
         self.proc_status("VmHWM:").expect("VmHWM of a running collector")
     }
 
     /// Resident memory now (`VmRSS`), in bytes.
-    pub fn rss(&self) -> u64 {
+    pub(crate) fn rss(&self) -> u64 {
         self.proc_status("VmRSS:").expect("VmRSS of a running collector")
     }
 
     /// User plus system CPU time used so far.
-    pub fn cpu_time(&self) -> Duration {
+    pub(crate) fn cpu_time(&self) -> Duration {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
             .expect("/proc stat of a running collector");
         // The command name (field 2) may hold spaces; fields after its closing parenthesis.
@@ -136,12 +136,12 @@ impl CollectorProcess {
     }
 
     /// What the collector wrote to stderr so far.
-    pub fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
 
     /// Sends a signal (`TERM`, `INT`, `HUP`, `KILL`).
-    pub fn signal(&self, name: &str) {
+    pub(crate) fn signal(&self, name: &str) {
         let ok = Command::new("kill")
             .args([format!("-{name}"), self.pid().to_string()])
             .status()
@@ -151,7 +151,7 @@ impl CollectorProcess {
     }
 
     /// Waits at most `limit` for the collector to exit; kills it and panics past that.
-    pub fn wait_exit(mut self, limit: Duration) -> Exit {
+    pub(crate) fn wait_exit(mut self, limit: Duration) -> Exit {
         let started = Instant::now();
         let mut child = self.child.take().expect("running");
         let status = loop {
@@ -180,7 +180,7 @@ impl CollectorProcess {
     }
 
     /// `SIGTERM`, then [`wait_exit`](Self::wait_exit).
-    pub fn stop(self, limit: Duration) -> Exit {
+    pub(crate) fn stop(self, limit: Duration) -> Exit {
         self.signal("TERM");
         self.wait_exit(limit)
     }
@@ -207,7 +207,7 @@ fn clock_ticks() -> u64 {
 }
 
 /// A metric's value in Prometheus text, summed over its label sets (0 when absent).
-pub fn metric(text: &str, name: &str) -> f64 {
+pub(crate) fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| {

@@ -27,9 +27,9 @@ use super::body::{decode_bounded, BodyError, BoundedBody, GunzipError};
 use super::server::{Shared, BUSY_RETRY_AFTER};
 use crate::Refused;
 use traceq_exporter::otlp::grpc::EXPORT_PATH;
-use traceq_exporter::otlp::{decode_request, DecodeError};
 #[cfg(test)]
 use traceq_exporter::otlp::OtlpSpan;
+use traceq_exporter::otlp::{decode_request, DecodeError};
 
 /// Compressed flag (1 byte) and big-endian message length (4 bytes).
 const HEADER_LEN: usize = 5;
@@ -103,8 +103,8 @@ pub(super) fn decode_grpc_body(
     let gzip = grpc_frame(body, grpc_encoding, max_request_bytes)?;
     let payload = &body[HEADER_LEN..];
     if gzip {
-        let inflated =
-            gunzip(payload, max_request_bytes).map_err(|e| gunzip_rejection(e, max_request_bytes))?;
+        let inflated = gunzip(payload, max_request_bytes)
+            .map_err(|e| gunzip_rejection(e, max_request_bytes))?;
         Ok(decode_request(&inflated)?)
     } else {
         Ok(decode_request(payload)?)

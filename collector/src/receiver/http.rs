@@ -258,8 +258,12 @@ async fn handle(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<Form
         BodyError::Busy => {
             shared.refused_unread();
             let busy = "too many request bytes in flight, retry later";
-            let mut response =
-                status_response(reply, StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable, busy);
+            let mut response = status_response(
+                reply,
+                StatusCode::SERVICE_UNAVAILABLE,
+                Code::Unavailable,
+                busy,
+            );
             let secs = HeaderValue::from(retry_after_secs(BUSY_RETRY_AFTER));
             response.headers_mut().insert(RETRY_AFTER, secs);
             response

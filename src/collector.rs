@@ -304,4 +304,3 @@ impl Signals {
         "interrupt"
     }
 }
-

@@ -115,12 +115,14 @@ impl CollectorProcess {
 
     /// Peak resident memory so far (`VmHWM`), in bytes.
     pub fn peak_rss(&self) -> u64 {
-        self.proc_status("VmHWM:").expect("VmHWM of a running collector")
+        self.proc_status("VmHWM:")
+            .expect("VmHWM of a running collector")
     }
 
     /// Resident memory now (`VmRSS`), in bytes.
     pub fn rss(&self) -> u64 {
-        self.proc_status("VmRSS:").expect("VmRSS of a running collector")
+        self.proc_status("VmRSS:")
+            .expect("VmRSS of a running collector")
     }
 
     /// User plus system CPU time used so far.

@@ -244,7 +244,10 @@ fn connection_timeout(
     if d > MAX_CONNECTION_TIMEOUT {
         return Err(field_error(
             field,
-            format!("must be at most {}h", MAX_CONNECTION_TIMEOUT.as_secs() / 3600),
+            format!(
+                "must be at most {}h",
+                MAX_CONNECTION_TIMEOUT.as_secs() / 3600
+            ),
         ));
     }
     Ok(d)
@@ -595,7 +598,10 @@ impl CollectorConfig {
             }
         }
         if let Some(service) = raw.service {
-            let metrics = service.telemetry.and_then(|t| t.metrics).unwrap_or_default();
+            let metrics = service
+                .telemetry
+                .and_then(|t| t.metrics)
+                .unwrap_or_default();
             if let Some(address) = metrics.address {
                 cfg.admin = if address == "none" {
                     None

@@ -49,7 +49,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::tls::{Handshaker, HandshakeFailure};
+use super::tls::{HandshakeFailure, Handshaker};
 use crate::metrics::ConnectionMetrics;
 
 /// Largest request head (request line and headers) of HTTP/1, and header list of HTTP/2.
@@ -323,7 +323,11 @@ impl Connections {
                     Phase::Busy => {}
                 }
             }
-            let deadline = if stopping { closing } else { closing.or(deadline) };
+            let deadline = if stopping {
+                closing
+            } else {
+                closing.or(deadline)
+            };
             tokio::select! {
                 biased;
                 _ = conn.as_mut() => return,

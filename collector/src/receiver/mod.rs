@@ -11,6 +11,6 @@ mod server;
 mod testing;
 mod tls;
 
-pub use server::ReceiverError;
 pub(crate) use listener::{HttpServer, ListenerLimits};
+pub use server::ReceiverError;
 pub(crate) use server::{authorization_is, OtlpReceiver, Protocol};

@@ -48,9 +48,15 @@ impl Running {
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics = Arc::new(ConnectionMetrics::default());
         let hard_stop = CancellationToken::new();
-        let server =
-            HttpServer::start(tcp, None, router, limits, metrics.clone(), hard_stop.clone())
-                .unwrap();
+        let server = HttpServer::start(
+            tcp,
+            None,
+            router,
+            limits,
+            metrics.clone(),
+            hard_stop.clone(),
+        )
+        .unwrap();
         Self {
             server,
             metrics,
@@ -71,13 +77,22 @@ async fn get_on(stream: &mut TcpStream, path: &str) -> String {
     let mut chunk = [0u8; 1024];
     loop {
         let n = stream.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "closed mid-response: {:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            n > 0,
+            "closed mid-response: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.extend_from_slice(&chunk[..n]);
         let text = String::from_utf8_lossy(&buf).into_owned();
         if let Some((head, body)) = text.split_once("\r\n\r\n") {
             let length: usize = head
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ")?.parse().ok())
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")?
+                        .parse()
+                        .ok()
+                })
                 .expect("a content-length");
             if body.len() >= length {
                 assert!(head.starts_with("HTTP/1.1 200"), "{head}");
@@ -147,7 +162,9 @@ async fn a_half_sent_or_silent_head_should_be_dropped_after_read_header_timeout(
         .await;
         let mut silent = r.connect().await;
         let mut slow = r.connect().await;
-        slow.write_all(b"GET / HTTP/1.1\r\nhost: test\r\n").await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nhost: test\r\n")
+            .await
+            .unwrap();
         // A slowloris: a byte every 50 ms never completes the head.
         let trickle = async {
             for _ in 0..40 {
@@ -260,7 +277,9 @@ async fn shutdown_should_not_wait_for_idle_silent_or_half_sent_connections() {
         assert_eq!(get_on(&mut idle, "/").await, "ok");
         let mut silent = r.connect().await;
         let mut half = r.connect().await;
-        half.write_all(b"GET /metrics HTTP/1.1\r\nhost: t").await.unwrap();
+        half.write_all(b"GET /metrics HTTP/1.1\r\nhost: t")
+            .await
+            .unwrap();
         let mut h2 = r.connect().await;
         h2.write_all(H2_PREFACE).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -301,7 +320,10 @@ async fn shutdown_should_let_a_request_in_flight_finish_and_cut_off_one_past_the
         let (body, took) = tokio::join!(slow_response, shutdown);
         assert_eq!(body, "slow");
         assert!(took >= Duration::from_millis(1400), "{took:?}");
-        assert!(took < Duration::from_millis(1500) + CUT_OFF + PROMPTLY, "{took:?}");
+        assert!(
+            took < Duration::from_millis(1500) + CUT_OFF + PROMPTLY,
+            "{took:?}"
+        );
         assert!(r.hard_stop.is_cancelled());
         assert!(closed_within(&mut stuck, PROMPTLY).await.is_some());
     })

@@ -5,6 +5,11 @@
 //! an OTLP exporter, `--file` a file exporter). On a signal it stops receiving, decides every
 //! pending trace, flushes the exporters within the shutdown timeout, prints a summary and exits
 //! 0.
+//!
+//! The shutdown is bounded whatever clients and the downstream do: it ends within
+//! `service.shutdown_timeout` plus [`SHUTDOWN_GRACE`], or the process says what it leaves
+//! undelivered and exits 1. A second SIGINT or SIGTERM during the shutdown exits at once, with
+//! that same line and the signal's conventional status (130 or 143).
 
 use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
@@ -15,6 +20,10 @@ use traceq::collector::{
     Collector, CollectorConfig, CollectorStatus, Compression, ExportTarget, ExporterConfig,
     RetryConfig, DEFAULT_EXPORT_TIMEOUT, DEFAULT_QUEUE_SIZE,
 };
+
+/// How long the shutdown may run past `service.shutdown_timeout` (the receivers' grace for
+/// requests in flight fits in it) before the process gives up and exits.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Protocol of the exporter added by `--otlp-endpoint`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -161,7 +170,7 @@ fn addr(a: Option<std::net::SocketAddr>) -> String {
 }
 
 async fn serve(config: CollectorConfig, progress: Option<bool>) -> anyhow::Result<()> {
-    let signal = shutdown_signal()?;
+    let mut signals = Signals::register()?;
     let collector = Collector::start(&config).await?;
     let names: Vec<&str> = config.exporters.iter().map(|e| e.name.as_str()).collect();
     // One machine-readable line: tests and scripts read the bound addresses from it.
@@ -177,10 +186,9 @@ async fn serve(config: CollectorConfig, progress: Option<bool>) -> anyhow::Resul
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.tick().await;
     let mut last = (Instant::now(), CollectorStatus::default());
-    tokio::pin!(signal);
     loop {
         tokio::select! {
-            name = &mut signal => {
+            name = signals.next() => {
                 if show_progress {
                     eprintln!();
                 }
@@ -202,7 +210,28 @@ async fn serve(config: CollectorConfig, progress: Option<bool>) -> anyhow::Resul
             }
         }
     }
-    let s = collector.shutdown().await;
+    let status = collector.status_handle();
+    let limit = config.shutdown_timeout + SHUTDOWN_GRACE;
+    let shutdown = collector.shutdown();
+    tokio::pin!(shutdown);
+    let s = tokio::select! {
+        s = &mut shutdown => s,
+        name = signals.next() => {
+            eprintln!(
+                "traceq collector: second {name}, exiting now; undelivered: {}",
+                undelivered(&status.status())
+            );
+            std::process::exit(signal_exit_code(name));
+        }
+        () = tokio::time::sleep(limit) => {
+            eprintln!(
+                "traceq collector: shutdown did not finish within {} ms, exiting; undelivered: {}",
+                limit.as_millis(),
+                undelivered(&status.status())
+            );
+            std::process::exit(1);
+        }
+    };
     eprintln!(
         "traceq collector: received {} spans, refused {}, rejected {} requests; kept {} traces ({} spans), dropped {} traces; exported {} spans, export drops {}",
         s.spans_received,
@@ -217,26 +246,61 @@ async fn serve(config: CollectorConfig, progress: Option<bool>) -> anyhow::Resul
     Ok(())
 }
 
-/// Registers the signal handlers now (not when first polled), so a signal that arrives as soon
-/// as the collector says it is listening is not taken by the default action (exit without a
-/// flush).
+/// What a shutdown cut short leaves behind, for its one line on stderr.
+fn undelivered(s: &CollectorStatus) -> String {
+    format!(
+        "{} traces ({} spans) undecided in the buffer, {} kept spans not exported ({} in exporter queues)",
+        s.traces_buffered, s.spans_buffered, s.spans_undelivered, s.spans_queued
+    )
+}
+
+/// The conventional exit status of a process ended by `signal`: 128 plus its number.
+fn signal_exit_code(signal: &str) -> i32 {
+    match signal {
+        "SIGTERM" => 128 + 15,
+        _ => 128 + 2, // SIGINT, or the interrupt of other platforms
+    }
+}
+
+/// SIGINT and SIGTERM, registered at once (not when first awaited), so a signal that arrives
+/// as soon as the collector says it is listening is not taken by the default action (exit
+/// without a flush), and a second one during the shutdown is seen too.
 #[cfg(unix)]
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    Ok(async move {
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn register() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+        })
+    }
+
+    /// The next signal's name.
+    async fn next(&mut self) -> &'static str {
         tokio::select! {
-            _ = int.recv() => "SIGINT",
-            _ = term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
         }
-    })
+    }
 }
 
 #[cfg(not(unix))]
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
-    Ok(async {
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn register() -> anyhow::Result<Self> {
+        Ok(Self)
+    }
+
+    async fn next(&mut self) -> &'static str {
         let _ = tokio::signal::ctrl_c().await;
         "interrupt"
-    })
+    }
 }

@@ -46,11 +46,13 @@ pub use config::{
     CollectorConfig, CollectorConfigError, OnBufferFull, ReceiverConfig, TlsConfig,
     DEFAULT_ADMIN_ENDPOINT, DEFAULT_BATCH_TIMEOUT, DEFAULT_GRPC_ENDPOINT,
     DEFAULT_GRPC_MAX_REQUEST_BYTES, DEFAULT_HTTP_ENDPOINT, DEFAULT_HTTP_MAX_REQUEST_BYTES,
-    DEFAULT_RETRY_AFTER, DEFAULT_SEND_BATCH_SIZE, DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_HEADER_TIMEOUT,
+    DEFAULT_RETRY_AFTER, DEFAULT_SEND_BATCH_SIZE, DEFAULT_SHUTDOWN_TIMEOUT, MAX_CONNECTION_TIMEOUT,
+    MAX_MAX_CONNECTIONS,
 };
 pub(crate) use metrics::ReceiverMetrics;
 pub use receiver::ReceiverError;
-pub use service::{Collector, CollectorError, CollectorStatus};
+pub use service::{Collector, CollectorError, CollectorStatus, StatusHandle};
 pub(crate) use sink::{Refused, SpanSink};
 /// The exporter parts of a [`CollectorConfig`], from `traceq_exporter`.
 pub use traceq_exporter::client::{

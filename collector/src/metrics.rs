@@ -6,6 +6,7 @@
 //! so dashboards carry over.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 /// Counters of one receiver (gRPC or HTTP).
 #[derive(Debug, Default)]
@@ -20,6 +21,24 @@ pub(crate) struct ReceiverMetrics {
     pub spans_refused: AtomicU64,
     /// Requests rejected as malformed, oversized, unauthenticated or of an unsupported type.
     pub requests_rejected: AtomicU64,
+    /// The receiver's connections.
+    pub connections: Arc<ConnectionMetrics>,
+}
+
+/// Connection counters of one listener (a receiver or the admin endpoint).
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionMetrics {
+    /// Connections open now (a gauge).
+    pub open: AtomicU64,
+    /// Connections accepted.
+    pub accepted: AtomicU64,
+    /// Connections closed at once because the listener had `max_connections` open.
+    pub refused: AtomicU64,
+    /// Connections closed because the client did not send a whole request head within
+    /// `read_header_timeout`, or did not finish its TLS handshake in time.
+    pub timed_out: AtomicU64,
+    /// Keep-alive connections closed after `idle_timeout` with no request in flight.
+    pub idle_closed: AtomicU64,
 }
 
 /// Reads a counter.

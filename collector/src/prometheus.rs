@@ -10,7 +10,7 @@ use traceq_core::{MetricKind, PrometheusText};
 use traceq_exporter::export::ExporterMetrics;
 use traceq_sampler::SamplerMetrics;
 
-use super::metrics::{get, ReceiverMetrics};
+use super::metrics::{get, ConnectionMetrics, ReceiverMetrics};
 
 /// Everything `/metrics` shows, borrowed for one render.
 #[derive(Debug)]
@@ -19,6 +19,52 @@ pub(crate) struct Snapshot<'a> {
     pub(crate) exporters: Vec<(&'a str, &'a ExporterMetrics)>,
     pub(crate) sampler: Option<SamplerMetrics>,
     pub(crate) spans_kept: u64,
+    pub(crate) admin_connections: &'a ConnectionMetrics,
+}
+
+/// The connection families of one kind of listener, `{prefix}_connections_*`, a sample per row.
+fn connection_families(
+    out: &mut PrometheusText,
+    prefix: &str,
+    rows: &[(Vec<(&str, &str)>, &ConnectionMetrics)],
+) {
+    use MetricKind::{Counter, Gauge};
+    let c = |f: fn(&ConnectionMetrics) -> &AtomicU64| move |m: &&ConnectionMetrics| get(f(m));
+    for (suffix, kind, help, value) in [
+        (
+            "connections_open",
+            Gauge,
+            "Connections open now.",
+            c(|m| &m.open),
+        ),
+        (
+            "connections_accepted_total",
+            Counter,
+            "Connections accepted.",
+            c(|m| &m.accepted),
+        ),
+        (
+            "connections_refused_total",
+            Counter,
+            "Connections closed at once because max_connections were open.",
+            c(|m| &m.refused),
+        ),
+        (
+            "connections_timed_out_total",
+            Counter,
+            "Connections closed because no whole request head (or TLS handshake) came in time.",
+            c(|m| &m.timed_out),
+        ),
+        (
+            "connections_idle_closed_total",
+            Counter,
+            "Connections closed after idle_timeout with no request in flight.",
+            c(|m| &m.idle_closed),
+        ),
+    ] {
+        let name = format!("{prefix}_{suffix}");
+        family(out, (&name, kind, help), rows, value);
+    }
 }
 
 /// A family with one sample per row of `rows`, each row's labels and counter.
@@ -84,6 +130,16 @@ pub(crate) fn render(s: &Snapshot<'_>) -> String {
     ] {
         family(&mut out, family_of, &receivers, value);
     }
+    let receiver_connections: Vec<(Vec<(&str, &str)>, &ConnectionMetrics)> = receivers
+        .iter()
+        .map(|(labels, m)| (labels.clone(), &*m.connections))
+        .collect();
+    connection_families(&mut out, "traceq_receiver", &receiver_connections);
+    connection_families(
+        &mut out,
+        "traceq_admin",
+        &[(Vec::new(), s.admin_connections)],
+    );
 
     let exporters: Vec<(Vec<(&str, &str)>, &ExporterMetrics)> = s
         .exporters
@@ -268,6 +324,9 @@ mod tests {
     fn render_should_label_receivers_exporters_and_policies() {
         let grpc = ReceiverMetrics::default();
         grpc.spans_accepted.store(42, Relaxed);
+        grpc.connections.refused.store(5, Relaxed);
+        let admin = ConnectionMetrics::default();
+        admin.open.store(2, Relaxed);
         let exp = ExporterMetrics::default();
         exp.spans_dropped.store(7, Relaxed);
         let mut sampler = SamplerMetrics::default();
@@ -277,7 +336,13 @@ mod tests {
             exporters: vec![("otlp/\"tempo\"", &exp)],
             sampler: Some(sampler),
             spans_kept: 9,
+            admin_connections: &admin,
         });
+        assert!(text.contains(
+            "traceq_receiver_connections_refused_total{receiver=\"otlp\",transport=\"grpc\"} 5"
+        ));
+        assert!(text.contains("# TYPE traceq_receiver_connections_open gauge"));
+        assert!(text.contains("traceq_admin_connections_open 2"));
         assert!(text
             .contains("otelcol_receiver_accepted_spans{receiver=\"otlp\",transport=\"grpc\"} 42"));
         assert!(

@@ -5,21 +5,38 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::config::CollectorConfig;
-use super::metrics::{get as read, ReceiverMetrics};
+use super::config::{CollectorConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_READ_HEADER_TIMEOUT};
+use super::metrics::{get as read, ConnectionMetrics, ReceiverMetrics};
 use super::pipeline::Pipeline;
 use super::prometheus::{render, Snapshot};
-use super::receiver::{OtlpReceiver, Protocol, ReceiverError};
+use super::receiver::{
+    authorization_is, HttpServer, ListenerLimits, OtlpReceiver, Protocol, ReceiverError,
+};
 use traceq_exporter::export::ExporterMetrics;
 use traceq_exporter::export::{ExportSetupError, ExporterQueue};
+
+/// Most connections the admin endpoint keeps open at once (scrapers and probes are few).
+const ADMIN_MAX_CONNECTIONS: usize = 32;
+/// How long the admin endpoint's shutdown lets a scrape in flight finish.
+const ADMIN_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// The admin endpoint's connection bounds.
+const ADMIN_LIMITS: ListenerLimits = ListenerLimits {
+    max_connections: ADMIN_MAX_CONNECTIONS,
+    read_header_timeout: DEFAULT_READ_HEADER_TIMEOUT,
+    idle_timeout: DEFAULT_IDLE_TIMEOUT,
+    shutdown_grace: ADMIN_SHUTDOWN_GRACE,
+};
 
 /// Why the collector could not start.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +88,26 @@ pub struct CollectorStatus {
     pub spans_exported: u64,
     /// Spans given up by exporters (queue full, permanent error, retries exhausted).
     pub spans_export_dropped: u64,
+    /// Spans in the buffer now, in traces not yet decided.
+    pub spans_buffered: u64,
+    /// Spans in exporter queues now (waiting or being sent), summed over exporters.
+    pub spans_queued: u64,
+    /// Kept spans neither delivered nor given up yet, summed over exporters: those in the batch
+    /// being filled, in the queues and being sent.
+    pub spans_undelivered: u64,
+}
+
+/// A cheap handle on a running collector's counters that outlives a borrow of it, e.g. to
+/// report what is left while [`Collector::shutdown`] runs.
+#[derive(Debug, Clone)]
+pub struct StatusHandle(Arc<Shared>);
+
+impl StatusHandle {
+    /// The counters now.
+    #[must_use]
+    pub fn status(&self) -> CollectorStatus {
+        self.0.status()
+    }
 }
 
 #[derive(Debug)]
@@ -79,6 +116,9 @@ struct Shared {
     receivers: Vec<(&'static str, Arc<ReceiverMetrics>)>,
     exporters: Vec<(String, Arc<ExporterMetrics>)>,
     healthy: AtomicBool,
+    /// The exact `authorization` value `/metrics` requires, if any.
+    metrics_authorization: Option<String>,
+    admin_connections: Arc<ConnectionMetrics>,
 }
 
 impl Shared {
@@ -92,6 +132,7 @@ impl Shared {
                 .collect(),
             sampler: self.pipeline.sampler_metrics(),
             spans_kept: read(&self.pipeline.spans_kept),
+            admin_connections: &self.admin_connections,
         })
     }
 
@@ -102,15 +143,20 @@ impl Shared {
             s.spans_refused += read(&r.spans_refused);
             s.requests_rejected += read(&r.requests_rejected);
         }
-        for (_, e) in &self.exporters {
-            s.spans_exported += read(&e.spans_sent);
-            s.spans_export_dropped += read(&e.spans_dropped);
-        }
         s.spans_kept = read(&self.pipeline.spans_kept);
+        for (_, e) in &self.exporters {
+            let (sent, dropped) = (read(&e.spans_sent), read(&e.spans_dropped));
+            s.spans_exported += sent;
+            s.spans_export_dropped += dropped;
+            s.spans_queued += read(&e.queue_spans);
+            // Every kept span goes to every exporter.
+            s.spans_undelivered += s.spans_kept.saturating_sub(sent + dropped);
+        }
         if let Some(m) = self.pipeline.sampler_metrics() {
             s.traces_kept = m.global_count_traces_sampled;
             s.traces_dropped = m.global_count_traces_not_sampled;
             s.traces_buffered = m.sampling_traces_on_memory;
+            s.spans_buffered = m.spans_buffered;
         }
         s
     }
@@ -139,7 +185,7 @@ pub struct Collector {
     grpc_addr: Option<SocketAddr>,
     http_addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
-    admin: Option<(JoinHandle<()>, CancellationToken)>,
+    admin: Option<HttpServer>,
     decider: Option<std::thread::JoinHandle<()>>,
     shutdown_timeout: std::time::Duration,
 }
@@ -158,16 +204,25 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str
     }
 }
 
-async fn metrics(
-    State(shared): State<Arc<Shared>>,
-) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Some(expected) = &shared.metrics_authorization {
+        if !authorization_is(&headers, expected) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer realm=\"traceq\"")],
+                "unauthorized\n",
+            )
+                .into_response();
+        }
+    }
     (
         [(
-            axum::http::header::CONTENT_TYPE,
+            header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         shared.metrics_text(),
     )
+        .into_response()
 }
 
 impl Collector {
@@ -220,6 +275,11 @@ impl Collector {
             receivers: receiver_metrics,
             exporters: exporter_metrics,
             healthy: AtomicBool::new(true),
+            metrics_authorization: config
+                .metrics_bearer_token
+                .as_ref()
+                .map(|t| format!("Bearer {t}")),
+            admin_connections: Arc::default(),
         });
         let mut collector = Self {
             shared,
@@ -233,21 +293,26 @@ impl Collector {
         };
         if failure.is_none() {
             if let Some(address) = config.admin {
-                match tokio::net::TcpListener::bind(address).await {
-                    Ok(listener) => {
-                        collector.admin_addr = listener.local_addr().ok();
-                        let token = CancellationToken::new();
-                        let app = Router::new()
-                            .route("/healthz", get(healthz))
-                            .route("/metrics", get(metrics))
-                            .with_state(collector.shared.clone());
-                        let stop = token.clone();
-                        let task = tokio::spawn(async move {
-                            let _ = axum::serve(listener, app)
-                                .with_graceful_shutdown(stop.cancelled_owned())
-                                .await;
-                        });
-                        collector.admin = Some((task, token));
+                let app = Router::new()
+                    .route("/healthz", get(healthz))
+                    .route("/metrics", get(metrics))
+                    .with_state(collector.shared.clone());
+                let started = tokio::net::TcpListener::bind(address)
+                    .await
+                    .and_then(|listener| {
+                        HttpServer::start(
+                            listener,
+                            None,
+                            app,
+                            ADMIN_LIMITS,
+                            collector.shared.admin_connections.clone(),
+                            CancellationToken::new(),
+                        )
+                    });
+                match started {
+                    Ok(server) => {
+                        collector.admin_addr = Some(server.local_addr());
+                        collector.admin = Some(server);
                     }
                     Err(source) => failure = Some(CollectorError::Admin { address, source }),
                 }
@@ -286,15 +351,23 @@ impl Collector {
         self.shared.status()
     }
 
+    /// A handle on the counters that stays usable while [`shutdown`](Self::shutdown) runs.
+    #[must_use]
+    pub fn status_handle(&self) -> StatusHandle {
+        StatusHandle(self.shared.clone())
+    }
+
     /// The Prometheus text `/metrics` serves.
     #[must_use]
     pub fn metrics_text(&self) -> String {
         self.shared.metrics_text()
     }
 
-    /// Stops receiving (in-flight requests finish), decides every pending trace, and flushes
-    /// the exporters until the shutdown deadline; what is still queued then is counted as
-    /// dropped. Returns the final counters.
+    /// Stops receiving (idle and half-sent connections are closed at once, requests in flight
+    /// get at most 4 seconds), decides every pending trace, and flushes the exporters until the
+    /// shutdown deadline; what is still queued then is counted as dropped. `/healthz` answers
+    /// 503 meanwhile, and the admin endpoint closes last (a scrape in flight gets 1 second).
+    /// Returns the final counters.
     pub async fn shutdown(mut self) -> CollectorStatus {
         let deadline = Instant::now() + self.shutdown_timeout;
         self.shared.healthy.store(false, Relaxed);
@@ -317,9 +390,8 @@ impl Collector {
                 .map(|e| e.shutdown(deadline)),
         )
         .await;
-        if let Some((task, token)) = self.admin.take() {
-            token.cancel();
-            let _ = task.await;
+        if let Some(admin) = self.admin.take() {
+            admin.shutdown().await;
         }
         self.shared.status()
     }

@@ -45,6 +45,20 @@ pub const DEFAULT_BATCH_TIMEOUT: Duration = Duration::from_millis(200);
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Default deadline for deciding pending traces and flushing exporters at shutdown.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default most connections one receiver keeps open at once (TLS handshakes included); more
+/// are closed at once. Raise the process's file-descriptor limit (`ulimit -n`) to match.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default longest a client may take to send a whole request head (the Collector's
+/// `read_header_timeout`).
+pub const DEFAULT_READ_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default longest a receiver connection stays open with no request in flight (the Collector's
+/// `idle_timeout`). Longer than the common client pool idle times (90 s for Go), so the client
+/// closes first and never reuses a connection the server is closing.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Largest `max_connections` accepted.
+pub const MAX_MAX_CONNECTIONS: usize = 1 << 20;
+/// Longest `read_header_timeout` or `idle_timeout` accepted.
+pub const MAX_CONNECTION_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// An invalid collector configuration.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +130,33 @@ pub struct ReceiverConfig {
     pub tls: Option<TlsConfig>,
     /// Require `authorization: Bearer <token>` on every request.
     pub bearer_token: Option<String>,
+    /// Most connections open at once (TLS handshakes included); a connection over it is
+    /// closed at once and counted (`traceq_receiver_connections_refused_total`).
+    pub max_connections: usize,
+    /// Longest a client may take to send a whole request head, from connecting (after the TLS
+    /// handshake) or from its first byte after the previous response; then the connection is
+    /// closed (`traceq_receiver_connections_timed_out_total`).
+    pub read_header_timeout: Duration,
+    /// Longest a connection stays open with no request in flight; then it is closed gracefully
+    /// (`traceq_receiver_connections_idle_closed_total`). HTTP/2 pings do not count as requests.
+    pub idle_timeout: Duration,
+}
+
+impl ReceiverConfig {
+    /// A receiver on `endpoint` taking requests up to `max_request_bytes`, without TLS or
+    /// authentication, with the default connection bounds.
+    #[must_use]
+    pub fn new(endpoint: SocketAddr, max_request_bytes: usize) -> Self {
+        Self {
+            endpoint,
+            max_request_bytes,
+            tls: None,
+            bearer_token: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            read_header_timeout: DEFAULT_READ_HEADER_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
 }
 
 /// The whole collector: receivers, the sampler, exporters and operations.
@@ -139,6 +180,8 @@ pub struct CollectorConfig {
     pub exporters: Vec<ExporterConfig>,
     /// Address of `/metrics` and `/healthz`, if enabled.
     pub admin: Option<SocketAddr>,
+    /// Require `authorization: Bearer <token>` on `/metrics` (`/healthz` stays open).
+    pub metrics_bearer_token: Option<String>,
     /// Deadline for the final decisions and exporter flush on shutdown.
     pub shutdown_timeout: Duration,
 }
@@ -152,18 +195,14 @@ impl Default for CollectorConfig {
     /// the rest), and no exporter (add one).
     fn default() -> Self {
         Self {
-            grpc: Some(ReceiverConfig {
-                endpoint: addr(DEFAULT_GRPC_ENDPOINT),
-                max_request_bytes: DEFAULT_GRPC_MAX_REQUEST_BYTES,
-                tls: None,
-                bearer_token: None,
-            }),
-            http: Some(ReceiverConfig {
-                endpoint: addr(DEFAULT_HTTP_ENDPOINT),
-                max_request_bytes: DEFAULT_HTTP_MAX_REQUEST_BYTES,
-                tls: None,
-                bearer_token: None,
-            }),
+            grpc: Some(ReceiverConfig::new(
+                addr(DEFAULT_GRPC_ENDPOINT),
+                DEFAULT_GRPC_MAX_REQUEST_BYTES,
+            )),
+            http: Some(ReceiverConfig::new(
+                addr(DEFAULT_HTTP_ENDPOINT),
+                DEFAULT_HTTP_MAX_REQUEST_BYTES,
+            )),
             sampler: SamplerConfig::default(),
             sampling: true,
             send_batch_size: DEFAULT_SEND_BATCH_SIZE,
@@ -173,6 +212,7 @@ impl Default for CollectorConfig {
             },
             exporters: Vec::new(),
             admin: Some(addr(DEFAULT_ADMIN_ENDPOINT)),
+            metrics_bearer_token: None,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
     }

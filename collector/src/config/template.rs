@@ -9,6 +9,7 @@ use traceq_sampler::SamplerConfig;
 use super::{
     CollectorConfig, DEFAULT_ADMIN_ENDPOINT, DEFAULT_BATCH_TIMEOUT, DEFAULT_GRPC_ENDPOINT,
     DEFAULT_GRPC_MAX_REQUEST_BYTES, DEFAULT_HTTP_ENDPOINT, DEFAULT_HTTP_MAX_REQUEST_BYTES,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_HEADER_TIMEOUT,
     DEFAULT_RETRY_AFTER, DEFAULT_SEND_BATCH_SIZE, DEFAULT_SHUTDOWN_TIMEOUT,
 };
 
@@ -30,11 +31,17 @@ receivers:
       grpc:
         endpoint: {DEFAULT_GRPC_ENDPOINT}
         max_recv_msg_size_mib: {grpc_mib}
+        max_connections: {DEFAULT_MAX_CONNECTIONS}
+        read_header_timeout: {read_header}
+        idle_timeout: {idle}
         # tls: {{cert_file: server.crt, key_file: server.key}}
         # auth: {{bearer_token: secret}}
       http:
         endpoint: {DEFAULT_HTTP_ENDPOINT}
         max_request_body_size: {DEFAULT_HTTP_MAX_REQUEST_BYTES}
+        max_connections: {DEFAULT_MAX_CONNECTIONS}
+        read_header_timeout: {read_header}
+        idle_timeout: {idle}
 processors:
   batch:
     send_batch_size: {DEFAULT_SEND_BATCH_SIZE}
@@ -68,12 +75,15 @@ service:
   telemetry:
     metrics:
       address: {DEFAULT_ADMIN_ENDPOINT}
+      # bearer_token: secret   # required on /metrics; /healthz stays open
   sampling: true
   on_buffer_full: refuse
   retry_after: {retry_after}
   shutdown_timeout: {shutdown}
 ",
             grpc_mib = DEFAULT_GRPC_MAX_REQUEST_BYTES >> 20,
+            read_header = secs(DEFAULT_READ_HEADER_TIMEOUT),
+            idle = secs(DEFAULT_IDLE_TIMEOUT),
             batch_timeout = secs(DEFAULT_BATCH_TIMEOUT),
             decision_wait = secs(s.decision_wait),
             after_root = secs(s.decision_wait_after_root),

@@ -26,6 +26,7 @@ fn printed_defaults_should_read_back_as_the_defaults() {
     assert_eq!(cfg.send_batch_size, d.send_batch_size);
     assert_eq!(cfg.batch_timeout, d.batch_timeout);
     assert_eq!(cfg.shutdown_timeout, d.shutdown_timeout);
+    assert_eq!(cfg.metrics_bearer_token, d.metrics_bearer_token);
     assert_eq!(cfg.exporters.len(), 1);
     assert_eq!(cfg.exporters[0].target, ExportTarget::Stdout);
 }
@@ -92,6 +93,42 @@ fn invalid_values_should_be_errors_naming_the_field() {
             "tail_sampling",
         ),
         ("receivers: {otlp: {protocols: {}}}", "receivers.otlp.protocols"),
+        (
+            "receivers: {otlp: {protocols: {grpc: {max_connections: 0}}}}",
+            "receivers.otlp.protocols.grpc.max_connections",
+        ),
+        (
+            "receivers: {otlp: {protocols: {http: {max_connections: 100000000}}}}",
+            "receivers.otlp.protocols.http.max_connections",
+        ),
+        (
+            "receivers: {otlp: {protocols: {http: {read_header_timeout: 0s}}}}",
+            "receivers.otlp.protocols.http.read_header_timeout",
+        ),
+        (
+            "receivers: {otlp: {protocols: {grpc: {read_header_timeout: soon}}}}",
+            "receivers.otlp.protocols.grpc.read_header_timeout",
+        ),
+        (
+            "receivers: {otlp: {protocols: {http: {idle_timeout: 25h}}}}",
+            "receivers.otlp.protocols.http.idle_timeout",
+        ),
+        (
+            "receivers: {otlp: {protocols: {grpc: {idle_timeout: -1s}}}}",
+            "receivers.otlp.protocols.grpc.idle_timeout",
+        ),
+        (
+            "receivers: {otlp: {protocols: {grpc: {auth: {bearer_token: ''}}}}}",
+            "receivers.otlp.protocols.grpc.auth.bearer_token",
+        ),
+        (
+            "service: {telemetry: {metrics: {bearer_token: 'two words'}}}",
+            "service.telemetry.metrics.bearer_token",
+        ),
+        (
+            "service: {telemetry: {metrics: {bearer_token: ''}}}",
+            "service.telemetry.metrics.bearer_token",
+        ),
     ] {
         let err = CollectorConfig::from_yaml(doc).unwrap_err().to_string();
         assert!(err.contains(needle), "{doc}: {err}");
@@ -136,4 +173,41 @@ fn service_settings_should_apply() {
     assert!(!cfg.sampling);
     assert_eq!(cfg.on_buffer_full, OnBufferFull::DecideEarly);
     assert_eq!(cfg.shutdown_timeout, Duration::from_secs(3));
+}
+
+#[test]
+fn receiver_connection_bounds_should_default_and_apply_per_protocol() {
+    let cfg = CollectorConfig::from_yaml(
+        "receivers: {otlp: {protocols: {grpc: {max_connections: 10, read_header_timeout: 2s, idle_timeout: 1m}, http: }}}",
+    )
+    .unwrap();
+    let grpc = cfg.grpc.unwrap();
+    assert_eq!(grpc.max_connections, 10);
+    assert_eq!(grpc.read_header_timeout, Duration::from_secs(2));
+    assert_eq!(grpc.idle_timeout, Duration::from_secs(60));
+    let http = cfg.http.unwrap();
+    assert_eq!(http.max_connections, DEFAULT_MAX_CONNECTIONS);
+    assert_eq!(http.read_header_timeout, DEFAULT_READ_HEADER_TIMEOUT);
+    assert_eq!(http.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+    // The limits themselves are accepted.
+    let edge = format!(
+        "receivers: {{otlp: {{protocols: {{http: {{max_connections: {MAX_MAX_CONNECTIONS}, idle_timeout: 24h}}}}}}}}"
+    );
+    let http = CollectorConfig::from_yaml(&edge).unwrap().http.unwrap();
+    assert_eq!(http.max_connections, MAX_MAX_CONNECTIONS);
+    assert_eq!(http.idle_timeout, MAX_CONNECTION_TIMEOUT);
+}
+
+#[test]
+fn metrics_bearer_token_should_be_read_and_default_to_none() {
+    assert!(CollectorConfig::from_yaml("")
+        .unwrap()
+        .metrics_bearer_token
+        .is_none());
+    let cfg = CollectorConfig::from_yaml(
+        "service: {telemetry: {metrics: {address: '127.0.0.1:0', bearer_token: s3cret-token}}}",
+    )
+    .unwrap();
+    assert_eq!(cfg.metrics_bearer_token.as_deref(), Some("s3cret-token"));
+    assert_eq!(cfg.admin, Some("127.0.0.1:0".parse().unwrap()));
 }

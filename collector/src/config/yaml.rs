@@ -15,7 +15,8 @@ use traceq_sampler::{parse_duration, SamplerConfig};
 use super::{
     field_error, CollectorConfig, CollectorConfigError, OnBufferFull, ReceiverConfig, TlsConfig,
     DEFAULT_GRPC_ENDPOINT, DEFAULT_GRPC_MAX_REQUEST_BYTES, DEFAULT_HTTP_ENDPOINT,
-    DEFAULT_HTTP_MAX_REQUEST_BYTES, DEFAULT_RETRY_AFTER,
+    DEFAULT_HTTP_MAX_REQUEST_BYTES, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_READ_HEADER_TIMEOUT, DEFAULT_RETRY_AFTER, MAX_CONNECTION_TIMEOUT, MAX_MAX_CONNECTIONS,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -68,6 +69,9 @@ struct RawGrpc {
     max_recv_msg_size_mib: Option<u64>,
     tls: Option<RawTls>,
     auth: Option<RawAuth>,
+    max_connections: Option<u64>,
+    read_header_timeout: Option<String>,
+    idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -77,6 +81,9 @@ struct RawHttp {
     max_request_body_size: Option<u64>,
     tls: Option<RawTls>,
     auth: Option<RawAuth>,
+    max_connections: Option<u64>,
+    read_header_timeout: Option<String>,
+    idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +134,8 @@ struct RawTelemetry {
 struct RawMetrics {
     /// An address, or `none` to turn `/metrics` and `/healthz` off.
     address: Option<String>,
+    /// Required on `/metrics` as `authorization: Bearer <token>`.
+    bearer_token: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -214,6 +223,50 @@ struct Size {
     unit: u64,
 }
 
+/// The connection bounds of a receiver's block, as written.
+struct RawLimits {
+    max_connections: Option<u64>,
+    read_header_timeout: Option<String>,
+    idle_timeout: Option<String>,
+}
+
+/// A connection timeout: positive and at most [`MAX_CONNECTION_TIMEOUT`].
+fn connection_timeout(
+    field: &str,
+    raw: Option<String>,
+    default: Duration,
+) -> Result<Duration, CollectorConfigError> {
+    let Some(text) = raw else { return Ok(default) };
+    let d = duration(field, &text)?;
+    if d.is_zero() {
+        return Err(field_error(field, "must be positive"));
+    }
+    if d > MAX_CONNECTION_TIMEOUT {
+        return Err(field_error(
+            field,
+            format!(
+                "must be at most {}h",
+                MAX_CONNECTION_TIMEOUT.as_secs() / 3600
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+/// A bearer token: visible ASCII, so that a client can send it in a header.
+fn bearer_token(field: &str, token: String) -> Result<String, CollectorConfigError> {
+    if token.is_empty() {
+        return Err(field_error(field, "must not be empty"));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(field_error(
+            field,
+            "must be visible ASCII characters, without spaces",
+        ));
+    }
+    Ok(token)
+}
+
 /// What differs between the gRPC and HTTP receivers' blocks.
 struct Protocol {
     prefix: &'static str,
@@ -229,8 +282,36 @@ impl Protocol {
         size: Option<Size>,
         tls: Option<RawTls>,
         auth: Option<RawAuth>,
+        limits: RawLimits,
     ) -> Result<ReceiverConfig, CollectorConfigError> {
         let p = self.prefix;
+        let max_connections = match limits.max_connections {
+            Some(n) => {
+                let field = format!("{p}.max_connections");
+                let n = positive(&field, n)?;
+                if n > MAX_MAX_CONNECTIONS as u64 {
+                    return Err(field_error(
+                        field,
+                        format!("must be at most {MAX_MAX_CONNECTIONS}"),
+                    ));
+                }
+                n as usize
+            }
+            None => DEFAULT_MAX_CONNECTIONS,
+        };
+        let read_header_timeout = connection_timeout(
+            &format!("{p}.read_header_timeout"),
+            limits.read_header_timeout,
+            DEFAULT_READ_HEADER_TIMEOUT,
+        )?;
+        let idle_timeout = connection_timeout(
+            &format!("{p}.idle_timeout"),
+            limits.idle_timeout,
+            DEFAULT_IDLE_TIMEOUT,
+        )?;
+        let bearer_token = auth
+            .map(|a| bearer_token(&format!("{p}.auth.bearer_token"), a.bearer_token))
+            .transpose()?;
         let max_request_bytes = match size {
             Some(Size { field, value, unit }) => {
                 let v = positive(&format!("{p}.{field}"), value)?;
@@ -245,7 +326,10 @@ impl Protocol {
                 cert_file: t.cert_file,
                 key_file: t.key_file,
             }),
-            bearer_token: auth.map(|a| a.bearer_token),
+            bearer_token,
+            max_connections,
+            read_header_timeout,
+            idle_timeout,
         })
     }
 }
@@ -456,7 +540,12 @@ impl CollectorConfig {
                         endpoint: DEFAULT_GRPC_ENDPOINT,
                         max_request_bytes: DEFAULT_GRPC_MAX_REQUEST_BYTES,
                     };
-                    protocol.receiver(g.endpoint.as_deref(), size, g.tls, g.auth)
+                    let limits = RawLimits {
+                        max_connections: g.max_connections,
+                        read_header_timeout: g.read_header_timeout,
+                        idle_timeout: g.idle_timeout,
+                    };
+                    protocol.receiver(g.endpoint.as_deref(), size, g.tls, g.auth, limits)
                 })
                 .transpose()?;
             cfg.http = http
@@ -472,7 +561,12 @@ impl CollectorConfig {
                         endpoint: DEFAULT_HTTP_ENDPOINT,
                         max_request_bytes: DEFAULT_HTTP_MAX_REQUEST_BYTES,
                     };
-                    protocol.receiver(h.endpoint.as_deref(), size, h.tls, h.auth)
+                    let limits = RawLimits {
+                        max_connections: h.max_connections,
+                        read_header_timeout: h.read_header_timeout,
+                        idle_timeout: h.idle_timeout,
+                    };
+                    protocol.receiver(h.endpoint.as_deref(), size, h.tls, h.auth, limits)
                 })
                 .transpose()?;
             if cfg.grpc.is_none() && cfg.http.is_none() {
@@ -504,17 +598,21 @@ impl CollectorConfig {
             }
         }
         if let Some(service) = raw.service {
-            if let Some(address) = service
+            let metrics = service
                 .telemetry
                 .and_then(|t| t.metrics)
-                .and_then(|m| m.address)
-            {
+                .unwrap_or_default();
+            if let Some(address) = metrics.address {
                 cfg.admin = if address == "none" {
                     None
                 } else {
                     Some(socket("service.telemetry.metrics.address", &address)?)
                 };
             }
+            cfg.metrics_bearer_token = metrics
+                .bearer_token
+                .map(|t| bearer_token("service.telemetry.metrics.bearer_token", t))
+                .transpose()?;
             if let Some(s) = service.sampling {
                 cfg.sampling = s;
             }

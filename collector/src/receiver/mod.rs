@@ -5,10 +5,12 @@
 mod body;
 mod grpc;
 mod http;
+mod listener;
 mod server;
 #[cfg(test)]
 mod testing;
 mod tls;
 
+pub(crate) use listener::{HttpServer, ListenerLimits};
 pub use server::ReceiverError;
-pub(crate) use server::{OtlpReceiver, Protocol};
+pub(crate) use server::{authorization_is, OtlpReceiver, Protocol};

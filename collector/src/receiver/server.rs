@@ -8,20 +8,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{header, HeaderMap};
-use axum::serve::Listener;
-use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, SemaphorePermit};
-use tokio::task::JoinHandle;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 
 use super::body::constant_time_eq;
+use super::listener::{HttpServer, ListenerLimits};
 use super::{grpc, http, tls};
 use crate::{ReceiverConfig, ReceiverMetrics, Refused, SpanSink};
 use traceq_exporter::otlp::OtlpSpan;
 
-/// How long [`OtlpReceiver::shutdown`] lets in-flight requests finish before cutting them off.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long [`OtlpReceiver::shutdown`] lets in-flight requests finish before cutting them off
+/// (4 s, so that with the cut-off the receivers stop within the 5 s the process allows beyond
+/// `shutdown_timeout`).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 /// Most requests of one receiver being read, decoded or offered at once; more are refused as
 /// retryable (so memory is bounded by this many times `max_request_bytes`).
 const MAX_CONCURRENT_REQUESTS: usize = 256;
@@ -88,9 +88,7 @@ pub enum ReceiverError {
 pub(crate) struct OtlpReceiver {
     protocol: Protocol,
     local_addr: SocketAddr,
-    stop: DropGuard,
-    hard_stop: CancellationToken,
-    task: JoinHandle<()>,
+    server: HttpServer,
 }
 
 impl fmt::Debug for OtlpReceiver {
@@ -137,6 +135,7 @@ impl OtlpReceiver {
             .map_err(bind_error)?;
         let local_addr = tcp.local_addr().map_err(bind_error)?;
         let hard_stop = CancellationToken::new();
+        let connections = metrics.connections.clone();
         let shared = Arc::new(Shared {
             sink,
             metrics,
@@ -149,29 +148,25 @@ impl OtlpReceiver {
             Protocol::Grpc => grpc::router(shared),
             Protocol::Http => http::router(shared),
         };
-        let stop = CancellationToken::new();
-        let signal = stop.clone().cancelled_owned();
-        let task = match acceptor {
-            Some(acceptor) => {
-                let listener = tls::TlsListener::new(tcp, acceptor, local_addr);
-                tokio::spawn(serve(listener, router, signal))
-            }
-            // No Nagle: a small response held back for a delayed ACK costs a sender ~40 ms per
-            // request.
-            None => tokio::spawn(serve(
-                axum::serve::ListenerExt::tap_io(tcp, |io| {
-                    let _ = io.set_nodelay(true);
-                }),
-                router,
-                signal,
-            )),
+        let limits = ListenerLimits {
+            max_connections: config.max_connections,
+            read_header_timeout: config.read_header_timeout,
+            idle_timeout: config.idle_timeout,
+            shutdown_grace: SHUTDOWN_GRACE,
         };
+        let server = HttpServer::start(
+            tcp,
+            acceptor.map(tls::Handshaker::new),
+            router,
+            limits,
+            connections,
+            hard_stop,
+        )
+        .map_err(bind_error)?;
         Ok(Self {
             protocol,
             local_addr,
-            stop: stop.drop_guard(),
-            hard_stop,
-            task,
+            server,
         })
     }
 
@@ -181,39 +176,12 @@ impl OtlpReceiver {
         self.local_addr
     }
 
-    /// Stops accepting connections and requests, lets in-flight requests finish for at most
-    /// 5 seconds, then cuts off whatever is left (those requests are answered
-    /// as refused, never half-accepted).
+    /// Stops accepting connections and requests, closes idle and half-sent connections at
+    /// once, lets in-flight requests finish for at most 4 seconds, then cuts off whatever is
+    /// left (those requests are answered as refused, never half-accepted).
     pub(crate) async fn shutdown(self) {
-        let Self {
-            stop,
-            hard_stop,
-            mut task,
-            ..
-        } = self;
-        drop(stop);
-        if tokio::time::timeout(SHUTDOWN_GRACE, &mut task)
-            .await
-            .is_err()
-        {
-            hard_stop.cancel();
-            task.abort();
-        }
+        self.server.shutdown().await;
     }
-}
-
-async fn serve<L>(
-    listener: L,
-    router: Router,
-    signal: impl std::future::Future<Output = ()> + Send + 'static,
-) where
-    L: Listener,
-    L::Addr: fmt::Debug,
-{
-    // `axum::serve` handles accept errors itself and never returns an error.
-    let _ = axum::serve(listener, router)
-        .with_graceful_shutdown(signal)
-        .await;
 }
 
 /// What every handler of one receiver shares.
@@ -230,15 +198,20 @@ pub(super) struct Shared {
     in_flight: Semaphore,
 }
 
+/// Whether `headers` carry exactly the `authorization` value `expected`, compared in constant
+/// time.
+pub(crate) fn authorization_is(headers: &HeaderMap, expected: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .is_some_and(|v| constant_time_eq(v.as_bytes(), expected.as_bytes()))
+}
+
 impl Shared {
     /// Whether the request carries the configured bearer token (always, when none is set).
     pub(super) fn authorized(&self, headers: &HeaderMap) -> bool {
-        match &self.authorization {
-            None => true,
-            Some(expected) => headers
-                .get(header::AUTHORIZATION)
-                .is_some_and(|v| constant_time_eq(v.as_bytes(), expected.as_bytes())),
-        }
+        self.authorization
+            .as_deref()
+            .is_none_or(|expected| authorization_is(headers, expected))
     }
 
     /// Admits a request for reading, or refuses it (counted) when too many are in flight.

@@ -77,12 +77,10 @@ impl SpanSink for TestSink {
 
 /// A loopback receiver configuration on a free port.
 pub(super) fn config(max_request_bytes: usize) -> ReceiverConfig {
-    ReceiverConfig {
-        endpoint: "127.0.0.1:0".parse().expect("a valid address"),
+    ReceiverConfig::new(
+        "127.0.0.1:0".parse().expect("a valid address"),
         max_request_bytes,
-        tls: None,
-        bearer_token: None,
-    }
+    )
 }
 
 /// A request of `n` spans, span `i` in trace `[i + 1; 16]`, each with a `name_len`-byte name.

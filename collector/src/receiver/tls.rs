@@ -1,23 +1,23 @@
-//! TLS for receivers: the server configuration from PEM files, and a listener that hands axum
-//! only connections whose handshake is complete.
+//! TLS for receivers: the server configuration from PEM files, and the handshake of one
+//! connection.
 //!
-//! Why handshakes run on their own tasks: `axum::serve` awaits `Listener::accept` in its accept
-//! loop, so a listener that handshook inline would let one client that connects and sends
-//! nothing (or garbage, slowly) stop every other client from connecting. Here the accept loop
-//! only accepts TCP; each handshake is a task with a deadline, bounded in number, and finished
-//! streams reach axum through a channel. Failed handshakes are dropped without a word: they are
-//! port scanners, health checks and plain-text clients, and not worth a log line each.
+//! Why handshakes run on their connection's own task, with a deadline: an accept loop that
+//! handshook inline would let one client that connects and sends nothing (or garbage, slowly)
+//! stop every other client from connecting. Here the accept loop only accepts TCP; each
+//! handshake runs on its connection's task (so it counts against the listener's connection
+//! limit) and must finish within [`HANDSHAKE_TIMEOUT`]. There is no separate bound on
+//! handshakes in progress: one would let a few silent clients hold every turn for their whole
+//! deadline, which is the starvation this avoids. Failed handshakes are dropped without a word: they are port scanners, health checks and plain-text
+//! clients, and not worth a log line each.
 
+use std::fmt;
 use std::fs::File;
-use std::io::{self, Read};
-use std::net::SocketAddr;
+use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::{crypto, ServerConfig};
@@ -29,10 +29,6 @@ use crate::TlsConfig;
 
 /// Longest a client may take to complete its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most handshakes in progress at once; further connections wait in the kernel's backlog.
-const MAX_PENDING_HANDSHAKES: usize = 256;
-/// Completed handshakes waiting for axum to take them.
-const READY_QUEUE: usize = 64;
 /// Largest PEM file read (certificate chains are a few kilobytes).
 const MAX_PEM_BYTES: u64 = 1 << 20;
 
@@ -93,94 +89,42 @@ fn pem_error(path: &Path, reason: String) -> ReceiverError {
     }
 }
 
-/// A listener yielding TLS streams whose handshake has completed.
-#[derive(Debug)]
-pub(super) struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local_addr: SocketAddr,
-    accept_task: JoinHandle<()>,
+/// Why a handshake gave no stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HandshakeFailure {
+    /// The client did not finish within [`HANDSHAKE_TIMEOUT`].
+    TimedOut,
+    /// The client spoke something else than TLS, or hung up.
+    Failed,
 }
 
-impl TlsListener {
-    /// Starts accepting on `tcp`, handshaking with `acceptor`.
-    pub(super) fn new(tcp: TcpListener, acceptor: TlsAcceptor, local_addr: SocketAddr) -> Self {
-        let (tx, ready) = mpsc::channel(READY_QUEUE);
-        let accept_task = tokio::spawn(accept_loop(tcp, acceptor, tx));
-        Self {
-            ready,
-            local_addr,
-            accept_task,
-        }
-    }
-}
-
-impl Drop for TlsListener {
-    fn drop(&mut self) {
-        // Stops accepting; handshakes in flight end at their deadline or when `ready` is gone.
-        self.accept_task.abort();
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(conn) => conn,
-            // The accept loop only ends when this listener is dropped.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(self.local_addr)
-    }
-}
-
-async fn accept_loop(
-    tcp: TcpListener,
+/// Handshakes connections with one acceptor.
+pub(crate) struct Handshaker {
     acceptor: TlsAcceptor,
-    ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
-) {
-    let permits = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return; // never closed
-        };
-        let (stream, addr) = match tcp.accept().await {
-            Ok(conn) => {
-                let _ = conn.0.set_nodelay(true);
-                conn
-            }
-            Err(e) => {
-                if !is_connection_error(&e) {
-                    // Out of file descriptors and the like: give the process time to recover.
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        let ready = ready.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Ok(Ok(tls)) =
-                tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-            {
-                let _ = ready.send((tls, addr)).await;
-            }
-        });
+}
+
+impl fmt::Debug for Handshaker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handshaker").finish_non_exhaustive()
     }
 }
 
-fn is_connection_error(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-    )
+impl Handshaker {
+    pub(crate) fn new(acceptor: TlsAcceptor) -> Self {
+        Self { acceptor }
+    }
+
+    /// Handshakes `stream` within [`HANDSHAKE_TIMEOUT`].
+    pub(crate) async fn accept(
+        &self,
+        stream: TcpStream,
+    ) -> Result<TlsStream<TcpStream>, HandshakeFailure> {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => Ok(tls),
+            Ok(Err(_)) => Err(HandshakeFailure::Failed),
+            Err(_) => Err(HandshakeFailure::TimedOut),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -135,6 +135,9 @@ pub fn encode_request(spans: &[OtlpSpan]) -> Vec<u8> {
     type Scopes<'a> = Vec<(ScopeKey<'a>, Vec<usize>)>;
     let mut resources: Vec<(ResourceKey<'_>, Scopes<'_>)> = Vec::new();
     let mut resource_index: HashMap<ResourceKey<'_>, usize> = HashMap::new();
+    // Keyed by resource index and scope, so grouping stays linear in spans however many
+    // distinct scopes a batch holds (a scan of a resource's scopes would be quadratic).
+    let mut scope_index: HashMap<(usize, ScopeKey<'_>), usize> = HashMap::new();
     let mut last: Option<(*const Origin, usize, usize)> = None;
     for (i, span) in spans.iter().enumerate() {
         let origin = span.origin();
@@ -152,13 +155,10 @@ pub fn encode_request(spans: &[OtlpSpan]) -> Vec<u8> {
         });
         let skey = (origin.scope.as_deref(), &origin.scope_schema_url[..]);
         let scopes = &mut resources[r].1;
-        let s = match scopes.iter().position(|(k, _)| *k == skey) {
-            Some(s) => s,
-            None => {
-                scopes.push((skey, Vec::new()));
-                scopes.len() - 1
-            }
-        };
+        let s = *scope_index.entry((r, skey)).or_insert_with(|| {
+            scopes.push((skey, Vec::new()));
+            scopes.len() - 1
+        });
         scopes[s].1.push(i);
         last = Some((ptr, r, s));
     }

@@ -50,8 +50,24 @@ pub enum SendError {
     },
     /// No answer: connection refused or reset, timeout. Retryable.
     Transport(String),
-    /// The request could not be made or written (encoding, a local write). Permanent.
+    /// The request could not be made (encoding, compressing). Permanent.
     Request(String),
+    /// A local write failed (a full disk, an I/O error). Retryable: the disk may be freed or
+    /// the file rotated.
+    Write(String),
+}
+
+/// How a downstream refused a request for what was in it, rather than for its own state.
+/// Splitting the request helps with both: a smaller request may fit, and the spans that are
+/// not at fault can still be delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// Too large: gRPC `RESOURCE_EXHAUSTED` (the `RetryInfo` detail that would make it a
+    /// retryable throttle is not read), HTTP 413.
+    TooLarge,
+    /// Malformed: gRPC `INVALID_ARGUMENT`, HTTP 400.
+    Malformed,
 }
 
 impl SendError {
@@ -61,8 +77,27 @@ impl SendError {
         match self {
             Self::Grpc { code, .. } => grpc_code_is_retryable(*code),
             Self::Http { status, .. } => http_status_is_retryable(*status),
-            Self::Transport(_) => true,
+            Self::Transport(_) | Self::Write(_) => true,
             Self::Request(_) => false,
+        }
+    }
+
+    /// Whether the downstream refused the request for its size or its content (see
+    /// [`Rejection`]); `None` for every other failure.
+    #[must_use]
+    pub fn rejection(&self) -> Option<Rejection> {
+        match self {
+            Self::Grpc {
+                code: tonic::Code::ResourceExhausted,
+                ..
+            }
+            | Self::Http { status: 413, .. } => Some(Rejection::TooLarge),
+            Self::Grpc {
+                code: tonic::Code::InvalidArgument,
+                ..
+            }
+            | Self::Http { status: 400, .. } => Some(Rejection::Malformed),
+            _ => None,
         }
     }
 
@@ -94,6 +129,7 @@ impl SendError {
             },
             Self::Transport(m) => Self::Transport(note(m)),
             Self::Request(m) => Self::Request(note(m)),
+            Self::Write(m) => Self::Write(note(m)),
         }
     }
 }
@@ -107,7 +143,7 @@ impl fmt::Display for SendError {
             }
             Self::Http { status, body, .. } => write!(f, "HTTP status {status}: {body}"),
             Self::Transport(m) => write!(f, "no answer: {m}"),
-            Self::Request(m) => f.write_str(m),
+            Self::Request(m) | Self::Write(m) => f.write_str(m),
         }
     }
 }
@@ -175,5 +211,42 @@ mod tests {
         assert!(http.is_retryable());
         assert_eq!(http.retry_after(), Some(Duration::from_secs(2)));
         assert_eq!(http.to_string(), "HTTP status 429: slow down");
+        assert!(SendError::Write("disk full".into()).is_retryable());
+    }
+
+    #[test]
+    fn oversize_and_malformed_refusals_should_read_as_rejections() {
+        let grpc = |code| SendError::Grpc {
+            code,
+            message: String::new(),
+        };
+        let http = |status| SendError::Http {
+            status,
+            body: String::new(),
+            retry_after: None,
+        };
+        assert_eq!(
+            grpc(tonic::Code::ResourceExhausted).rejection(),
+            Some(Rejection::TooLarge)
+        );
+        assert_eq!(http(413).rejection(), Some(Rejection::TooLarge));
+        assert_eq!(
+            grpc(tonic::Code::InvalidArgument).rejection(),
+            Some(Rejection::Malformed)
+        );
+        assert_eq!(http(400).rejection(), Some(Rejection::Malformed));
+        for other in [
+            grpc(tonic::Code::Unavailable),
+            grpc(tonic::Code::PermissionDenied),
+            http(401),
+            http(503),
+            SendError::Transport("reset".into()),
+            SendError::Write("disk full".into()),
+        ] {
+            assert_eq!(other.rejection(), None, "{other}");
+        }
+        // neither is retried as it is
+        assert!(!grpc(tonic::Code::ResourceExhausted).is_retryable());
+        assert!(!http(413).is_retryable());
     }
 }

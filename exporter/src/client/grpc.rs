@@ -9,7 +9,7 @@
 //! `UNKNOWN` carrying a transport error, read as [`SendError::Transport`]; every other status is
 //! classified by its code (see [`super::retry`]). `RESOURCE_EXHAUSTED` is retryable by the
 //! specification only when the server attaches a `google.rpc.RetryInfo`; that detail is not
-//! parsed here, so it is treated as permanent.
+//! parsed here, so it is not retried, and the exporters split the request as too large.
 
 use std::fmt;
 use std::time::Duration;

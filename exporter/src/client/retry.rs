@@ -10,7 +10,10 @@
 //!
 //! What is retryable is the OTLP specification's list: gRPC `CANCELLED`, `DEADLINE_EXCEEDED`,
 //! `ABORTED`, `OUT_OF_RANGE`, `UNAVAILABLE`, `DATA_LOSS`; HTTP 429, 502, 503, 504; and any
-//! failure to get an answer at all (connection refused or reset, timeout).
+//! failure to get an answer at all (connection refused or reset, timeout), and a failed local
+//! write (the `file` exporter). Requests refused for their size or content (gRPC
+//! `RESOURCE_EXHAUSTED`, `INVALID_ARGUMENT`; HTTP 413, 400) are not retried as they are: the
+//! exporters split them (`export::delivery`).
 
 use std::future::Future;
 use std::time::Duration;
@@ -174,7 +177,8 @@ where
 }
 
 /// The gRPC codes the OTLP specification calls retryable. `RESOURCE_EXHAUSTED` is retryable only
-/// with a `RetryInfo` detail, which is not read here, so it is not retried.
+/// with a `RetryInfo` detail, which is not read here, so it is not retried: the exporters read
+/// it as "too large" and split the request instead (see [`SendError::rejection`]).
 pub(crate) fn grpc_code_is_retryable(code: Code) -> bool {
     matches!(
         code,

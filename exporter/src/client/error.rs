@@ -38,6 +38,8 @@ pub enum SendError {
         code: tonic::Code,
         /// The status message, with the causes of a transport error.
         message: String,
+        /// The delay of a `google.rpc.RetryInfo` detail, if the server sent one.
+        retry_after: Option<Duration>,
     },
     /// The OTLP/HTTP server answered with a status other than 2xx.
     Http {
@@ -63,8 +65,8 @@ pub enum SendError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Rejection {
-    /// Too large: gRPC `RESOURCE_EXHAUSTED` (the `RetryInfo` detail that would make it a
-    /// retryable throttle is not read), HTTP 413.
+    /// Too large: gRPC `RESOURCE_EXHAUSTED` without a `RetryInfo` detail (with one it is a
+    /// throttle, retried after the delay), HTTP 413.
     TooLarge,
     /// Malformed: gRPC `INVALID_ARGUMENT`, HTTP 400.
     Malformed,
@@ -75,6 +77,12 @@ impl SendError {
     #[must_use]
     pub fn is_retryable(&self) -> bool {
         match self {
+            // RESOURCE_EXHAUSTED with RetryInfo is a throttle: retryable, per the specification.
+            Self::Grpc {
+                code: tonic::Code::ResourceExhausted,
+                retry_after: Some(_),
+                ..
+            } => true,
             Self::Grpc { code, .. } => grpc_code_is_retryable(*code),
             Self::Http { status, .. } => http_status_is_retryable(*status),
             Self::Transport(_) | Self::Write(_) => true,
@@ -89,6 +97,7 @@ impl SendError {
         match self {
             Self::Grpc {
                 code: tonic::Code::ResourceExhausted,
+                retry_after: None,
                 ..
             }
             | Self::Http { status: 413, .. } => Some(Rejection::TooLarge),
@@ -105,7 +114,7 @@ impl SendError {
     #[must_use]
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::Http { retry_after, .. } => *retry_after,
+            Self::Http { retry_after, .. } | Self::Grpc { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
@@ -114,9 +123,14 @@ impl SendError {
     pub(crate) fn gave_up_after(self, limit: Duration) -> Self {
         let note = |m: String| format!("{m} (gave up retrying after {limit:?})");
         match self {
-            Self::Grpc { code, message } => Self::Grpc {
+            Self::Grpc {
+                code,
+                message,
+                retry_after,
+            } => Self::Grpc {
                 code,
                 message: note(message),
+                retry_after,
             },
             Self::Http {
                 status,
@@ -137,7 +151,7 @@ impl SendError {
 impl fmt::Display for SendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Grpc { code, message } => write!(f, "gRPC status {code:?}: {message}"),
+            Self::Grpc { code, message, .. } => write!(f, "gRPC status {code:?}: {message}"),
             Self::Http { status, body, .. } if body.is_empty() => {
                 write!(f, "HTTP status {status}")
             }
@@ -198,6 +212,7 @@ mod tests {
         let grpc = |code| SendError::Grpc {
             code,
             message: String::new(),
+            retry_after: None,
         };
         assert!(grpc(tonic::Code::Unavailable).is_retryable());
         assert!(!grpc(tonic::Code::InvalidArgument).is_retryable());
@@ -219,6 +234,7 @@ mod tests {
         let grpc = |code| SendError::Grpc {
             code,
             message: String::new(),
+            retry_after: None,
         };
         let http = |status| SendError::Http {
             status,
@@ -248,5 +264,14 @@ mod tests {
         // neither is retried as it is
         assert!(!grpc(tonic::Code::ResourceExhausted).is_retryable());
         assert!(!http(413).is_retryable());
+        // with RetryInfo, RESOURCE_EXHAUSTED is a throttle: retried after the delay, not split
+        let throttled = SendError::Grpc {
+            code: tonic::Code::ResourceExhausted,
+            message: "slow down".into(),
+            retry_after: Some(Duration::from_millis(300)),
+        };
+        assert!(throttled.is_retryable());
+        assert_eq!(throttled.rejection(), None);
+        assert_eq!(throttled.retry_after(), Some(Duration::from_millis(300)));
     }
 }

@@ -2,7 +2,7 @@
 //! the downstream refuses for its size or content, counters, and warnings that are given once.
 //!
 //! Why split rather than drop: a downstream that refuses a request as too large (gRPC
-//! `RESOURCE_EXHAUSTED`, HTTP 413) takes the same spans in smaller requests, and one that
+//! `RESOURCE_EXHAUSTED` without `RetryInfo`, HTTP 413) takes the same spans in smaller requests, and one that
 //! refuses it as malformed (gRPC `INVALID_ARGUMENT`, HTTP 400) usually objects to a few spans,
 //! not to thousands from every sender. Halving until the requests pass isolates those spans in
 //! at most `2 × spans − 1` requests per batch; only they are dropped (`spans_rejected`). A

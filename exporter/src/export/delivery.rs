@@ -2,12 +2,16 @@
 //! the downstream refuses for its size or content, counters, and warnings that are given once.
 //!
 //! Why split rather than drop: a downstream that refuses a request as too large (gRPC
-//! `RESOURCE_EXHAUSTED` without `RetryInfo`, HTTP 413) takes the same spans in smaller requests, and one that
-//! refuses it as malformed (gRPC `INVALID_ARGUMENT`, HTTP 400) usually objects to a few spans,
-//! not to thousands from every sender. Halving until the requests pass isolates those spans in
-//! at most `2 × spans − 1` requests per batch; only they are dropped (`spans_rejected`). A
-//! request is split by decoding it back into spans and encoding each half, so halves keep the
-//! resource and scope grouping.
+//! `RESOURCE_EXHAUSTED` without `RetryInfo`, HTTP 413) takes the same spans in smaller
+//! requests, and one that refuses it as malformed (gRPC `INVALID_ARGUMENT`, HTTP 400) usually
+//! objects to a few spans, not to thousands from every sender. Halving until the requests pass
+//! isolates `k` such spans in about `2k·log2(spans)` requests (never more than
+//! `2 × spans − 1`); only they are dropped (`spans_rejected`). A downstream that refuses every
+//! span (a schema it cannot take, a misconfiguration) would cost that worst case for every
+//! batch: once [`GIVE_UP_AFTER_REJECTED`] spans of a batch were refused alone and no part of it
+//! was taken, the largest part left is tried whole; if it is refused as malformed too, the rest
+//! of the batch is dropped as rejected. A request is split by decoding
+//! it back into spans and encoding each half, so halves keep the resource and scope grouping.
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -19,6 +23,10 @@ use super::metrics::ExporterMetrics;
 use super::sender::Sender;
 use crate::client::{with_retries, Rejection, RetryConfig, RetryEvent, RetryLimits, SendError};
 use crate::otlp::{decode_request, encode_request};
+
+/// Spans of one batch refused alone as malformed, with no part of the batch taken, after which
+/// the downstream is taken to refuse everything and the rest of the batch is dropped.
+pub(crate) const GIVE_UP_AFTER_REJECTED: usize = 16;
 
 /// What became of one batch's spans.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -44,6 +52,7 @@ pub(crate) struct Delivery {
     warned_partial: AtomicBool,
     warned_split: AtomicBool,
     warned_rejected: AtomicBool,
+    warned_give_up: AtomicBool,
 }
 
 impl Delivery {
@@ -65,6 +74,7 @@ impl Delivery {
             warned_partial: AtomicBool::new(false),
             warned_split: AtomicBool::new(false),
             warned_rejected: AtomicBool::new(false),
+            warned_give_up: AtomicBool::new(false),
         }
     }
 
@@ -76,6 +86,10 @@ impl Delivery {
         let mut outcome = Outcome::default();
         // Parts still to send, the next on top: halves go out first half first.
         let mut parts = vec![batch];
+        let mut parts_taken = 0usize;
+        // The part on top is the largest left, tried to tell a downstream refusing everything
+        // from a run of bad spans.
+        let mut probing = false;
         while let Some(part) = parts.pop() {
             let spans = part.spans;
             if part.body.len() > self.max_export_bytes {
@@ -90,13 +104,31 @@ impl Delivery {
             let bytes = part.body.len();
             match self.send(part.body.clone()).await {
                 Ok(rejected) => {
+                    parts_taken += 1;
+                    probing = false;
                     let rejected = rejected.min(spans);
                     outcome.sent += spans - rejected;
                     outcome.dropped += rejected;
                     outcome.rejected += rejected;
                 }
                 Err(error) => match error.rejection() {
+                    Some(Rejection::Malformed) if probing => {
+                        let rest: usize = spans + parts.drain(..).map(|p| p.spans).sum::<usize>();
+                        outcome.dropped += rest;
+                        outcome.rejected += rest;
+                        if !self.warned_give_up.swap(true, Relaxed) {
+                            eprintln!(
+                                "traceq: exporter {}: downstream refused {} spans one by one \
+                                 and took none: {error}; dropping the other {rest} spans of \
+                                 the batch as rejected (further such batches are counted, not \
+                                 logged)",
+                                self.name,
+                                outcome.rejected - rest
+                            );
+                        }
+                    }
                     Some(rejection) if spans > 1 => {
+                        probing = false;
                         if !self.warned_split.swap(true, Relaxed) {
                             let what = match rejection {
                                 Rejection::TooLarge => {
@@ -117,6 +149,15 @@ impl Delivery {
                     Some(Rejection::Malformed) => {
                         outcome.dropped += spans;
                         outcome.rejected += spans;
+                        if parts_taken == 0
+                            && outcome.rejected >= GIVE_UP_AFTER_REJECTED
+                            && !parts.is_empty()
+                        {
+                            // The bottom part is the largest left (the batch's second half).
+                            let largest = parts.remove(0);
+                            parts.push(largest);
+                            probing = true;
+                        }
                         if !self.warned_rejected.swap(true, Relaxed) {
                             eprintln!(
                                 "traceq: exporter {}: downstream rejected a span as malformed: \
@@ -127,6 +168,7 @@ impl Delivery {
                         }
                     }
                     _ => {
+                        probing = false;
                         outcome.dropped += spans;
                         self.warn_drop(spans, &error);
                     }

@@ -179,3 +179,34 @@ async fn an_undecodable_batch_refused_as_malformed_should_be_dropped_once() {
     assert_eq!(picky.sizes.lock().len(), 1);
     assert_eq!(get(&metrics.spans_dropped), 5);
 }
+
+#[tokio::test]
+async fn a_downstream_refusing_every_span_should_cost_a_bounded_number_of_requests() {
+    let (addr, picky) = serve(usize::MAX).await;
+    let (queue, metrics) = start(addr, crate::export::DEFAULT_MAX_EXPORT_BYTES);
+    // Every span is marked: a search down to single spans would take 2 × 1000 − 1 requests.
+    let all: Vec<usize> = (0..1000).collect();
+    queue.push(marked(0, &all));
+    queue.shutdown(deadline()).await;
+    assert_eq!(get(&metrics.spans_dropped), 1000);
+    assert_eq!(get(&metrics.spans_rejected), 1000);
+    assert_eq!(get(&metrics.spans_sent), 0);
+    let requests = picky.sizes.lock().len();
+    assert!(
+        requests <= 2 * super::GIVE_UP_AFTER_REJECTED + 12,
+        "{requests} requests"
+    );
+}
+
+#[tokio::test]
+async fn a_run_of_bad_spans_at_the_start_should_not_cost_the_good_ones() {
+    let (addr, picky) = serve(usize::MAX).await;
+    let (queue, metrics) = start(addr, crate::export::DEFAULT_MAX_EXPORT_BYTES);
+    // More leading bad spans than the give-up threshold, before any part is taken.
+    let bad: Vec<usize> = (0..2 * super::GIVE_UP_AFTER_REJECTED).collect();
+    queue.push(marked(500, &bad));
+    queue.shutdown(deadline()).await;
+    assert_eq!(picky.accepted.lock().len(), 500);
+    assert_eq!(get(&metrics.spans_sent), 500);
+    assert_eq!(get(&metrics.spans_rejected), bad.len() as u64);
+}

@@ -91,7 +91,7 @@ fn open_append(name: &str, path: &Path) -> Result<File, ExportSetupError> {
 
 impl JsonLinesSender {
     /// Opens `path` for appending, creating it if missing, and starts syncing it every
-    /// `fsync_interval` (zero: after every line). Must run inside a tokio runtime.
+    /// `fsync_interval` (zero: after every line).
     pub(crate) fn file(
         name: &str,
         path: &Path,
@@ -117,8 +117,13 @@ impl JsonLinesSender {
             }),
             warned_sync: AtomicBool::new(false),
         });
-        if !fsync_interval.is_zero() {
-            tokio::spawn(sync_periodically(Arc::downgrade(&out), fsync_interval));
+        // Without a runtime (not the case through `ExporterQueue::start`) lines are still
+        // synced by the writes that come after the interval, just not while idle.
+        if let (false, Ok(runtime)) = (
+            fsync_interval.is_zero(),
+            tokio::runtime::Handle::try_current(),
+        ) {
+            runtime.spawn(sync_periodically(Arc::downgrade(&out), fsync_interval));
         }
         Self {
             out: Output::File(out),

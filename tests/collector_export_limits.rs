@@ -403,3 +403,23 @@ async fn serve(rule: Rule) -> (SocketAddr, Arc<Downstream>) {
     );
     (addr, downstream)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopen_files_should_count_the_file_exporters_and_name_one_that_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let collector = start(&format!(
+        "receivers: {{otlp: {{protocols: {{grpc: {{endpoint: '127.0.0.1:0'}}}}}}}}\n\
+         exporters: {{file/a: {{path: '{}'}}, file/b: {{path: '{}'}}, debug: {{}}}}\n\
+         service: {{telemetry: {{metrics: {{address: none}}}}}}\n",
+        sub.join("a.jsonl").display(),
+        dir.path().join("b.jsonl").display()
+    ))
+    .await;
+    assert_eq!(collector.reopen_files().await.unwrap(), 2);
+    std::fs::rename(&sub, dir.path().join("gone")).unwrap();
+    let err = collector.reopen_files().await.unwrap_err().to_string();
+    assert!(err.contains("file/a"), "{err}");
+    collector.shutdown().await;
+}

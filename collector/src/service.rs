@@ -148,8 +148,8 @@ pub struct Collector {
 }
 
 /// Reopens the file exporters' files, for log rotation: after the files were renamed, lines
-/// go to new files at the configured paths. Cheap to clone; outlives nothing (once the
-/// collector is shut down, reopening does nothing harmful).
+/// go to new files at the configured paths. Cheap to clone and usable from another task while
+/// the collector runs; after its shutdown a reopen only opens the files again.
 #[derive(Debug, Clone)]
 pub struct FileReopener {
     shared: Arc<Shared>,

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use traceq::collector::{
     Collector, CollectorConfig, CollectorStatus, Compression, ExportTarget, ExporterConfig,
-    RetryConfig, DEFAULT_EXPORT_TIMEOUT, DEFAULT_QUEUE_SIZE,
+    FileReopener, DEFAULT_EXPORT_TIMEOUT,
 };
 
 /// How long the shutdown may run past `service.shutdown_timeout` (the receivers' grace for
@@ -108,23 +108,15 @@ fn build_config(args: &CollectorArgs) -> anyhow::Result<CollectorConfig> {
                 }
             }
         };
-        config.exporters.push(ExporterConfig {
-            name: "otlp/flag".into(),
-            target,
-            queue_size: DEFAULT_QUEUE_SIZE,
-            retry: RetryConfig::default(),
-        });
+        config
+            .exporters
+            .push(ExporterConfig::new("otlp/flag", target));
     }
     if let Some(path) = &args.file {
-        config.exporters.push(ExporterConfig {
-            name: "file/flag".into(),
-            target: ExportTarget::File { path: path.clone() },
-            queue_size: DEFAULT_QUEUE_SIZE,
-            retry: RetryConfig {
-                enabled: false,
-                ..RetryConfig::default()
-            },
-        });
+        config.exporters.push(ExporterConfig::new(
+            "file/flag",
+            ExportTarget::file(path.clone()),
+        ));
     }
     if let Some(addr) = args.grpc_endpoint {
         match &mut config.grpc {
@@ -172,6 +164,7 @@ fn addr(a: Option<std::net::SocketAddr>) -> String {
 async fn serve(config: CollectorConfig, progress: Option<bool>) -> anyhow::Result<()> {
     let mut signals = Signals::register()?;
     let collector = Collector::start(&config).await?;
+    reopen_files_on_sighup(collector.file_reopener())?;
     let names: Vec<&str> = config.exporters.iter().map(|e| e.name.as_str()).collect();
     // One machine-readable line: tests and scripts read the bound addresses from it.
     eprintln!(
@@ -260,6 +253,30 @@ fn signal_exit_code(signal: &str) -> i32 {
         "SIGTERM" => 128 + 15,
         _ => 128 + 2, // SIGINT, or the interrupt of other platforms
     }
+}
+
+/// Reopens the file exporters' files on every SIGHUP (log rotation: rename the file, send
+/// SIGHUP, and new lines go to a new file at the configured path). Registered before the
+/// collector says it is listening, so an early SIGHUP is not taken by the default action
+/// (exit).
+#[cfg(unix)]
+fn reopen_files_on_sighup(reopener: FileReopener) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match reopener.reopen().await {
+                Ok(n) => eprintln!("traceq collector: SIGHUP, reopened {n} file(s)"),
+                Err(e) => eprintln!("traceq collector: SIGHUP: {:#}", anyhow::Error::new(e)),
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn reopen_files_on_sighup(_reopener: FileReopener) -> anyhow::Result<()> {
+    Ok(())
 }
 
 /// SIGINT and SIGTERM, registered at once (not when first awaited), so a signal that arrives

@@ -35,8 +35,7 @@ fn loadgen(grpc: SocketAddr, args: &[&str]) -> serde_json::Value {
         .expect("run traceq loadgen");
     // Under overload some requests fail after their last retry: the run then exits non-zero,
     // with its report still printed.
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("no JSON report ({e}): {out:?}"))
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("no JSON report ({e}): {out:?}"))
 }
 
 /// One plain HTTP/1.1 GET; the time it took, or `None` when it failed.
@@ -44,7 +43,11 @@ fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Option<(Duration, Str
     let started = Instant::now();
     let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
     s.set_read_timeout(Some(timeout)).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     text.starts_with("HTTP/1.1 200")
@@ -68,7 +71,10 @@ fn collector_should_hold_its_bounds_under_overload_idle_and_trickling_clients() 
 
     // Capacity: as fast as it answers, for a few seconds.
     let calibration = loadgen(grpc, &["--duration", "4s", "--workers", "4"]);
-    let capacity = calibration["spans_per_second"].as_f64().unwrap().max(1000.0);
+    let capacity = calibration["spans_per_second"]
+        .as_f64()
+        .unwrap()
+        .max(1000.0);
 
     let stop = Arc::new(AtomicBool::new(false));
     // 500 idle connections, held open (the receivers close idle ones; reopened when they do).
@@ -176,11 +182,19 @@ fn collector_should_hold_its_bounds_under_overload_idle_and_trickling_clients() 
         exit.took
     );
     assert_eq!(failures, 0, "/healthz failed to answer");
-    assert!(slowest < Duration::from_secs(1), "/healthz took {slowest:?}");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "/healthz took {slowest:?}"
+    );
     // The documented bound for this configuration: twice the buffer, plus what receivers may
     // hold while reading and decoding (see README, "Limits and hardening"), plus the runtime.
     let bound = 2 * BUFFER_BYTES + 256 * MIB;
-    assert!(max_rss < bound, "peak RSS {} MiB over {} MiB", max_rss / MIB, bound / MIB);
+    assert!(
+        max_rss < bound,
+        "peak RSS {} MiB over {} MiB",
+        max_rss / MIB,
+        bound / MIB
+    );
 
     // Every accepted error trace is in the output, whole.
     let mut spans_of: HashMap<Vec<u8>, (usize, bool)> = HashMap::new();

@@ -52,7 +52,7 @@ pub use config::{
 };
 pub(crate) use metrics::ReceiverMetrics;
 pub use receiver::ReceiverError;
-pub use service::{Collector, CollectorError, CollectorStatus, StatusHandle};
+pub use service::{Collector, CollectorError, CollectorStatus, FileReopener, StatusHandle};
 pub(crate) use sink::{Refused, SpanSink};
 /// The exporter parts of a [`CollectorConfig`], from `traceq_exporter`.
 pub use traceq_exporter::client::{
@@ -60,5 +60,6 @@ pub use traceq_exporter::client::{
     DEFAULT_RETRY_MAX_INTERVAL,
 };
 pub use traceq_exporter::export::{
-    ExportSetupError, ExportTarget, ExporterConfig, DEFAULT_EXPORT_TIMEOUT, DEFAULT_QUEUE_SIZE,
+    ExportSetupError, ExportTarget, ExporterConfig, DEFAULT_EXPORT_TIMEOUT, DEFAULT_FSYNC_INTERVAL,
+    DEFAULT_MAX_EXPORT_BYTES, DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_SIZE,
 };

@@ -5,8 +5,16 @@
 //! milliseconds whatever the load; on its own thread it never delays a receiver's response, and
 //! receivers never wait for it. Kept spans are encoded into batches and handed to every
 //! exporter's bounded queue without blocking.
+//!
+//! Why batches are cut by bytes as well as spans, at the smallest exporter's
+//! `max_export_bytes`: 8,192 spans of 512 bytes already pass the 4 MiB message limit of gRPC
+//! servers, and a refused request costs a round trip and a split. One cut for all exporters
+//! (rather than each exporter re-splitting) keeps one encoding shared by every exporter; the
+//! cost is smaller requests to exporters with larger limits. A span that alone encodes past
+//! the limit can never be sent: it is dropped and counted (`traceq_spans_too_large_total`).
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -17,7 +25,7 @@ use traceq_sampler::{SamplerMetrics, SpanView, TailSampler};
 
 use super::config::{CollectorConfig, OnBufferFull};
 use super::sink::{Refused, SpanSink};
-use traceq_exporter::export::{ExportBatch, ExporterQueue};
+use traceq_exporter::export::{ExportBatch, ExporterQueue, RequestSize, DEFAULT_MAX_EXPORT_BYTES};
 use traceq_exporter::otlp::{encode_request, OtlpSpan};
 
 /// How often pending traces are checked for a due decision.
@@ -26,11 +34,57 @@ pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// faster than the average so that refusing, not early decisions, absorbs overload.
 const REFUSE_AT_PER_MILLE: usize = 900;
 
-/// Kept spans waiting to fill a batch.
-#[derive(Debug, Default)]
+/// Kept spans waiting to fill a batch, and batches already cut.
+#[derive(Debug)]
 struct Pending {
+    /// Batches cut (full in spans or bytes), waiting to be encoded and sent.
+    full: VecDeque<Vec<OtlpSpan>>,
+    /// The batch being filled.
     spans: Vec<OtlpSpan>,
+    /// Its encoded size, kept under the limit.
+    size: RequestSize,
+    /// When its first span came.
     since: Option<Instant>,
+}
+
+impl Pending {
+    fn new(max_export_bytes: usize) -> Self {
+        Self {
+            full: VecDeque::new(),
+            spans: Vec::new(),
+            size: RequestSize::new(max_export_bytes),
+            since: None,
+        }
+    }
+
+    /// Adds `span` to the batch being filled, cutting it first when the span would take it
+    /// past `batch_size` spans or the byte limit. Hands back a span that alone is too large.
+    fn push(&mut self, span: OtlpSpan, batch_size: usize) -> Result<(), OtlpSpan> {
+        let fits = self.spans.len() < batch_size && self.size.try_add(&span);
+        if !fits {
+            self.cut();
+            if !self.size.try_add(&span) {
+                return Err(span);
+            }
+        }
+        if self.spans.is_empty() {
+            self.since = Some(Instant::now());
+        }
+        self.spans.push(span);
+        if self.spans.len() >= batch_size {
+            self.cut();
+        }
+        Ok(())
+    }
+
+    /// Moves the batch being filled (if any) to the full ones.
+    fn cut(&mut self) {
+        if !self.spans.is_empty() {
+            self.full.push_back(std::mem::take(&mut self.spans));
+        }
+        self.size.clear();
+        self.since = None;
+    }
 }
 
 /// The pipeline: owns the sampler and the exporters.
@@ -44,6 +98,8 @@ pub(crate) struct Pipeline {
     exporters: Vec<ExporterQueue>,
     batch_size: usize,
     batch_timeout: Duration,
+    /// The smallest `max_export_bytes` of the exporters: no batch encodes past it.
+    max_export_bytes: usize,
     /// Taken shared by every offer and exclusively by `close`, so no offer is half-way in when
     /// the buffer is flushed for the last time.
     closed: RwLock<bool>,
@@ -51,6 +107,9 @@ pub(crate) struct Pipeline {
     wake: Condvar,
     pub(crate) spans_kept: AtomicU64,
     pub(crate) batches_sent: AtomicU64,
+    /// Kept spans dropped because one alone encodes past `max_export_bytes`.
+    pub(crate) spans_too_large: AtomicU64,
+    warned_too_large: AtomicBool,
 }
 
 impl Pipeline {
@@ -70,20 +129,28 @@ impl Pipeline {
                 s.trace_capacity() / 1000 * REFUSE_AT_PER_MILLE,
             )
         });
+        let max_export_bytes = exporters
+            .iter()
+            .map(ExporterQueue::max_export_bytes)
+            .min()
+            .unwrap_or(DEFAULT_MAX_EXPORT_BYTES);
         Ok(Self {
             sampler,
             on_full: config.on_buffer_full,
             refuse_bytes,
             refuse_traces: refuse_traces.max(1),
-            pending: Mutex::new(Pending::default()),
+            pending: Mutex::new(Pending::new(max_export_bytes)),
             exporters,
             batch_size: config.send_batch_size,
             batch_timeout: config.batch_timeout,
+            max_export_bytes,
             closed: RwLock::new(false),
             stop: Mutex::new(false),
             wake: Condvar::new(),
             spans_kept: AtomicU64::new(0),
             batches_sent: AtomicU64::new(0),
+            spans_too_large: AtomicU64::new(0),
+            warned_too_large: AtomicBool::new(false),
         })
     }
 
@@ -131,14 +198,34 @@ impl Pipeline {
             return;
         }
         self.spans_kept.fetch_add(kept.len() as u64, Relaxed);
+        let mut too_large = None;
         let full = {
             let mut p = self.pending.lock();
-            if p.spans.is_empty() {
-                p.since = Some(Instant::now());
+            for span in kept.drain(..) {
+                if let Err(span) = p.push(span, self.batch_size) {
+                    let (count, _) = too_large.get_or_insert((0u64, span));
+                    *count += 1;
+                }
             }
-            p.spans.append(kept);
-            p.spans.len() >= self.batch_size
+            !p.full.is_empty()
         };
+        if let Some((count, first)) = too_large {
+            self.spans_too_large.fetch_add(count, Relaxed);
+            if !self.warned_too_large.swap(true, Relaxed) {
+                let trace: String = first
+                    .trace_id_bytes()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                eprintln!(
+                    "traceq: dropping a kept span of {} bytes (trace {trace}): alone it encodes \
+                     past the smallest exporter max_export_bytes ({}) (further ones are counted \
+                     in traceq_spans_too_large_total, not logged)",
+                    first.received_len(),
+                    self.max_export_bytes
+                );
+            }
+        }
         if full {
             self.send_if_due(false);
         }
@@ -150,22 +237,18 @@ impl Pipeline {
         loop {
             let batch: Vec<OtlpSpan> = {
                 let mut p = self.pending.lock();
-                if p.spans.is_empty() {
-                    return;
-                }
-                let timed_out = p.since.is_some_and(|t| t.elapsed() >= self.batch_timeout);
-                if p.spans.len() >= self.batch_size {
-                    let rest = p.spans.split_off(self.batch_size);
-                    let batch = std::mem::replace(&mut p.spans, rest);
-                    if p.spans.is_empty() {
-                        p.since = None;
-                    }
+                if let Some(batch) = p.full.pop_front() {
                     batch
-                } else if all || timed_out {
-                    p.since = None;
-                    std::mem::take(&mut p.spans)
                 } else {
-                    return;
+                    let timed_out = p.since.is_some_and(|t| t.elapsed() >= self.batch_timeout);
+                    if p.spans.is_empty() || !(all || timed_out) {
+                        return;
+                    }
+                    p.cut();
+                    match p.full.pop_front() {
+                        Some(batch) => batch,
+                        None => return,
+                    }
                 }
             };
             self.send(&batch);
@@ -246,5 +329,88 @@ impl SpanSink for Pipeline {
         }
         self.keep(&mut kept);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use prost::Message;
+    use traceq_exporter::otlp::decode_request;
+
+    use super::*;
+
+    /// `n` spans with names of `name_len` bytes, each from its own request, scope `i % scopes`.
+    fn spans(n: usize, name_len: usize, scopes: usize) -> Vec<OtlpSpan> {
+        (0..n)
+            .flat_map(|i| {
+                let request = ExportTraceServiceRequest {
+                    resource_spans: vec![ResourceSpans {
+                        scope_spans: vec![ScopeSpans {
+                            scope: Some(InstrumentationScope {
+                                name: format!("scope-{}", i % scopes),
+                                ..Default::default()
+                            }),
+                            spans: vec![Span {
+                                trace_id: vec![9; 16],
+                                span_id: (i as u64 + 1).to_be_bytes().to_vec(),
+                                name: "n".repeat(name_len),
+                                ..Span::default()
+                            }],
+                            schema_url: String::new(),
+                        }],
+                        ..Default::default()
+                    }],
+                };
+                decode_request(&request.encode_to_vec()).unwrap()
+            })
+            .collect()
+    }
+
+    fn cut_all(pending: &mut Pending, spans: Vec<OtlpSpan>, batch_size: usize) -> usize {
+        let mut refused = 0;
+        for span in spans {
+            if pending.push(span, batch_size).is_err() {
+                refused += 1;
+            }
+        }
+        pending.cut();
+        refused
+    }
+
+    #[test]
+    fn batches_should_be_cut_by_bytes_and_encode_under_the_limit() {
+        // 8,192 spans of ~512 bytes: 4 MiB plus overhead, over the gRPC default.
+        let limit = 4 << 20;
+        let mut pending = Pending::new(limit);
+        assert_eq!(cut_all(&mut pending, spans(8192, 490, 7), 8192), 0);
+        let batches: Vec<_> = pending.full.drain(..).collect();
+        assert!(batches.len() >= 2, "{} batches", batches.len());
+        assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 8192);
+        for b in &batches[..batches.len() - 1] {
+            let encoded = encode_request(b).len();
+            assert!(encoded <= limit, "{encoded}");
+            // tight: a full batch is within one span of the limit
+            assert!(encoded > limit - 1024, "{encoded}");
+        }
+    }
+
+    #[test]
+    fn batches_should_still_be_cut_by_span_count() {
+        let mut pending = Pending::new(4 << 20);
+        cut_all(&mut pending, spans(25, 10, 1), 10);
+        let sizes: Vec<_> = pending.full.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [10, 10, 5]);
+    }
+
+    #[test]
+    fn a_span_too_large_alone_should_be_handed_back_and_the_rest_kept() {
+        let mut pending = Pending::new(2000);
+        let mut input = spans(3, 10, 1);
+        input.insert(1, spans(1, 5000, 1).pop().unwrap());
+        assert_eq!(cut_all(&mut pending, input, 100), 1);
+        assert_eq!(pending.full.iter().map(Vec::len).sum::<usize>(), 3);
     }
 }

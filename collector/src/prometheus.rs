@@ -19,6 +19,7 @@ pub(crate) struct Snapshot<'a> {
     pub(crate) exporters: Vec<(&'a str, &'a ExporterMetrics)>,
     pub(crate) sampler: Option<SamplerMetrics>,
     pub(crate) spans_kept: u64,
+    pub(crate) spans_too_large: u64,
     pub(crate) admin_connections: &'a ConnectionMetrics,
 }
 
@@ -174,6 +175,32 @@ pub(crate) fn render(s: &Snapshot<'_>) -> String {
         ),
         (
             (
+                "traceq_exporter_queue_bytes",
+                Gauge,
+                "Encoded bytes of the batches waiting in the exporter's queue or in flight.",
+            ),
+            e(|m| &m.queue_bytes),
+        ),
+        (
+            (
+                "traceq_exporter_rejected_spans_total",
+                Counter,
+                "Spans the downstream refused as invalid (isolated by splitting, or in a partial \
+                 success); part of otelcol_exporter_send_failed_spans.",
+            ),
+            e(|m| &m.spans_rejected),
+        ),
+        (
+            (
+                "traceq_exporter_requests_split_total",
+                Counter,
+                "Requests split in halves: refused as too large or malformed, or over \
+                 max_export_bytes.",
+            ),
+            e(|m| &m.requests_split),
+        ),
+        (
+            (
                 "traceq_exporter_requests_sent_total",
                 Counter,
                 "Export requests delivered.",
@@ -206,6 +233,12 @@ pub(crate) fn render(s: &Snapshot<'_>) -> String {
         "Spans kept and handed to the exporters (every span when sampling is off).",
     );
     out.sample("traceq_spans_kept_total", &[], s.spans_kept);
+    out.family(
+        "traceq_spans_too_large_total",
+        Counter,
+        "Kept spans dropped because one alone encodes past the smallest exporter max_export_bytes.",
+    );
+    out.sample("traceq_spans_too_large_total", &[], s.spans_too_large);
 
     if let Some(m) = &s.sampler {
         render_sampler(&mut out, m);
@@ -329,6 +362,8 @@ mod tests {
         admin.open.store(2, Relaxed);
         let exp = ExporterMetrics::default();
         exp.spans_dropped.store(7, Relaxed);
+        exp.spans_rejected.store(5, Relaxed);
+        exp.queue_bytes.store(1024, Relaxed);
         let mut sampler = SamplerMetrics::default();
         sampler.global_count_traces_sampled = 3;
         let text = render(&Snapshot {
@@ -336,6 +371,7 @@ mod tests {
             exporters: vec![("otlp/\"tempo\"", &exp)],
             sampler: Some(sampler),
             spans_kept: 9,
+            spans_too_large: 2,
             admin_connections: &admin,
         });
         assert!(text.contains(
@@ -352,6 +388,10 @@ mod tests {
             "otelcol_processor_tail_sampling_global_count_traces_sampled{sampled=\"true\"} 3"
         ));
         assert!(text.contains("traceq_spans_kept_total 9"));
+        assert!(text.contains("traceq_spans_too_large_total 2"));
+        assert!(text
+            .contains("traceq_exporter_rejected_spans_total{exporter=\"otlp/\\\"tempo\\\"\"} 5"));
+        assert!(text.contains("traceq_exporter_queue_bytes{exporter=\"otlp/\\\"tempo\\\"\"} 1024"));
         // every sample line belongs to a declared family
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let family = line.split(['{', ' ']).next().unwrap();

@@ -86,7 +86,8 @@ pub struct CollectorStatus {
     pub traces_buffered: u64,
     /// Spans delivered, summed over exporters.
     pub spans_exported: u64,
-    /// Spans given up by exporters (queue full, permanent error, retries exhausted).
+    /// Spans given up by exporters (queue full, permanent error, retries exhausted, rejected
+    /// by the downstream), plus kept spans too large alone for `max_export_bytes`.
     pub spans_export_dropped: u64,
     /// Spans in the buffer now, in traces not yet decided.
     pub spans_buffered: u64,
@@ -133,6 +134,7 @@ impl Shared {
             sampler: self.pipeline.sampler_metrics(),
             spans_kept: read(&self.pipeline.spans_kept),
             admin_connections: &self.admin_connections,
+            spans_too_large: read(&self.pipeline.spans_too_large),
         })
     }
 
@@ -144,13 +146,15 @@ impl Shared {
             s.requests_rejected += read(&r.requests_rejected);
         }
         s.spans_kept = read(&self.pipeline.spans_kept);
+        let too_large = read(&self.pipeline.spans_too_large);
+        s.spans_export_dropped += too_large;
         for (_, e) in &self.exporters {
             let (sent, dropped) = (read(&e.spans_sent), read(&e.spans_dropped));
             s.spans_exported += sent;
             s.spans_export_dropped += dropped;
             s.spans_queued += read(&e.queue_spans);
-            // Every kept span goes to every exporter.
-            s.spans_undelivered += s.spans_kept.saturating_sub(sent + dropped);
+            // Every kept span goes to every exporter, but those too large for any.
+            s.spans_undelivered += s.spans_kept.saturating_sub(sent + dropped + too_large);
         }
         if let Some(m) = self.pipeline.sampler_metrics() {
             s.traces_kept = m.global_count_traces_sampled;
@@ -188,6 +192,37 @@ pub struct Collector {
     admin: Option<HttpServer>,
     decider: Option<std::thread::JoinHandle<()>>,
     shutdown_timeout: std::time::Duration,
+}
+
+/// Reopens the file exporters' files, for log rotation: after the files were renamed, lines
+/// go to new files at the configured paths. Cheap to clone and usable from another task while
+/// the collector runs; after its shutdown a reopen only opens the files again.
+#[derive(Debug, Clone)]
+pub struct FileReopener {
+    shared: Arc<Shared>,
+}
+
+impl FileReopener {
+    /// Syncs each file exporter's file and opens its path anew; returns how many were
+    /// reopened. A file that cannot be reopened stays in use.
+    ///
+    /// # Errors
+    ///
+    /// The first file that could not be reopened (the others are still tried).
+    pub async fn reopen(&self) -> Result<usize, CollectorError> {
+        let mut reopened = 0;
+        let mut first_error = None;
+        for exporter in self.shared.pipeline.exporters() {
+            match exporter.reopen().await {
+                Ok(true) => reopened += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    first_error.get_or_insert(CollectorError::Exporter(e));
+                }
+            }
+        }
+        first_error.map_or(Ok(reopened), Err)
+    }
 }
 
 impl From<traceq_sampler::ConfigError> for CollectorError {
@@ -355,6 +390,25 @@ impl Collector {
     #[must_use]
     pub fn status_handle(&self) -> StatusHandle {
         StatusHandle(self.shared.clone())
+    }
+
+    /// A handle that reopens the file exporters' files (see [`FileReopener`]), usable while
+    /// the collector runs, e.g. from a `SIGHUP` handler.
+    #[must_use]
+    pub fn file_reopener(&self) -> FileReopener {
+        FileReopener {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Reopens the file exporters' files at their paths, for log rotation: see
+    /// [`FileReopener::reopen`].
+    ///
+    /// # Errors
+    ///
+    /// The first file that could not be reopened (the others are still tried).
+    pub async fn reopen_files(&self) -> Result<usize, CollectorError> {
+        self.file_reopener().reopen().await
     }
 
     /// The Prometheus text `/metrics` serves.

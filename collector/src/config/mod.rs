@@ -8,7 +8,11 @@
 //!   is not needed; `service` carries traceq's own settings instead.
 //! - Receivers take `auth.bearer_token` directly (the Collector needs an extension for it).
 //! - Exporters speak plain HTTP/2 or HTTP/1.1 to the downstream; TLS is only on receivers.
-//! - `sending_queue.queue_size` counts spans, not batches: memory is what an operator sizes.
+//! - `sending_queue.queue_size` counts spans, not batches: memory is what an operator sizes; and
+//!   `sending_queue.max_bytes` bounds the queue's encoded bytes too.
+//! - Each exporter has a `max_export_bytes` (default 4 MiB, the gRPC message limit): batches are
+//!   cut at the smallest exporter's, so no request passes any downstream's limit. The `file`
+//!   exporter takes `fsync_interval` and `retry_on_failure` (for failed writes).
 //!
 //! Every unknown key and every invalid value is an error naming the field.
 //!

@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use traceq_exporter::client::RetryConfig;
-use traceq_exporter::export::{DEFAULT_EXPORT_TIMEOUT, DEFAULT_QUEUE_SIZE};
+use traceq_exporter::export::{
+    file_retry, DEFAULT_EXPORT_TIMEOUT, DEFAULT_FSYNC_INTERVAL, DEFAULT_MAX_EXPORT_BYTES,
+    DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_SIZE,
+};
 use traceq_sampler::SamplerConfig;
 
 use super::{
@@ -66,9 +69,13 @@ processors:
 exporters:
   # otlp/downstream: {{endpoint: 127.0.0.1:14317, compression: gzip}}
   # otlphttp: {{endpoint: http://127.0.0.1:14318}}
-  # file: {{path: traces.jsonl}}
+  # file: {{path: traces.jsonl, fsync_interval: {fsync}}}
+  #   (failed writes are retried: retry_on_failure: {{initial_interval: {fri}, max_interval: {frm}}})
   debug:
-    sending_queue: {{queue_size: {DEFAULT_QUEUE_SIZE}}}
+    # Largest request sent: batches are cut at the smallest exporter's limit.
+    max_export_bytes: {DEFAULT_MAX_EXPORT_BYTES}
+    # Spans and encoded bytes waiting or in flight; further batches are dropped and counted.
+    sending_queue: {{queue_size: {DEFAULT_QUEUE_SIZE}, max_bytes: {DEFAULT_QUEUE_BYTES}}}
     # OTLP exporters also take: timeout: {export_timeout}, headers: {{}},
     # retry_on_failure: {{enabled: true, initial_interval: {ri}, max_interval: {rm}, max_elapsed_time: {re}}}
 service:
@@ -95,6 +102,9 @@ service:
             job_key = s.job_id_key,
             pct = traceq_sampler::DEFAULT_SAMPLING_PERCENTAGE,
             export_timeout = secs(DEFAULT_EXPORT_TIMEOUT),
+            fsync = secs(DEFAULT_FSYNC_INTERVAL),
+            fri = secs(file_retry().initial_interval),
+            frm = secs(file_retry().max_interval),
             ri = secs(retry.initial_interval),
             rm = secs(retry.max_interval),
             re = secs(retry.max_elapsed_time),

@@ -29,6 +29,10 @@ fn printed_defaults_should_read_back_as_the_defaults() {
     assert_eq!(cfg.metrics_bearer_token, d.metrics_bearer_token);
     assert_eq!(cfg.exporters.len(), 1);
     assert_eq!(cfg.exporters[0].target, ExportTarget::Stdout);
+    assert_eq!(
+        cfg.exporters[0],
+        ExporterConfig::new("debug", ExportTarget::Stdout)
+    );
 }
 
 #[test]
@@ -155,12 +159,83 @@ fn exporters_should_keep_their_names_and_settings() {
             headers: vec![("authorization".into(), "Bearer x".into())],
         }
     );
+    assert_eq!(cfg.exporters[0].target, ExportTarget::file("out.jsonl"));
+}
+
+#[test]
+fn export_bounds_should_default_to_the_grpc_message_limit_and_apply_when_set() {
+    use traceq_exporter::export::{
+        file_retry, DEFAULT_MAX_EXPORT_BYTES, DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_SIZE,
+    };
+    let cfg = CollectorConfig::from_yaml(
+        "exporters:\n  otlp: {endpoint: 'a:1'}\n  otlphttp: {endpoint: 'http://a:1', max_export_bytes: 1000000, sending_queue: {queue_size: 5, max_bytes: 2000000}}\n  file: {path: x.jsonl, fsync_interval: 0s, retry_on_failure: {max_elapsed_time: 1m}}\n",
+    )
+    .unwrap();
+    let by_name = |n: &str| cfg.exporters.iter().find(|e| e.name == n).unwrap();
+    let otlp = by_name("otlp");
+    assert_eq!(otlp.max_export_bytes, DEFAULT_MAX_EXPORT_BYTES);
+    assert_eq!(DEFAULT_MAX_EXPORT_BYTES, 4 << 20);
+    assert_eq!(otlp.queue_bytes, DEFAULT_QUEUE_BYTES);
+    assert_eq!(otlp.queue_size, DEFAULT_QUEUE_SIZE);
+    let http = by_name("otlphttp");
+    assert_eq!(http.max_export_bytes, 1_000_000);
+    assert_eq!(http.queue_bytes, 2_000_000);
+    assert_eq!(http.queue_size, 5);
+    let file = by_name("file");
     assert_eq!(
-        cfg.exporters[0].target,
+        file.target,
         ExportTarget::File {
-            path: "out.jsonl".into()
+            path: "x.jsonl".into(),
+            fsync_interval: Duration::ZERO
         }
     );
+    // file writes are retried, faster than OTLP requests, unless configured otherwise
+    assert!(file.retry.enabled);
+    assert_eq!(file.retry.initial_interval, file_retry().initial_interval);
+    assert_eq!(file.retry.max_elapsed_time, Duration::from_secs(60));
+    // a queue byte bound below a raised request limit follows the limit
+    let big = CollectorConfig::from_yaml(
+        "exporters: {otlp: {endpoint: 'a:1', max_export_bytes: 1000000000}}",
+    )
+    .unwrap();
+    assert_eq!(big.exporters[0].queue_bytes, 1_000_000_000);
+}
+
+#[test]
+fn invalid_export_bounds_should_be_errors_naming_the_field() {
+    for (doc, needle) in [
+        (
+            "exporters: {otlp: {endpoint: 'a:1', max_export_bytes: 0}}",
+            "exporters.otlp.max_export_bytes",
+        ),
+        (
+            "exporters: {otlp: {endpoint: 'a:1', sending_queue: {max_bytes: 0}}}",
+            "exporters.otlp.sending_queue.max_bytes",
+        ),
+        (
+            "exporters: {otlp: {endpoint: 'a:1', max_export_bytes: 2000, sending_queue: {max_bytes: 1000}}}",
+            "exporters.otlp.sending_queue.max_bytes",
+        ),
+        (
+            "exporters: {debug: {sending_queue: {queue_size: 0}}}",
+            "exporters.debug.sending_queue.queue_size",
+        ),
+        (
+            "exporters: {file: {path: x, fsync_interval: often}}",
+            "exporters.file.fsync_interval",
+        ),
+        (
+            "exporters: {file: {path: x, retry_on_failure: {initial_interval: 0s}}}",
+            "exporters.file.retry_on_failure.initial_interval",
+        ),
+        (
+            "exporters: {file: {path: x, max_export_bytes: -1}}",
+            "exporters.file",
+        ),
+    ] {
+        let err = CollectorConfig::from_yaml(doc).unwrap_err().to_string();
+        assert!(err.contains(needle), "{doc}: {err}");
+    }
 }
 
 #[test]

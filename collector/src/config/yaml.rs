@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use traceq_exporter::client::{Compression, RetryConfig};
 use traceq_exporter::export::{
-    ExportTarget, ExporterConfig, DEFAULT_EXPORT_TIMEOUT, DEFAULT_QUEUE_SIZE,
+    file_retry, ExportTarget, ExporterConfig, DEFAULT_EXPORT_TIMEOUT, DEFAULT_FSYNC_INTERVAL,
+    DEFAULT_MAX_EXPORT_BYTES, DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_SIZE,
 };
 use traceq_sampler::{parse_duration, SamplerConfig};
 
@@ -145,6 +146,7 @@ struct RawOtlpExporter {
     compression: Option<String>,
     timeout: Option<String>,
     headers: Option<BTreeMap<String, String>>,
+    max_export_bytes: Option<u64>,
     sending_queue: Option<RawQueue>,
     retry_on_failure: Option<RawRetry>,
     tls: Option<RawClientTls>,
@@ -160,6 +162,7 @@ struct RawClientTls {
 #[serde(deny_unknown_fields)]
 struct RawQueue {
     queue_size: Option<usize>,
+    max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -175,13 +178,17 @@ struct RawRetry {
 #[serde(deny_unknown_fields)]
 struct RawFileExporter {
     path: PathBuf,
+    fsync_interval: Option<String>,
+    max_export_bytes: Option<u64>,
     sending_queue: Option<RawQueue>,
+    retry_on_failure: Option<RawRetry>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStdoutExporter {
     verbosity: Option<String>,
+    max_export_bytes: Option<u64>,
     sending_queue: Option<RawQueue>,
 }
 
@@ -345,13 +352,54 @@ fn compression(field: &str, raw: Option<&str>) -> Result<Compression, CollectorC
     }
 }
 
-fn queue_size(field: &str, raw: Option<RawQueue>) -> Result<usize, CollectorConfigError> {
-    let size = raw.and_then(|q| q.queue_size).unwrap_or(DEFAULT_QUEUE_SIZE);
-    positive(field, size as u64).map(|v| v as usize)
+/// An exporter's bounds: `max_export_bytes`, `sending_queue.queue_size` (spans) and
+/// `sending_queue.max_bytes`, each positive, the byte bound at least `max_export_bytes` (or a
+/// full request would never fit in the queue).
+fn bounds(
+    config: ExporterConfig,
+    f: impl Fn(&str) -> String,
+    max_export_bytes: Option<u64>,
+    queue: Option<RawQueue>,
+) -> Result<ExporterConfig, CollectorConfigError> {
+    let to_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    let max_export = match max_export_bytes {
+        Some(v) => to_usize(positive(&f("max_export_bytes"), v)?),
+        None => DEFAULT_MAX_EXPORT_BYTES,
+    };
+    let queue = queue.unwrap_or_default();
+    let queue_size = positive(
+        &f("sending_queue.queue_size"),
+        queue.queue_size.unwrap_or(DEFAULT_QUEUE_SIZE) as u64,
+    )?;
+    let queue_bytes = match queue.max_bytes {
+        Some(v) => to_usize(positive(&f("sending_queue.max_bytes"), v)?),
+        None => DEFAULT_QUEUE_BYTES.max(max_export),
+    };
+    if queue_bytes < max_export {
+        return Err(field_error(
+            f("sending_queue.max_bytes"),
+            format!(
+                "{queue_bytes} is less than max_export_bytes ({max_export}): a full request \
+                 would never fit in the queue"
+            ),
+        ));
+    }
+    Ok(config
+        .with_queue_size(to_usize(queue_size))
+        .with_queue_bytes(queue_bytes)
+        .with_max_export_bytes(max_export))
 }
 
 fn retry(prefix: &str, raw: Option<RawRetry>) -> Result<RetryConfig, CollectorConfigError> {
-    let d = RetryConfig::default();
+    retry_from(prefix, raw, RetryConfig::default())
+}
+
+/// `retry_on_failure`, each missing setting taken from `d`.
+fn retry_from(
+    prefix: &str,
+    raw: Option<RawRetry>,
+    d: RetryConfig,
+) -> Result<RetryConfig, CollectorConfigError> {
     let Some(raw) = raw else { return Ok(d) };
     let get = |name: &str, v: Option<String>, def: Duration| match v {
         Some(t) => duration(&format!("{prefix}.{name}"), &t),
@@ -432,27 +480,26 @@ fn exporter(key: &str, value: serde_yaml::Value) -> Result<ExporterConfig, Colle
                     headers,
                 }
             };
-            Ok(ExporterConfig {
-                name: key.to_owned(),
-                target,
-                queue_size: queue_size(&f("sending_queue.queue_size"), raw.sending_queue)?,
-                retry: retry(&f("retry_on_failure"), raw.retry_on_failure)?,
-            })
+            let config = ExporterConfig::new(key, target)
+                .with_retry(retry(&f("retry_on_failure"), raw.retry_on_failure)?);
+            bounds(config, f, raw.max_export_bytes, raw.sending_queue)
         }
         "file" => {
             let raw: RawFileExporter = serde_yaml::from_value(value).map_err(yaml)?;
             if raw.path.as_os_str().is_empty() {
                 return Err(field_error(f("path"), "is required"));
             }
-            Ok(ExporterConfig {
-                name: key.to_owned(),
-                target: ExportTarget::File { path: raw.path },
-                queue_size: queue_size(&f("sending_queue.queue_size"), raw.sending_queue)?,
-                retry: RetryConfig {
-                    enabled: false,
-                    ..RetryConfig::default()
-                },
-            })
+            let fsync_interval = match raw.fsync_interval {
+                Some(t) => duration(&f("fsync_interval"), &t)?,
+                None => DEFAULT_FSYNC_INTERVAL,
+            };
+            let target = ExportTarget::File {
+                path: raw.path,
+                fsync_interval,
+            };
+            let retry = retry_from(&f("retry_on_failure"), raw.retry_on_failure, file_retry())?;
+            let config = ExporterConfig::new(key, target).with_retry(retry);
+            bounds(config, f, raw.max_export_bytes, raw.sending_queue)
         }
         "debug" | "stdout" => {
             let raw: RawStdoutExporter = serde_yaml::from_value(value).map_err(yaml)?;
@@ -464,15 +511,8 @@ fn exporter(key: &str, value: serde_yaml::Value) -> Result<ExporterConfig, Colle
                     ));
                 }
             }
-            Ok(ExporterConfig {
-                name: key.to_owned(),
-                target: ExportTarget::Stdout,
-                queue_size: queue_size(&f("sending_queue.queue_size"), raw.sending_queue)?,
-                retry: RetryConfig {
-                    enabled: false,
-                    ..RetryConfig::default()
-                },
-            })
+            let config = ExporterConfig::new(key, ExportTarget::Stdout);
+            bounds(config, f, raw.max_export_bytes, raw.sending_queue)
         }
         other => Err(field_error(
             format!("exporters.{key}"),

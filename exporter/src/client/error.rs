@@ -38,6 +38,8 @@ pub enum SendError {
         code: tonic::Code,
         /// The status message, with the causes of a transport error.
         message: String,
+        /// The delay of a `google.rpc.RetryInfo` detail, if the server sent one.
+        retry_after: Option<Duration>,
     },
     /// The OTLP/HTTP server answered with a status other than 2xx.
     Http {
@@ -50,8 +52,24 @@ pub enum SendError {
     },
     /// No answer: connection refused or reset, timeout. Retryable.
     Transport(String),
-    /// The request could not be made or written (encoding, a local write). Permanent.
+    /// The request could not be made (encoding, compressing). Permanent.
     Request(String),
+    /// A local write failed (a full disk, an I/O error). Retryable: the disk may be freed or
+    /// the file rotated.
+    Write(String),
+}
+
+/// How a downstream refused a request for what was in it, rather than for its own state.
+/// Splitting the request helps with both: a smaller request may fit, and the spans that are
+/// not at fault can still be delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// Too large: gRPC `RESOURCE_EXHAUSTED` without a `RetryInfo` detail (with one it is a
+    /// throttle, retried after the delay), HTTP 413.
+    TooLarge,
+    /// Malformed: gRPC `INVALID_ARGUMENT`, HTTP 400.
+    Malformed,
 }
 
 impl SendError {
@@ -59,10 +77,36 @@ impl SendError {
     #[must_use]
     pub fn is_retryable(&self) -> bool {
         match self {
+            // RESOURCE_EXHAUSTED with RetryInfo is a throttle: retryable, per the specification.
+            Self::Grpc {
+                code: tonic::Code::ResourceExhausted,
+                retry_after: Some(_),
+                ..
+            } => true,
             Self::Grpc { code, .. } => grpc_code_is_retryable(*code),
             Self::Http { status, .. } => http_status_is_retryable(*status),
-            Self::Transport(_) => true,
+            Self::Transport(_) | Self::Write(_) => true,
             Self::Request(_) => false,
+        }
+    }
+
+    /// Whether the downstream refused the request for its size or its content (see
+    /// [`Rejection`]); `None` for every other failure.
+    #[must_use]
+    pub fn rejection(&self) -> Option<Rejection> {
+        match self {
+            Self::Grpc {
+                code: tonic::Code::ResourceExhausted,
+                retry_after: None,
+                ..
+            }
+            | Self::Http { status: 413, .. } => Some(Rejection::TooLarge),
+            Self::Grpc {
+                code: tonic::Code::InvalidArgument,
+                ..
+            }
+            | Self::Http { status: 400, .. } => Some(Rejection::Malformed),
+            _ => None,
         }
     }
 
@@ -70,7 +114,7 @@ impl SendError {
     #[must_use]
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::Http { retry_after, .. } => *retry_after,
+            Self::Http { retry_after, .. } | Self::Grpc { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
@@ -79,9 +123,14 @@ impl SendError {
     pub(crate) fn gave_up_after(self, limit: Duration) -> Self {
         let note = |m: String| format!("{m} (gave up retrying after {limit:?})");
         match self {
-            Self::Grpc { code, message } => Self::Grpc {
+            Self::Grpc {
+                code,
+                message,
+                retry_after,
+            } => Self::Grpc {
                 code,
                 message: note(message),
+                retry_after,
             },
             Self::Http {
                 status,
@@ -94,6 +143,7 @@ impl SendError {
             },
             Self::Transport(m) => Self::Transport(note(m)),
             Self::Request(m) => Self::Request(note(m)),
+            Self::Write(m) => Self::Write(note(m)),
         }
     }
 }
@@ -101,13 +151,13 @@ impl SendError {
 impl fmt::Display for SendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Grpc { code, message } => write!(f, "gRPC status {code:?}: {message}"),
+            Self::Grpc { code, message, .. } => write!(f, "gRPC status {code:?}: {message}"),
             Self::Http { status, body, .. } if body.is_empty() => {
                 write!(f, "HTTP status {status}")
             }
             Self::Http { status, body, .. } => write!(f, "HTTP status {status}: {body}"),
             Self::Transport(m) => write!(f, "no answer: {m}"),
-            Self::Request(m) => f.write_str(m),
+            Self::Request(m) | Self::Write(m) => f.write_str(m),
         }
     }
 }
@@ -162,6 +212,7 @@ mod tests {
         let grpc = |code| SendError::Grpc {
             code,
             message: String::new(),
+            retry_after: None,
         };
         assert!(grpc(tonic::Code::Unavailable).is_retryable());
         assert!(!grpc(tonic::Code::InvalidArgument).is_retryable());
@@ -175,5 +226,52 @@ mod tests {
         assert!(http.is_retryable());
         assert_eq!(http.retry_after(), Some(Duration::from_secs(2)));
         assert_eq!(http.to_string(), "HTTP status 429: slow down");
+        assert!(SendError::Write("disk full".into()).is_retryable());
+    }
+
+    #[test]
+    fn oversize_and_malformed_refusals_should_read_as_rejections() {
+        let grpc = |code| SendError::Grpc {
+            code,
+            message: String::new(),
+            retry_after: None,
+        };
+        let http = |status| SendError::Http {
+            status,
+            body: String::new(),
+            retry_after: None,
+        };
+        assert_eq!(
+            grpc(tonic::Code::ResourceExhausted).rejection(),
+            Some(Rejection::TooLarge)
+        );
+        assert_eq!(http(413).rejection(), Some(Rejection::TooLarge));
+        assert_eq!(
+            grpc(tonic::Code::InvalidArgument).rejection(),
+            Some(Rejection::Malformed)
+        );
+        assert_eq!(http(400).rejection(), Some(Rejection::Malformed));
+        for other in [
+            grpc(tonic::Code::Unavailable),
+            grpc(tonic::Code::PermissionDenied),
+            http(401),
+            http(503),
+            SendError::Transport("reset".into()),
+            SendError::Write("disk full".into()),
+        ] {
+            assert_eq!(other.rejection(), None, "{other}");
+        }
+        // neither is retried as it is
+        assert!(!grpc(tonic::Code::ResourceExhausted).is_retryable());
+        assert!(!http(413).is_retryable());
+        // with RetryInfo, RESOURCE_EXHAUSTED is a throttle: retried after the delay, not split
+        let throttled = SendError::Grpc {
+            code: tonic::Code::ResourceExhausted,
+            message: "slow down".into(),
+            retry_after: Some(Duration::from_millis(300)),
+        };
+        assert!(throttled.is_retryable());
+        assert_eq!(throttled.rejection(), None);
+        assert_eq!(throttled.retry_after(), Some(Duration::from_millis(300)));
     }
 }

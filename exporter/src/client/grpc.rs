@@ -8,8 +8,9 @@
 //! Connection failures and timeouts, which tonic reports as `UNAVAILABLE`, `CANCELLED`, or
 //! `UNKNOWN` carrying a transport error, read as [`SendError::Transport`]; every other status is
 //! classified by its code (see [`super::retry`]). `RESOURCE_EXHAUSTED` is retryable by the
-//! specification only when the server attaches a `google.rpc.RetryInfo`; that detail is not
-//! parsed here, so it is treated as permanent.
+//! specification only when the server attaches a `google.rpc.RetryInfo`: then it is retried
+//! after that delay (at least the backoff, at most `MAX_RETRY_AFTER`); without one the
+//! exporters split the request as too large.
 
 use std::fmt;
 use std::time::Duration;
@@ -23,6 +24,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use super::error::{with_causes, Accepted, SendError};
+use super::retry::grpc_retry_info;
 use super::{ClientConfig, Compression, USER_AGENT};
 use crate::export::ExportSetupError;
 use crate::otlp::grpc::{EncodedRequestCodec, EXPORT_PATH};
@@ -155,7 +157,11 @@ fn classify(status: &Status) -> SendError {
     let message = with_causes(status.message().to_owned(), source);
     match status.code() {
         Code::Unknown if source.is_some() => SendError::Transport(message),
-        code => SendError::Grpc { code, message },
+        code => SendError::Grpc {
+            code,
+            message,
+            retry_after: grpc_retry_info(status.details()),
+        },
     }
 }
 

@@ -25,7 +25,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use reqwest::Url;
 
-pub use error::{Accepted, SendError};
+pub use error::{Accepted, Rejection, SendError};
 pub(crate) use retry::{with_retries, RetryEvent};
 pub use retry::{
     RetryConfig, RetryLimits, SendOutcome, DEFAULT_RETRY_INITIAL, DEFAULT_RETRY_MAX_ELAPSED,

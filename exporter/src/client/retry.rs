@@ -10,7 +10,10 @@
 //!
 //! What is retryable is the OTLP specification's list: gRPC `CANCELLED`, `DEADLINE_EXCEEDED`,
 //! `ABORTED`, `OUT_OF_RANGE`, `UNAVAILABLE`, `DATA_LOSS`; HTTP 429, 502, 503, 504; and any
-//! failure to get an answer at all (connection refused or reset, timeout).
+//! failure to get an answer at all (connection refused or reset, timeout), and a failed local
+//! write (the `file` exporter). Requests refused for their size or content (gRPC
+//! `RESOURCE_EXHAUSTED`, `INVALID_ARGUMENT`; HTTP 413, 400) are not retried as they are: the
+//! exporters split them (`export::delivery`).
 
 use std::future::Future;
 use std::time::Duration;
@@ -173,8 +176,10 @@ where
     }
 }
 
-/// The gRPC codes the OTLP specification calls retryable. `RESOURCE_EXHAUSTED` is retryable only
-/// with a `RetryInfo` detail, which is not read here, so it is not retried.
+/// The gRPC codes the OTLP specification calls retryable whatever the details.
+/// `RESOURCE_EXHAUSTED` is retryable only with a `RetryInfo` detail (see
+/// [`SendError::is_retryable`]); without one the exporters read it as "too large" and split the
+/// request (see [`SendError::rejection`]).
 pub(crate) fn grpc_code_is_retryable(code: Code) -> bool {
     matches!(
         code,
@@ -185,6 +190,75 @@ pub(crate) fn grpc_code_is_retryable(code: Code) -> bool {
             | Code::Unavailable
             | Code::DataLoss
     )
+}
+
+/// The delay of the `google.rpc.RetryInfo` in a gRPC status's details (the
+/// `grpc-status-details-bin` bytes: an encoded `google.rpc.Status`); `None` when there is none
+/// or the bytes do not decode. Read by hand (four small messages) rather than with a crate of
+/// the Google API types.
+pub(crate) fn grpc_retry_info(details: &[u8]) -> Option<Duration> {
+    use prost::Message;
+    const RETRY_INFO: &str = "type.googleapis.com/google.rpc.RetryInfo";
+    let status = RpcStatus::decode(details).ok()?;
+    let any = status.details.iter().find(|d| d.type_url == RETRY_INFO)?;
+    let delay = RetryInfo::decode(&any.value[..]).ok()?.retry_delay?;
+    let secs = u64::try_from(delay.seconds).ok()?;
+    let nanos = u32::try_from(delay.nanos)
+        .ok()
+        .filter(|n| *n < 1_000_000_000)?;
+    Some(Duration::new(secs, nanos))
+}
+
+/// An encoded `google.rpc.Status` whose only detail is a `RetryInfo` of `delay`, as a server
+/// throttling with `RESOURCE_EXHAUSTED` sends it.
+#[cfg(test)]
+pub(crate) fn retry_info_details(delay: Duration) -> Vec<u8> {
+    use prost::Message;
+    let info = RetryInfo {
+        retry_delay: Some(PbDuration {
+            seconds: i64::try_from(delay.as_secs()).unwrap_or(i64::MAX),
+            nanos: i32::try_from(delay.subsec_nanos()).unwrap_or(0),
+        }),
+    };
+    RpcStatus {
+        details: vec![PbAny {
+            type_url: "type.googleapis.com/google.rpc.RetryInfo".into(),
+            value: info.encode_to_vec(),
+        }],
+    }
+    .encode_to_vec()
+}
+
+/// `google.rpc.Status`, its details only.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<PbAny>,
+}
+
+/// `google.protobuf.Any`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct PbAny {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(bytes = "vec", tag = "2")]
+    value: Vec<u8>,
+}
+
+/// `google.rpc.RetryInfo`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RetryInfo {
+    #[prost(message, optional, tag = "1")]
+    retry_delay: Option<PbDuration>,
+}
+
+/// `google.protobuf.Duration`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct PbDuration {
+    #[prost(int64, tag = "1")]
+    seconds: i64,
+    #[prost(int32, tag = "2")]
+    nanos: i32,
 }
 
 /// The HTTP statuses the OTLP specification calls retryable.
@@ -285,6 +359,45 @@ mod tests {
         .await;
         assert_eq!(outcome.retries, 1);
         assert_eq!(start.elapsed(), MAX_RETRY_AFTER);
+    }
+
+    /// An encoded `google.rpc.Status` with the given details.
+    fn status_details(details: Vec<PbAny>) -> Vec<u8> {
+        use prost::Message;
+        RpcStatus { details }.encode_to_vec()
+    }
+
+    fn retry_info(seconds: i64, nanos: i32) -> PbAny {
+        use prost::Message;
+        PbAny {
+            type_url: "type.googleapis.com/google.rpc.RetryInfo".into(),
+            value: RetryInfo {
+                retry_delay: Some(PbDuration { seconds, nanos }),
+            }
+            .encode_to_vec(),
+        }
+    }
+
+    #[test]
+    fn retry_info_should_be_read_from_status_details() {
+        let other = PbAny {
+            type_url: "type.googleapis.com/google.rpc.QuotaFailure".into(),
+            value: vec![1, 2, 3],
+        };
+        let details = status_details(vec![other.clone(), retry_info(2, 500_000_000)]);
+        assert_eq!(grpc_retry_info(&details), Some(Duration::from_millis(2500)));
+        assert_eq!(grpc_retry_info(&status_details(vec![other])), None);
+        assert_eq!(grpc_retry_info(&[]), None);
+        assert_eq!(grpc_retry_info(b"\x1a\xff garbage"), None);
+        // negative or out-of-range delays read as absent
+        assert_eq!(
+            grpc_retry_info(&status_details(vec![retry_info(-1, 0)])),
+            None
+        );
+        assert_eq!(
+            grpc_retry_info(&status_details(vec![retry_info(1, 2_000_000_000)])),
+            None
+        );
     }
 
     proptest! {

@@ -61,6 +61,14 @@ pub enum ExportSetupError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A bound of the exporter is unusable (zero, or a queue too small for one full request).
+    #[error("exporter `{exporter}`: {reason}")]
+    InvalidLimit {
+        /// The exporter's name.
+        exporter: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// [`ExporterQueue::start`](super::ExporterQueue::start) was called outside a tokio runtime.
     #[error("exporter `{exporter}`: must be started inside a tokio runtime")]
     NoRuntime {

@@ -13,11 +13,20 @@ pub struct ExporterMetrics {
     pub send_failures: AtomicU64,
     /// Attempts that were retries of a failed batch.
     pub retries: AtomicU64,
-    /// Spans dropped: queue full, a permanent error, or retries given up
-    /// (`otelcol_exporter_send_failed_spans` + `otelcol_exporter_enqueue_failed_spans`).
+    /// Spans dropped: queue full, a permanent error, retries given up, or rejected by the
+    /// downstream (`otelcol_exporter_send_failed_spans` +
+    /// `otelcol_exporter_enqueue_failed_spans`).
     pub spans_dropped: AtomicU64,
-    /// Spans waiting in the queue now (`otelcol_exporter_queue_size`, in spans).
+    /// Of `spans_dropped`, the spans the downstream refused as invalid: each isolated by
+    /// splitting a request refused as malformed, or counted in a partial success.
+    pub spans_rejected: AtomicU64,
+    /// Requests split in two because the downstream refused them as too large or malformed,
+    /// or because they were larger than `max_export_bytes`.
+    pub requests_split: AtomicU64,
+    /// Spans waiting in the queue or in flight now (`otelcol_exporter_queue_size`, in spans).
     pub queue_spans: AtomicU64,
+    /// Encoded bytes of the batches waiting in the queue or in flight now.
+    pub queue_bytes: AtomicU64,
 }
 
 impl ExporterMetrics {

@@ -1,7 +1,8 @@
 //! The bounded queue in front of each exporter, and its sending task.
 //!
-//! Why bound in spans, counting the batches being sent too: the bound is there to cap memory,
-//! and a batch stuck in retries holds its memory as surely as a queued one. Why `push` never
+//! Why bound in spans and in bytes, counting the batches being sent too: the bound is there to
+//! cap memory, a batch stuck in retries holds its memory as surely as a queued one, and spans
+//! vary from a hundred bytes to megabytes, so a span count alone does not cap it. Why `push` never
 //! waits: the pipeline feeds every exporter from one place, and one slow downstream must not
 //! hold the others back; a full queue drops the batch and counts it instead.
 
@@ -23,7 +24,7 @@ use super::error::ExportSetupError;
 use super::metrics::ExporterMetrics;
 use super::sender::Sender;
 
-/// One exporter: a queue bounded in spans and the task that sends from it.
+/// One exporter: a queue bounded in spans and in encoded bytes, and the task that sends from it.
 ///
 /// The task keeps up to four requests in flight for OTLP targets (one for files and stdout, so
 /// lines keep their order); batches may be delivered out of order.
@@ -38,17 +39,16 @@ use super::sender::Sender;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let config = ExporterConfig {
-///     name: "otlp/downstream".into(),
-///     target: ExportTarget::OtlpGrpc {
+/// let config = ExporterConfig::new(
+///     "otlp/downstream",
+///     ExportTarget::OtlpGrpc {
 ///         endpoint: "127.0.0.1:9".into(),
 ///         compression: Compression::Gzip,
 ///         timeout: std::time::Duration::from_secs(5),
 ///         headers: Vec::new(),
 ///     },
-///     queue_size: 10_000,
-///     retry: Default::default(),
-/// };
+/// )
+/// .with_queue_size(10_000);
 /// let metrics = Arc::new(ExporterMetrics::default());
 /// // Starting never connects: it succeeds while the downstream is down.
 /// let queue = ExporterQueue::start(&config, metrics.clone())?;
@@ -73,7 +73,9 @@ impl fmt::Debug for ExporterQueue {
         f.debug_struct("ExporterQueue")
             .field("name", &self.shared.delivery.name)
             .field("queue_size", &self.shared.capacity)
+            .field("queue_bytes", &self.shared.capacity_bytes)
             .field("spans", &state.outstanding)
+            .field("bytes", &state.outstanding_bytes)
             .field("batches_waiting", &state.batches.len())
             .field("closed", &state.closed)
             .finish_non_exhaustive()
@@ -84,6 +86,8 @@ struct Shared {
     delivery: Delivery,
     /// Most spans accepted and not yet resolved (`queue_size`).
     capacity: usize,
+    /// Most encoded bytes accepted and not yet resolved (`queue_bytes`).
+    capacity_bytes: usize,
     state: Mutex<State>,
     /// Wakes the sending task: a batch was queued, or shutdown began.
     wake: Notify,
@@ -96,16 +100,27 @@ struct State {
     batches: VecDeque<ExportBatch>,
     /// Spans accepted and not yet sent or dropped: waiting plus in flight.
     outstanding: usize,
+    /// Encoded bytes of those batches.
+    outstanding_bytes: usize,
     /// No more batches are accepted.
     closed: bool,
 }
 
 impl State {
-    /// Queues `batch` if it fits under `capacity`, or hands it back.
-    fn admit(&mut self, batch: ExportBatch, capacity: usize) -> Result<(), ExportBatch> {
-        match self.outstanding.checked_add(batch.spans) {
-            Some(total) if total <= capacity => {
-                self.outstanding = total;
+    /// Queues `batch` if it fits under `capacity` spans and `capacity_bytes` bytes, or hands
+    /// it back.
+    fn admit(
+        &mut self,
+        batch: ExportBatch,
+        capacity: usize,
+        capacity_bytes: usize,
+    ) -> Result<(), ExportBatch> {
+        let spans = self.outstanding.checked_add(batch.spans);
+        let bytes = self.outstanding_bytes.checked_add(batch.body.len());
+        match (spans, bytes) {
+            (Some(spans), Some(bytes)) if spans <= capacity && bytes <= capacity_bytes => {
+                self.outstanding = spans;
+                self.outstanding_bytes = bytes;
                 self.batches.push_back(batch);
                 Ok(())
             }
@@ -120,7 +135,8 @@ impl ExporterQueue {
     ///
     /// # Errors
     /// An invalid endpoint or header, an `https` endpoint (TLS to the downstream is not
-    /// supported), a file that cannot be opened, or no tokio runtime; each names the exporter.
+    /// supported), a file that cannot be opened, a zero `max_export_bytes`, a `queue_bytes`
+    /// under `max_export_bytes`, or no tokio runtime; each names the exporter.
     pub fn start(
         config: &ExporterConfig,
         metrics: Arc<ExporterMetrics>,
@@ -129,10 +145,19 @@ impl ExporterQueue {
             tokio::runtime::Handle::try_current().map_err(|_| ExportSetupError::NoRuntime {
                 exporter: config.name.clone(),
             })?;
+        check_limits(config)?;
         let sender = Sender::from_config(config)?;
+        let delivery = Delivery::new(
+            config.name.clone(),
+            sender,
+            config.retry,
+            config.max_export_bytes,
+            metrics,
+        );
         let shared = Arc::new(Shared {
-            delivery: Delivery::new(config.name.clone(), sender, config.retry, metrics),
+            delivery,
             capacity: config.queue_size,
+            capacity_bytes: config.queue_bytes,
             state: Mutex::new(State::default()),
             wake: Notify::new(),
             warned_full: AtomicBool::new(false),
@@ -153,9 +178,27 @@ impl ExporterQueue {
         &self.shared.delivery.name
     }
 
+    /// The largest encoded request this exporter sends (`max_export_bytes`).
+    #[must_use]
+    pub fn max_export_bytes(&self) -> usize {
+        self.shared.delivery.max_export_bytes
+    }
+
+    /// Reopens the output file at its configured path (after the old one was renamed for log
+    /// rotation), syncing the old one first; lines written from then on go to the new file.
+    /// Returns whether this exporter writes a file (others do nothing). On an error the old
+    /// file stays in use.
+    ///
+    /// # Errors
+    /// [`ExportSetupError::OpenFile`] when the path cannot be opened for appending.
+    pub async fn reopen(&self) -> Result<bool, ExportSetupError> {
+        self.shared.delivery.sender.reopen(self.name()).await
+    }
+
     /// Queues `batch` without ever waiting. A batch that would take the queue past
-    /// `queue_size` spans, or that comes after shutdown began, is dropped and counted in
-    /// `spans_dropped` (a full queue is reported once on stderr). An empty batch is ignored.
+    /// `queue_size` spans or `queue_bytes` bytes, or that comes after shutdown began, is
+    /// dropped and counted in `spans_dropped` (a full queue is reported once on stderr). An
+    /// empty batch is ignored.
     pub fn push(&self, batch: ExportBatch) {
         if batch.spans == 0 {
             return;
@@ -166,8 +209,11 @@ impl ExporterQueue {
             if state.closed {
                 Err((batch, false))
             } else {
-                let admitted = state.admit(batch, self.shared.capacity);
+                let admitted = state.admit(batch, self.shared.capacity, self.shared.capacity_bytes);
                 metrics.queue_spans.store(state.outstanding as u64, Relaxed);
+                metrics
+                    .queue_bytes
+                    .store(state.outstanding_bytes as u64, Relaxed);
                 admitted.map_err(|b| (b, true))
             }
         };
@@ -177,9 +223,11 @@ impl ExporterQueue {
                 ExporterMetrics::add(&metrics.spans_dropped, batch.spans as u64);
                 if full && !self.shared.warned_full.swap(true, Relaxed) {
                     eprintln!(
-                        "traceq: exporter {}: queue full ({} spans), dropping batches",
+                        "traceq: exporter {}: queue full ({} spans or {} bytes), dropping \
+                         batches",
                         self.name(),
-                        self.shared.capacity
+                        self.shared.capacity,
+                        self.shared.capacity_bytes
                     );
                 }
             }
@@ -203,6 +251,10 @@ impl ExporterQueue {
                 // should be none) must not become a panic here.
                 let _ = task.await;
             }
+        }
+        // What was written must be on disk before the process exits.
+        if let Err(e) = self.shared.delivery.sender.sync().await {
+            eprintln!("traceq: exporter {}: {e}", self.name());
         }
         let dropped = ExporterMetrics::get(&self.shared.delivery.metrics.spans_dropped);
         if dropped > 0 {
@@ -232,15 +284,20 @@ impl Shared {
     }
 
     /// Counts a resolved batch and frees its room in the queue.
-    fn finish(&self, spans: usize, outcome: Outcome) {
+    fn finish(&self, (spans, bytes): (usize, usize), outcome: Outcome) {
         let metrics = &self.delivery.metrics;
         {
             let mut state = self.state.lock();
             state.outstanding = state.outstanding.saturating_sub(spans);
+            state.outstanding_bytes = state.outstanding_bytes.saturating_sub(bytes);
             metrics.queue_spans.store(state.outstanding as u64, Relaxed);
+            metrics
+                .queue_bytes
+                .store(state.outstanding_bytes as u64, Relaxed);
         }
         ExporterMetrics::add(&metrics.spans_sent, outcome.sent as u64);
         ExporterMetrics::add(&metrics.spans_dropped, outcome.dropped as u64);
+        ExporterMetrics::add(&metrics.spans_rejected, outcome.rejected as u64);
     }
 
     /// Counts everything waiting or in flight as dropped (the deadline passed).
@@ -249,9 +306,11 @@ impl Shared {
         let mut state = self.state.lock();
         ExporterMetrics::add(&metrics.spans_dropped, state.outstanding as u64);
         state.outstanding = 0;
+        state.outstanding_bytes = 0;
         state.batches.clear();
         state.closed = true;
         metrics.queue_spans.store(0, Relaxed);
+        metrics.queue_bytes.store(0, Relaxed);
     }
 }
 
@@ -265,8 +324,8 @@ async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             let Some(batch) = shared.pop() else { break };
             let shared = Arc::clone(&shared);
             in_flight.push(async move {
-                let spans = batch.spans;
-                (spans, shared.delivery.deliver(batch).await)
+                let size = (batch.spans, batch.body.len());
+                (size, shared.delivery.deliver(batch).await)
             });
         }
         if in_flight.is_empty() && shared.closed_and_empty() {
@@ -279,12 +338,35 @@ async fn run(shared: Arc<Shared>, stop: CancellationToken) {
                 shared.drop_outstanding();
                 return;
             }
-            Some((spans, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
-                shared.finish(spans, outcome);
+            Some((size, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
+                shared.finish(size, outcome);
             }
             () = shared.wake.notified() => {}
         }
     }
+}
+
+/// The bounds a queue cannot work with: nothing would ever be sent, or a full request would
+/// never fit in the queue.
+fn check_limits(config: &ExporterConfig) -> Result<(), ExportSetupError> {
+    let invalid = |reason: String| ExportSetupError::InvalidLimit {
+        exporter: config.name.clone(),
+        reason,
+    };
+    if config.max_export_bytes == 0 {
+        return Err(invalid("max_export_bytes must be positive".into()));
+    }
+    if config.queue_size == 0 {
+        return Err(invalid("the queue size must be positive".into()));
+    }
+    if config.queue_bytes < config.max_export_bytes {
+        return Err(invalid(format!(
+            "the queue's byte bound ({}) must be at least max_export_bytes ({}), or a full \
+             request would never fit",
+            config.queue_bytes, config.max_export_bytes
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

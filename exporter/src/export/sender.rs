@@ -52,7 +52,14 @@ impl Sender {
                 timeout,
                 headers,
             } => otlp(Protocol::Http, endpoint, *compression, *timeout, headers),
-            ExportTarget::File { path } => Ok(Self::Lines(JsonLinesSender::file(name, path)?)),
+            ExportTarget::File {
+                path,
+                fsync_interval,
+            } => Ok(Self::Lines(JsonLinesSender::file(
+                name,
+                path,
+                *fsync_interval,
+            )?)),
             ExportTarget::Stdout => Ok(Self::Lines(JsonLinesSender::stdout())),
         }
     }
@@ -71,6 +78,22 @@ impl Sender {
         match self {
             Self::Otlp(client) => client.prepare(body),
             Self::Lines(_) => Ok(body),
+        }
+    }
+
+    /// Syncs a file exporter's unsynced lines to disk (nothing for other targets).
+    pub(crate) async fn sync(&self) -> Result<(), SendError> {
+        match self {
+            Self::Otlp(_) => Ok(()),
+            Self::Lines(lines) => lines.sync().await,
+        }
+    }
+
+    /// Reopens a file exporter's file at its path; `false` for targets without a file.
+    pub(crate) async fn reopen(&self, name: &str) -> Result<bool, ExportSetupError> {
+        match self {
+            Self::Otlp(_) => Ok(false),
+            Self::Lines(lines) => lines.reopen(name).await,
         }
     }
 

@@ -84,6 +84,8 @@ pub(crate) fn grpc_config(addr: SocketAddr, retry: RetryConfig) -> ExporterConfi
             headers: Vec::new(),
         },
         queue_size: 1000,
+        queue_bytes: crate::export::DEFAULT_QUEUE_BYTES,
+        max_export_bytes: crate::export::DEFAULT_MAX_EXPORT_BYTES,
         retry,
     }
 }

@@ -125,15 +125,8 @@ fn split_resource_spans(value: Value<'_>) -> Result<ResourceParts<'_>, DecodeErr
     let mut scopes = Vec::new();
     for field in Fields::new(len_delimited(value, "ResourceSpans")?) {
         match field? {
-            (RESOURCE_SPANS_RESOURCE, v) => {
-                if resource
-                    .replace(len_delimited(v, "ResourceSpans.resource")?)
-                    .is_some()
-                {
-                    // A decoder would merge the two; we keep one encoding, so refuse.
-                    return Err(DecodeError::new("ResourceSpans has two resource fields"));
-                }
-            }
+            // A decoder would merge two; we keep one encoding, so refuse.
+            (RESOURCE_SPANS_RESOURCE, v) => set_once(&mut resource, v, "ResourceSpans.resource")?,
             (RESOURCE_SPANS_SCOPE_SPANS, v) => {
                 scopes.push(len_delimited(v, "ResourceSpans.scope_spans")?);
             }
@@ -159,14 +152,7 @@ fn split_scope_spans(ss: &[u8]) -> Result<ScopeParts<'_>, DecodeError> {
     let mut schema_url: &[u8] = &[];
     for field in Fields::new(ss) {
         match field? {
-            (SCOPE_SPANS_SCOPE, v) => {
-                if scope
-                    .replace(len_delimited(v, "ScopeSpans.scope")?)
-                    .is_some()
-                {
-                    return Err(DecodeError::new("ScopeSpans has two scope fields"));
-                }
-            }
+            (SCOPE_SPANS_SCOPE, v) => set_once(&mut scope, v, "ScopeSpans.scope")?,
             (SCOPE_SPANS_SPANS, v) => {
                 len_delimited(v, "ScopeSpans.spans")?;
             }
@@ -185,6 +171,18 @@ fn split_scope_spans(ss: &[u8]) -> Result<ScopeParts<'_>, DecodeError> {
     }
     let spans = Fields::new(ss).filter_map(span_of as fn(WireResult<'_>) -> Option<&[u8]>);
     Ok((scope, schema_url, spans))
+}
+
+/// Sets a singular message field, refusing a second occurrence.
+fn set_once<'a>(
+    slot: &mut Option<&'a [u8]>,
+    value: Value<'a>,
+    what: &str,
+) -> Result<(), DecodeError> {
+    if slot.replace(len_delimited(value, what)?).is_some() {
+        return Err(DecodeError::new(format!("{what} is set twice")));
+    }
+    Ok(())
 }
 
 fn len_delimited<'a>(value: Value<'a>, what: &str) -> Result<&'a [u8], DecodeError> {
@@ -223,6 +221,9 @@ pub fn encode_request(spans: &[OtlpSpan]) -> Vec<u8> {
     type Scopes<'a> = Vec<(ScopeKey<'a>, Vec<usize>)>;
     let mut resources: Vec<(ResourceKey<'_>, Scopes<'_>)> = Vec::new();
     let mut resource_index: HashMap<ResourceKey<'_>, usize> = HashMap::new();
+    // Keyed by resource index and scope, so grouping stays linear in spans however many
+    // distinct scopes a batch holds (a scan of a resource's scopes would be quadratic).
+    let mut scope_index: HashMap<(usize, ScopeKey<'_>), usize> = HashMap::new();
     let mut last: Option<(*const Origin, usize, usize)> = None;
     for (i, span) in spans.iter().enumerate() {
         let origin = span.origin();
@@ -240,13 +241,10 @@ pub fn encode_request(spans: &[OtlpSpan]) -> Vec<u8> {
         });
         let skey = (origin.scope.as_deref(), &origin.scope_schema_url[..]);
         let scopes = &mut resources[r].1;
-        let s = match scopes.iter().position(|(k, _)| *k == skey) {
-            Some(s) => s,
-            None => {
-                scopes.push((skey, Vec::new()));
-                scopes.len() - 1
-            }
-        };
+        let s = *scope_index.entry((r, skey)).or_insert_with(|| {
+            scopes.push((skey, Vec::new()));
+            scopes.len() - 1
+        });
         scopes[s].1.push(i);
         last = Some((ptr, r, s));
     }

@@ -46,7 +46,7 @@ pub(crate) struct Origin {
     pub(crate) scope_schema_url: Bytes,
     /// The resource's attributes: key and the byte range of the encoded `AnyValue` within
     /// `resource`, sorted by key, first occurrence of a key only.
-    resource_attributes: Box<[(Box<str>, (u32, u32))]>,
+    resource_attributes: AttributeIndex,
 }
 
 impl Origin {
@@ -95,8 +95,11 @@ impl Origin {
     }
 }
 
+/// Keys and the byte ranges of their encoded values (see [`Origin`]).
+type AttributeIndex = Box<[(Box<str>, (u32, u32))]>;
+
 /// The attribute index of an encoded `Resource` (see [`Origin`]).
-fn index(resource: &[u8]) -> Box<[(Box<str>, (u32, u32))]> {
+fn index(resource: &[u8]) -> AttributeIndex {
     let base = resource.as_ptr() as usize;
     let mut out: Vec<(Box<str>, (u32, u32))> = Vec::new();
     for f in Fields::new(resource) {
@@ -174,10 +177,8 @@ impl OtlpSpan {
                             .map_err(|_| invalid("trace_id must be 16 bytes"))?,
                     );
                 }
-                (SPAN_SPAN_ID, Value::Bytes(id)) => {
-                    if !(id.is_empty() || id.len() == 8) {
-                        return Err(invalid("span_id must be empty or 8 bytes"));
-                    }
+                (SPAN_SPAN_ID, Value::Bytes(id)) if !(id.is_empty() || id.len() == 8) => {
+                    return Err(invalid("span_id must be empty or 8 bytes"));
                 }
                 (SPAN_PARENT_SPAN_ID, Value::Bytes(id)) => {
                     if !(id.is_empty() || id.len() == 8) {

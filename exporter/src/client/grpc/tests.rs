@@ -27,6 +27,8 @@ use crate::export::{
 enum Reply {
     Fail(Code),
     Reject(i64),
+    /// `RESOURCE_EXHAUSTED` with a `RetryInfo` of this delay.
+    Throttle(Duration),
 }
 
 #[derive(Default)]
@@ -55,6 +57,13 @@ impl TraceService for Service {
         let reply = d.script.lock().pop_front();
         let rejected = match reply {
             Some(Reply::Fail(code)) => return Err(Status::new(code, "scripted failure")),
+            Some(Reply::Throttle(delay)) => {
+                return Err(Status::with_details(
+                    Code::ResourceExhausted,
+                    "scripted throttle",
+                    crate::client::retry::retry_info_details(delay).into(),
+                ))
+            }
             Some(Reply::Reject(n)) => n,
             None => 0,
         };
@@ -132,7 +141,7 @@ async fn grpc_exporter_should_retry_unavailable_and_deliver_the_batch_once() {
 
 #[tokio::test]
 async fn grpc_exporter_should_drop_a_permanent_error_without_retrying() {
-    let (addr, downstream) = serve(vec![Reply::Fail(Code::InvalidArgument)]).await;
+    let (addr, downstream) = serve(vec![Reply::Fail(Code::PermissionDenied)]).await;
     let (queue, metrics) = start(&grpc_config(addr, fast_retry(10)));
     queue.push(batch(2));
     assert!(eventually(|| get(&metrics.spans_dropped) == 2).await);
@@ -148,13 +157,40 @@ async fn grpc_exporter_should_drop_a_permanent_error_without_retrying() {
 }
 
 #[tokio::test]
-async fn grpc_exporter_should_not_retry_resource_exhausted_without_retry_info() {
+async fn grpc_exporter_should_split_resource_exhausted_without_retry_info_not_retry_it() {
     let (addr, downstream) = serve(vec![Reply::Fail(Code::ResourceExhausted)]).await;
     let (queue, metrics) = start(&grpc_config(addr, fast_retry(10)));
     queue.push(batch(4));
-    assert!(eventually(|| get(&metrics.spans_dropped) == 4).await);
-    assert_eq!(downstream.calls.load(Relaxed), 1);
+    assert!(eventually(|| get(&metrics.spans_sent) == 4).await);
+    // The refused request, then its two halves.
+    assert_eq!(downstream.calls.load(Relaxed), 3);
     assert_eq!(get(&metrics.retries), 0);
+    assert_eq!(get(&metrics.requests_split), 1);
+    assert_eq!(get(&metrics.spans_dropped), 0);
+}
+
+#[tokio::test]
+async fn grpc_exporter_should_retry_resource_exhausted_with_retry_info_after_its_delay() {
+    let delay = Duration::from_millis(300);
+    let (addr, downstream) = serve(vec![Reply::Throttle(delay)]).await;
+    let (queue, metrics) = start(&grpc_config(addr, fast_retry(1)));
+    let started = std::time::Instant::now();
+    queue.push(batch(4));
+    assert!(eventually(|| get(&metrics.spans_sent) == 4).await);
+    assert!(started.elapsed() >= delay, "{:?}", started.elapsed());
+    assert_eq!(downstream.calls.load(Relaxed), 2, "the same request again");
+    assert_eq!(get(&metrics.retries), 1);
+    assert_eq!(get(&metrics.requests_split), 0);
+}
+
+#[tokio::test]
+async fn grpc_exporter_should_split_invalid_argument_and_drop_nothing_that_passes() {
+    let (addr, downstream) = serve(vec![Reply::Fail(Code::InvalidArgument)]).await;
+    let (queue, metrics) = start(&grpc_config(addr, fast_retry(10)));
+    queue.push(batch(2));
+    assert!(eventually(|| get(&metrics.spans_sent) == 2).await);
+    assert_eq!(downstream.calls.load(Relaxed), 3);
+    assert_eq!(get(&metrics.spans_rejected), 0);
 }
 
 #[tokio::test]

@@ -252,3 +252,66 @@ mod fuzz {
         }
     }
 }
+
+/// `n` single-span `ScopeSpans` under one resource, scope `i % scopes` each, so scopes
+/// interleave.
+fn interleaved_scopes(n: usize, scopes: usize) -> ExportTraceServiceRequest {
+    let scope_spans = (0..n)
+        .map(|i| ScopeSpans {
+            scope: Some(InstrumentationScope {
+                name: format!("scope-{}", i % scopes),
+                ..Default::default()
+            }),
+            spans: vec![Span {
+                span_id: (i as u64 + 1).to_be_bytes().to_vec(),
+                ..span(1, 1, 0, false)
+            }],
+            schema_url: String::new(),
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: None,
+            scope_spans,
+            schema_url: String::new(),
+        }],
+    }
+}
+
+#[test]
+fn encode_should_group_interleaved_scopes_in_first_seen_order() {
+    let spans = decode_request(&interleaved_scopes(30, 3).encode_to_vec()).unwrap();
+    let back = ExportTraceServiceRequest::decode(&encode_request(&spans)[..]).unwrap();
+    assert_eq!(back.resource_spans.len(), 1);
+    let scopes = &back.resource_spans[0].scope_spans;
+    let names: Vec<_> = scopes
+        .iter()
+        .map(|s| s.scope.as_ref().unwrap().name.as_str())
+        .collect();
+    assert_eq!(names, ["scope-0", "scope-1", "scope-2"]);
+    for (k, s) in scopes.iter().enumerate() {
+        assert_eq!(s.spans.len(), 10);
+        // spans keep their order within a scope
+        let ids: Vec<u64> = s
+            .spans
+            .iter()
+            .map(|sp| u64::from_be_bytes(sp.span_id[..].try_into().unwrap()))
+            .collect();
+        let expected: Vec<u64> = (0..10).map(|j| (j * 3 + k) as u64 + 1).collect();
+        assert_eq!(ids, expected);
+    }
+}
+
+#[test]
+fn encode_should_stay_linear_in_distinct_scopes() {
+    // 100,000 distinct scopes: a scan per span would compare ~5e9 scope pairs (well over a
+    // minute); a map takes a fraction of a second even on a busy machine.
+    let n = 100_000;
+    let spans = decode_request(&interleaved_scopes(n, n).encode_to_vec()).unwrap();
+    let started = std::time::Instant::now();
+    let body = encode_request(&spans);
+    let took = started.elapsed();
+    let back = ExportTraceServiceRequest::decode(&body[..]).unwrap();
+    assert_eq!(back.resource_spans[0].scope_spans.len(), n);
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+}

@@ -60,6 +60,18 @@ pub trait SpanView: Send + 'static {
     /// Bytes the span occupies: its inline size (`size_of::<Self>()`) plus its heap allocations
     /// (an estimate). The buffer charges the inline part through its vector's capacity.
     fn size_bytes(&self) -> usize;
+    /// An identity and the size of memory this span shares with other spans (in the collector:
+    /// its resource and scope); a trace is charged that size once for each run of consecutive
+    /// spans with the same identity.
+    ///
+    /// The identity must tell apart any two shared blocks alive at once (the address of the
+    /// shared allocation will do: the span keeps it alive). A span returning `None` shares
+    /// nothing and leaves the run of the spans around it unbroken. The size is charged to the
+    /// trace (so it counts towards `max_buffer_bytes`) and released when the trace leaves the
+    /// buffer.
+    fn shared_bytes(&self) -> Option<(usize, usize)> {
+        None
+    }
     /// Records a keep decision on the span (policy, adjusted count, tracestate threshold).
     fn annotate(&mut self, decision: &KeptDecision);
 }
@@ -88,6 +100,9 @@ impl<T: SpanView> SpanView for Box<T> {
     }
     fn size_bytes(&self) -> usize {
         size_of::<Self>() + (**self).size_bytes()
+    }
+    fn shared_bytes(&self) -> Option<(usize, usize)> {
+        (**self).shared_bytes()
     }
     fn annotate(&mut self, decision: &KeptDecision) {
         (**self).annotate(decision);

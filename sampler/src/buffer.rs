@@ -101,6 +101,8 @@ pub(crate) struct Shard<S> {
     /// Traces taken out to be decided, each holding the spans that arrived since (see the module
     /// docs); empty most of the time.
     deciding: HashMap<TraceId, TraceEntry<S>, IdState>,
+    /// Spans held in `deciding`.
+    held: usize,
     by_age: VecDeque<QueueItem>,
     root_due: VecDeque<QueueItem>,
     pub(crate) kept: BoundedMap<TraceId, Arc<KeptDecision>>,
@@ -126,9 +128,9 @@ pub(crate) enum Offer<S> {
     Kept(S, Arc<KeptDecision>),
     /// Its trace was not kept: the span is handed back to be dropped.
     NotKept(S),
-    /// Its trace is being decided: the span is held and follows that decision when it is
-    /// settled.
-    Held,
+    /// Its trace is being decided: the span is handed back to be held with [`Shard::hold`]
+    /// (kept out of this hot path, which is inlined into every ingest).
+    Deciding(S),
 }
 
 /// A trace taken out of its shard to be decided.
@@ -188,6 +190,7 @@ impl<S: SpanView> Shard<S> {
         Self {
             traces: HashMap::with_capacity_and_hasher(expected_traces, id_state()),
             deciding: HashMap::with_hasher(id_state()),
+            held: 0,
             by_age: VecDeque::new(),
             root_due: VecDeque::new(),
             kept: BoundedMap::new(kept_cache),
@@ -229,13 +232,8 @@ impl<S: SpanView> Shard<S> {
                     self.stats.late_not_sampled += 1;
                     return Offer::NotKept(span);
                 }
-                if !self.deciding.is_empty() {
-                    if let Some(held) = self.deciding.get_mut(&trace_id) {
-                        let (delta, ..) = push(held, span, now);
-                        self.bytes += delta;
-                        self.spans += 1;
-                        return Offer::Held;
-                    }
+                if !self.deciding.is_empty() && self.deciding.contains_key(&trace_id) {
+                    return Offer::Deciding(span);
                 }
                 let generation = self.next_generation;
                 self.next_generation += 1;
@@ -259,6 +257,19 @@ impl<S: SpanView> Shard<S> {
                 }
                 Offer::Buffered(len)
             }
+        }
+    }
+
+    /// Holds a span that [`Self::offer`] handed back as [`Offer::Deciding`] until its trace's
+    /// decision is settled; charged to the shard meanwhile.
+    #[inline(never)]
+    pub(crate) fn hold(&mut self, span: S, now: u64) {
+        let trace_id = span.trace_id();
+        if let Some(held) = self.deciding.get_mut(&trace_id) {
+            let (delta, ..) = push(held, span, now);
+            self.bytes += delta;
+            self.spans += 1;
+            self.held += 1;
         }
     }
 
@@ -298,53 +309,90 @@ impl<S: SpanView> Shard<S> {
     }
 
     /// Takes every pending trace out to be decided (for flush), emptying the deadline queues.
-    /// The map keeps its room for the traces to come: entries are drained in place, not looked
-    /// up one by one.
     pub(crate) fn take_all(&mut self, trigger: Trigger, out: &mut Vec<Taken<S>>) {
         self.by_age.clear();
         self.root_due.clear();
         out.reserve(self.traces.len());
-        let mut traces = std::mem::take(&mut self.traces);
-        for (trace_id, entry) in traces.drain() {
-            self.forget(&entry);
-            self.mark(trace_id);
+        if !self.deciding.is_empty() {
+            // Another round is in progress: mark each trace beside its markers.
+            let mut traces = std::mem::take(&mut self.traces);
+            for (trace_id, entry) in traces.drain() {
+                self.forget(&entry);
+                self.mark(trace_id);
+                out.push(Taken {
+                    trace_id,
+                    entry,
+                    trigger,
+                });
+            }
+            self.traces = traces;
+            return;
+        }
+        // The usual case: each entry is emptied in place and stays as its trace's marker, and
+        // the whole map becomes the marker map (no lookup per trace). The marker map, empty,
+        // becomes the trace map, so both keep their room from flush to flush.
+        let (mut bytes, mut spans, mut last) = (0, 0, None);
+        for (&trace_id, slot) in self.traces.iter_mut() {
+            let entry = std::mem::replace(slot, TraceEntry::new(Vec::new(), 0, 0, 0));
+            bytes += entry.bytes;
+            spans += entry.spans.len();
+            last = Some(entry.spans.len());
             out.push(Taken {
                 trace_id,
                 entry,
                 trigger,
             });
         }
-        self.traces = traces;
+        self.bytes -= bytes;
+        self.spans -= spans;
+        if let Some(last) = last {
+            self.size_hint = last.min(MAX_SIZE_HINT);
+        }
+        std::mem::swap(&mut self.traces, &mut self.deciding);
     }
 
-    /// Records the decision of a trace taken out by [`Self::take`] in the decision caches, and
-    /// hands back the spans that arrived while it was decided, to follow the decision (counted
-    /// as late spans). After this, spans of the trace find the decision cached.
+    /// Records the decisions of traces taken out by [`Self::take`] or [`Self::take_all`] in the
+    /// decision caches, and hands the spans that arrived while each was decided to `late`, with
+    /// its decision, to follow it (counted as late spans). After this, spans of those traces
+    /// find their decision cached.
     pub(crate) fn settle(
         &mut self,
-        trace_id: TraceId,
-        decision: Option<&Arc<KeptDecision>>,
-    ) -> Option<Vec<S>> {
-        match decision {
-            Some(decision) => {
-                self.kept.insert(trace_id, decision.clone());
+        verdicts: &mut Vec<(TraceId, Option<Arc<KeptDecision>>)>,
+        late: &mut Vec<(Vec<S>, Option<Arc<KeptDecision>>)>,
+    ) {
+        // When the markers are exactly these traces' and hold no span (the usual case: all
+        // are there until settled, so equal counts mean equal sets), they are cleared at once
+        // instead of looked up one by one.
+        let only_these = self.held == 0 && self.deciding.len() == verdicts.len();
+        for (trace_id, decision) in verdicts.drain(..) {
+            match &decision {
+                Some(decision) => {
+                    self.kept.insert(trace_id, decision.clone());
+                }
+                None => self.dropped.insert(drop_key(&self.drop_keys, trace_id)),
             }
-            None => {
-                self.dropped.insert(drop_key(&self.drop_keys, trace_id));
+            if only_these {
+                continue;
             }
+            let Some(held) = self.deciding.remove(&trace_id) else {
+                continue;
+            };
+            if held.spans.is_empty() {
+                continue;
+            }
+            self.bytes -= held.bytes;
+            self.spans -= held.spans.len();
+            self.held -= held.spans.len();
+            let n = held.spans.len() as u64;
+            match decision {
+                Some(_) => self.stats.late_sampled += n,
+                None => self.stats.late_not_sampled += n,
+            }
+            late.push((held.spans, decision));
         }
-        let held = self.deciding.remove(&trace_id)?;
-        if held.spans.is_empty() {
-            return None;
+        if only_these {
+            self.deciding.clear();
         }
-        self.bytes -= held.bytes;
-        self.spans -= held.spans.len();
-        let late = held.spans.len() as u64;
-        match decision {
-            Some(_) => self.stats.late_sampled += late,
-            None => self.stats.late_not_sampled += late,
-        }
-        Some(held.spans)
     }
 
     /// Traces taken out and not settled yet.
@@ -527,15 +575,17 @@ mod tests {
         add(&mut s, TestSpan::new(1, 1).build(), 0, 10);
         let taken = s.take(TraceId::from(1), Trigger::Flush).unwrap();
         assert_eq!((taken.entry.spans.len(), s.bytes, s.spans), (1, 0, 0));
-        assert!(matches!(
-            s.offer(TestSpan::new(1, 2).child_of(1).build(), 1, 10),
-            Offer::Held
-        ));
+        match s.offer(TestSpan::new(1, 2).child_of(1).build(), 1, 10) {
+            Offer::Deciding(span) => s.hold(span, 1),
+            other => panic!("not handed back to be held: {other:?}"),
+        }
         assert!(s.bytes > 0 && s.spans == 1 && s.traces.is_empty());
         // Another trace is not held.
         add(&mut s, TestSpan::new(2, 1).build(), 1, 10);
-        let held = s.settle(TraceId::from(1), None).unwrap();
-        assert_eq!(held.len(), 1);
+        let mut late = Vec::new();
+        s.settle(&mut vec![(TraceId::from(1), None)], &mut late);
+        assert_eq!(late.len(), 1);
+        assert_eq!((late[0].0.len(), late[0].1.is_none()), (1, true));
         assert_eq!((s.deciding(), s.spans, s.stats.late_not_sampled), (0, 1, 1));
         // From now on the cache answers.
         assert!(matches!(
@@ -554,12 +604,40 @@ mod tests {
         s.take_all(Trigger::Flush, &mut out);
         assert_eq!((out.len(), s.deciding()), (1, 1));
         let decision = Arc::new(KeptDecision::new("p".into(), 1.0));
-        assert!(s.settle(TraceId::from(1), Some(&decision)).is_none());
+        let mut late = Vec::new();
+        s.settle(&mut vec![(TraceId::from(1), Some(decision))], &mut late);
+        assert!(late.is_empty());
         assert_eq!((s.deciding(), s.stats.late_sampled), (0, 0));
         assert!(matches!(
             s.offer(TestSpan::new(1, 2).child_of(1).build(), 1, 10),
             Offer::Kept(..)
         ));
+        // The flushed map became the marker map and back: new traces are buffered as before.
+        add(&mut s, TestSpan::new(2, 1).build(), 1, 10);
+        assert_eq!(s.traces.len(), 1);
+    }
+
+    #[test]
+    fn settling_one_round_should_leave_the_markers_of_another() {
+        let mut s = shard();
+        add(&mut s, TestSpan::new(1, 1).build(), 0, 10);
+        add(&mut s, TestSpan::new(2, 1).build(), 0, 10);
+        let mut other = Vec::new();
+        s.take_all(Trigger::Flush, &mut other);
+        add(&mut s, TestSpan::new(3, 1).build(), 0, 10);
+        s.take(TraceId::from(3), Trigger::Root).unwrap();
+        assert_eq!(s.deciding(), 3);
+        let mut late = Vec::new();
+        s.settle(&mut vec![(TraceId::from(3), None)], &mut late);
+        assert_eq!(s.deciding(), 2);
+        // Trace 2 is still in decision: its late span is held.
+        match s.offer(TestSpan::new(2, 2).child_of(1).build(), 1, 10) {
+            Offer::Deciding(span) => s.hold(span, 1),
+            other => panic!("not handed back to be held: {other:?}"),
+        }
+        let mut ids: Vec<_> = other.iter().map(|t| (t.trace_id, None)).collect();
+        s.settle(&mut ids, &mut late);
+        assert_eq!((s.deciding(), late.len(), s.spans, s.bytes), (0, 1, 0, 0));
     }
 
     /// A span sharing a block of `bytes` with identity `id`.

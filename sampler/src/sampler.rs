@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use opentelemetry::trace::TraceId;
 use opentelemetry::KeyValue;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, MutexGuard, RwLock};
 
 use crate::buffer::{Due, Offer, Shard, TraceEntry};
 use crate::cache::BoundedMap;
@@ -217,9 +217,33 @@ impl<S: SpanView> TailSampler<S> {
                 drop(span);
                 return;
             }
-            Offer::Held => return,
+            Offer::Deciding(span) => {
+                shard.hold(span, now);
+                return;
+            }
         };
-        // Traces decided here are only taken out under the lock; the decision comes after it.
+        if len < self.max_spans
+            && shard.traces.len() <= self.shard_traces
+            && shard.bytes <= self.shard_bytes
+        {
+            shard.compact();
+            return;
+        }
+        self.decide_now(slot, shard, trace_id, len, now, kept);
+    }
+
+    /// The ingest path that decides: `trace_id` reached `max_spans_per_trace`, or the shard is
+    /// over a bound. Traces are only taken out under the lock; they are decided after it.
+    #[inline(never)]
+    fn decide_now(
+        &self,
+        slot: &Mutex<Shard<S>>,
+        mut shard: MutexGuard<'_, Shard<S>>,
+        trace_id: TraceId,
+        len: usize,
+        now: u64,
+        kept: &mut Vec<S>,
+    ) {
         let mut taken = Vec::new();
         if len >= self.max_spans {
             taken.extend(shard.take(trace_id, Trigger::MaxSpans));

@@ -79,11 +79,7 @@ impl<S: SpanView> TailSampler<S> {
     /// Records the round's decisions and counts in `shard` (locked by the caller).
     fn settle(&self, shard: &mut Shard<S>, round: &mut Round<S>) {
         round.tally.drain_into(&mut shard.tally);
-        for (trace_id, decision) in round.verdicts.drain(..) {
-            if let Some(spans) = shard.settle(trace_id, decision.as_ref()) {
-                round.late.push((spans, decision));
-            }
-        }
+        shard.settle(&mut round.verdicts, &mut round.late);
     }
 
     /// The job id of a trace: the first span carrying the job attribute decides.

@@ -12,18 +12,32 @@
 //! oldest trace under pressure); `root_due` holds "root ended or a later span came, decide at
 //! time T" items. A queue item carries the trace's generation, so items of a trace decided since
 //! (or of an older incarnation of the same trace id) are recognised as stale and skipped.
+//!
+//! Why traces are decided outside the lock: a decision runs every policy over every span of the
+//! trace, and a slow one (a regex over a long attribute, a large trace) would stall every span
+//! of the shard behind it, on a receiver's thread too. So a due trace is taken out of the shard
+//! under the lock ([`Shard::take`]), leaving an "in decision" marker, and decided with the lock
+//! released; the decision is then recorded in the caches under the lock again
+//! ([`Shard::settle`]). A span of that trace arriving in between is held by the marker and
+//! settled with the decision, exactly like a late span that finds the decision cached.
+//!
+//! Why shared bytes are charged per run: spans of one request share their resource and scope
+//! (one allocation kept alive by all of them). Charging that block once per run of consecutive
+//! spans with the same identity counts it once for the common case (a trace's spans from one
+//! service arrive together) and never misses it, at the cost of counting it again when spans
+//! of two services alternate: an overestimate, the safe side for a memory bound.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::mem::size_of;
 use std::sync::Arc;
 
-use foldhash::fast::FixedState;
 use opentelemetry::trace::TraceId;
 
-use crate::cache::{BoundedMap, DropFilter};
+use crate::cache::{fingerprint, BoundedMap, DropFilter};
 use crate::decision::KeptDecision;
-use crate::metrics::DecisionTally;
+use crate::hash::{id_state, IdState};
+use crate::metrics::{DecisionTally, Trigger};
 use crate::span::SpanView;
 
 /// A pending trace.
@@ -35,6 +49,22 @@ pub(crate) struct TraceEntry<S> {
     pub(crate) last_seen: u64,
     pub(crate) root_ended: bool,
     pub(crate) bytes: usize,
+    /// Identity of the shared block (see [`SpanView::shared_bytes`]) charged last.
+    shared: usize,
+}
+
+impl<S> TraceEntry<S> {
+    fn new(spans: Vec<S>, generation: u64, now: u64, bytes: usize) -> Self {
+        Self {
+            spans,
+            generation,
+            first_seen: now,
+            last_seen: now,
+            root_ended: false,
+            bytes,
+            shared: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -67,11 +97,18 @@ pub(crate) struct ShardStats {
 /// One shard: see the module docs.
 #[derive(Debug)]
 pub(crate) struct Shard<S> {
-    pub(crate) traces: HashMap<TraceId, TraceEntry<S>, FixedState>,
+    pub(crate) traces: HashMap<TraceId, TraceEntry<S>, IdState>,
+    /// Traces taken out to be decided, each holding the spans that arrived since (see the module
+    /// docs); empty most of the time.
+    deciding: HashMap<TraceId, TraceEntry<S>, IdState>,
+    /// Spans held in `deciding`.
+    held: usize,
     by_age: VecDeque<QueueItem>,
     root_due: VecDeque<QueueItem>,
     pub(crate) kept: BoundedMap<TraceId, Arc<KeptDecision>>,
-    pub(crate) dropped: DropFilter,
+    dropped: DropFilter,
+    /// Seeds the fingerprints of the dropped-decision cache.
+    drop_keys: IdState,
     pub(crate) bytes: usize,
     pub(crate) spans: usize,
     next_generation: u64,
@@ -91,6 +128,18 @@ pub(crate) enum Offer<S> {
     Kept(S, Arc<KeptDecision>),
     /// Its trace was not kept: the span is handed back to be dropped.
     NotKept(S),
+    /// Its trace is being decided: the span is handed back to be held with [`Shard::hold`]
+    /// (kept out of this hot path, which is inlined into every ingest).
+    Deciding(S),
+}
+
+/// A trace taken out of its shard to be decided.
+#[derive(Debug)]
+pub(crate) struct Taken<S> {
+    pub(crate) trace_id: TraceId,
+    pub(crate) entry: TraceEntry<S>,
+    /// Why it is decided.
+    pub(crate) trigger: Trigger,
 }
 
 /// How many of the oldest traces pressure looks at to find one whose root has ended.
@@ -104,26 +153,31 @@ const MAX_SIZE_HINT: usize = 64;
 fn push<S: SpanView>(entry: &mut TraceEntry<S>, span: S, now: u64) -> (usize, u64, usize, bool) {
     let size = span.size_bytes();
     let is_root = span.is_local_root();
-    // A new entry's reserved room is charged with its first span (old capacity counts as 0).
-    let old_cap = if entry.spans.is_empty() {
-        0
-    } else {
-        entry.spans.capacity()
+    let first = entry.spans.is_empty();
+    // The shared block is charged again whenever it differs from the previous span's.
+    let shared = match span.shared_bytes() {
+        Some((id, bytes)) if first || id != entry.shared => {
+            entry.shared = id;
+            bytes
+        }
+        _ => 0,
     };
+    // A new entry's reserved room is charged with its first span (old capacity counts as 0).
+    let old_cap = if first { 0 } else { entry.spans.capacity() };
     entry.spans.push(span);
     // The vector's slots hold each span's inline part; `size` counts it too.
-    let delta =
-        size.saturating_sub(size_of::<S>()) + (entry.spans.capacity() - old_cap) * size_of::<S>();
+    let delta = size.saturating_sub(size_of::<S>())
+        + (entry.spans.capacity() - old_cap) * size_of::<S>()
+        + shared;
     entry.bytes += delta;
     entry.last_seen = now;
     entry.root_ended |= is_root;
     (delta, entry.generation, entry.spans.len(), entry.root_ended)
 }
 
-/// Folds a trace id into the 64-bit key of the dropped-decision cache.
-pub(crate) fn fold(trace_id: TraceId) -> u64 {
-    let v = u128::from_be_bytes(trace_id.to_bytes());
-    (v >> 64) as u64 ^ v as u64
+/// The key of `trace_id` in the dropped-decision cache.
+fn drop_key(keys: &IdState, trace_id: TraceId) -> u64 {
+    fingerprint(keys, &u128::from_be_bytes(trace_id.to_bytes()))
 }
 
 impl<S: SpanView> Shard<S> {
@@ -134,11 +188,14 @@ impl<S: SpanView> Shard<S> {
         policies: usize,
     ) -> Self {
         Self {
-            traces: HashMap::with_capacity_and_hasher(expected_traces, FixedState::default()),
+            traces: HashMap::with_capacity_and_hasher(expected_traces, id_state()),
+            deciding: HashMap::with_hasher(id_state()),
+            held: 0,
             by_age: VecDeque::new(),
             root_due: VecDeque::new(),
             kept: BoundedMap::new(kept_cache),
             dropped: DropFilter::new(dropped_cache),
+            drop_keys: id_state(),
             bytes: 0,
             spans: 0,
             next_generation: 0,
@@ -149,8 +206,9 @@ impl<S: SpanView> Shard<S> {
     }
 
     /// Buffers `span` in its trace, starting the trace if it is new, unless the decision caches
-    /// say the trace was decided already: then the span is handed back to follow that decision.
-    /// One map lookup per span; the span is moved once, into its trace.
+    /// say the trace was decided already: then the span is handed back to follow that decision;
+    /// or unless the trace is being decided: then the span is held until the decision is
+    /// settled. One map lookup per span; the span is moved once, into its trace.
     #[inline(always)]
     pub(crate) fn offer(&mut self, span: S, now: u64, after_root: u64) -> Offer<S> {
         let trace_id = span.trace_id();
@@ -170,20 +228,21 @@ impl<S: SpanView> Shard<S> {
                     self.stats.late_sampled += 1;
                     return Offer::Kept(span, decision.clone());
                 }
-                if self.dropped.contains(fold(trace_id)) {
+                if self.dropped.contains(drop_key(&self.drop_keys, trace_id)) {
                     self.stats.late_not_sampled += 1;
                     return Offer::NotKept(span);
                 }
+                if !self.deciding.is_empty() && self.deciding.contains_key(&trace_id) {
+                    return Offer::Deciding(span);
+                }
                 let generation = self.next_generation;
                 self.next_generation += 1;
-                let entry = slot.insert(TraceEntry {
-                    spans: Vec::with_capacity(self.size_hint),
+                let entry = slot.insert(TraceEntry::new(
+                    Vec::with_capacity(self.size_hint),
                     generation,
-                    first_seen: now,
-                    last_seen: now,
-                    root_ended: false,
-                    bytes: TRACE_OVERHEAD,
-                });
+                    now,
+                    TRACE_OVERHEAD,
+                ));
                 let (delta, _, len, root_ended) = push(entry, span, now);
                 self.bytes += TRACE_OVERHEAD + delta;
                 self.spans += 1;
@@ -201,6 +260,19 @@ impl<S: SpanView> Shard<S> {
         }
     }
 
+    /// Holds a span that [`Self::offer`] handed back as [`Offer::Deciding`] until its trace's
+    /// decision is settled; charged to the shard meanwhile.
+    #[inline(never)]
+    pub(crate) fn hold(&mut self, span: S, now: u64) {
+        let trace_id = span.trace_id();
+        if let Some(held) = self.deciding.get_mut(&trace_id) {
+            let (delta, ..) = push(held, span, now);
+            self.bytes += delta;
+            self.spans += 1;
+            self.held += 1;
+        }
+    }
+
     fn push_root_due(&mut self, trace_id: TraceId, generation: u64, now: u64, after_root: u64) {
         self.root_due.push_back(QueueItem {
             at: now.saturating_add(after_root),
@@ -210,10 +282,123 @@ impl<S: SpanView> Shard<S> {
     }
 
     /// Takes a trace out of the buffer.
+    #[cfg(test)]
     pub(crate) fn remove(&mut self, trace_id: TraceId) -> Option<TraceEntry<S>> {
         let entry = self.traces.remove(&trace_id)?;
         self.forget(&entry);
         Some(entry)
+    }
+
+    /// Takes a trace out of the buffer to be decided, leaving the "in decision" marker that
+    /// holds its late spans until [`Self::settle`]. Its bytes are released now, so a caller
+    /// relieving pressure sees them go.
+    pub(crate) fn take(&mut self, trace_id: TraceId, trigger: Trigger) -> Option<Taken<S>> {
+        let entry = self.traces.remove(&trace_id)?;
+        self.forget(&entry);
+        self.mark(trace_id);
+        Some(Taken {
+            trace_id,
+            entry,
+            trigger,
+        })
+    }
+
+    fn mark(&mut self, trace_id: TraceId) {
+        self.deciding
+            .insert(trace_id, TraceEntry::new(Vec::new(), 0, 0, 0));
+    }
+
+    /// Takes every pending trace out to be decided (for flush), emptying the deadline queues.
+    pub(crate) fn take_all(&mut self, trigger: Trigger, out: &mut Vec<Taken<S>>) {
+        self.by_age.clear();
+        self.root_due.clear();
+        out.reserve(self.traces.len());
+        if !self.deciding.is_empty() {
+            // Another round is in progress: mark each trace beside its markers.
+            let mut traces = std::mem::take(&mut self.traces);
+            for (trace_id, entry) in traces.drain() {
+                self.forget(&entry);
+                self.mark(trace_id);
+                out.push(Taken {
+                    trace_id,
+                    entry,
+                    trigger,
+                });
+            }
+            self.traces = traces;
+            return;
+        }
+        // The usual case: each entry is emptied in place and stays as its trace's marker, and
+        // the whole map becomes the marker map (no lookup per trace). The marker map, empty,
+        // becomes the trace map, so both keep their room from flush to flush.
+        let (mut bytes, mut spans, mut last) = (0, 0, None);
+        for (&trace_id, slot) in self.traces.iter_mut() {
+            let entry = std::mem::replace(slot, TraceEntry::new(Vec::new(), 0, 0, 0));
+            bytes += entry.bytes;
+            spans += entry.spans.len();
+            last = Some(entry.spans.len());
+            out.push(Taken {
+                trace_id,
+                entry,
+                trigger,
+            });
+        }
+        self.bytes -= bytes;
+        self.spans -= spans;
+        if let Some(last) = last {
+            self.size_hint = last.min(MAX_SIZE_HINT);
+        }
+        std::mem::swap(&mut self.traces, &mut self.deciding);
+    }
+
+    /// Records the decisions of traces taken out by [`Self::take`] or [`Self::take_all`] in the
+    /// decision caches, and hands the spans that arrived while each was decided to `late`, with
+    /// its decision, to follow it (counted as late spans). After this, spans of those traces
+    /// find their decision cached.
+    pub(crate) fn settle(
+        &mut self,
+        verdicts: &mut Vec<(TraceId, Option<Arc<KeptDecision>>)>,
+        late: &mut Vec<(Vec<S>, Option<Arc<KeptDecision>>)>,
+    ) {
+        // When the markers are exactly these traces' and hold no span (the usual case: all
+        // are there until settled, so equal counts mean equal sets), they are cleared at once
+        // instead of looked up one by one.
+        let only_these = self.held == 0 && self.deciding.len() == verdicts.len();
+        for (trace_id, decision) in verdicts.drain(..) {
+            match &decision {
+                Some(decision) => {
+                    self.kept.insert(trace_id, decision.clone());
+                }
+                None => self.dropped.insert(drop_key(&self.drop_keys, trace_id)),
+            }
+            if only_these {
+                continue;
+            }
+            let Some(held) = self.deciding.remove(&trace_id) else {
+                continue;
+            };
+            if held.spans.is_empty() {
+                continue;
+            }
+            self.bytes -= held.bytes;
+            self.spans -= held.spans.len();
+            self.held -= held.spans.len();
+            let n = held.spans.len() as u64;
+            match decision {
+                Some(_) => self.stats.late_sampled += n,
+                None => self.stats.late_not_sampled += n,
+            }
+            late.push((held.spans, decision));
+        }
+        if only_these {
+            self.deciding.clear();
+        }
+    }
+
+    /// Traces taken out and not settled yet.
+    #[cfg(test)]
+    pub(crate) fn deciding(&self) -> usize {
+        self.deciding.len()
     }
 
     /// Accounts for `entry` having left the buffer.
@@ -223,20 +408,16 @@ impl<S: SpanView> Shard<S> {
         self.spans -= entry.spans.len();
     }
 
-    /// Takes every pending trace out of the buffer (for flush and shutdown), emptying the
-    /// deadline queues, and hands each to `decide` with the shard. The map keeps its room for
-    /// the traces to come: entries are drained in place, not looked up one by one.
-    pub(crate) fn drain_with(&mut self, mut decide: impl FnMut(&mut Self, TraceId, TraceEntry<S>)) {
+    /// Takes every pending trace out of the buffer undecided (for shutdown without flush),
+    /// emptying the deadline queues; no marker is left, as nothing will be decided.
+    pub(crate) fn drain_undecided(&mut self, out: &mut Vec<TraceEntry<S>>) {
         self.by_age.clear();
         self.root_due.clear();
-        // While the entries are handed out the map is set aside (`decide` sees an empty one),
-        // so `decide` may use the rest of the shard.
         let mut traces = std::mem::take(&mut self.traces);
-        for (trace_id, entry) in traces.drain() {
+        for (_, entry) in traces.drain() {
             self.forget(&entry);
-            decide(self, trace_id, entry);
+            out.push(entry);
         }
-        debug_assert!(self.traces.is_empty());
         self.traces = traces;
     }
 
@@ -386,6 +567,144 @@ mod tests {
         s.remove(TraceId::from(2));
         s.remove(TraceId::from(1));
         assert_eq!(s.pop_for_pressure(), Some(TraceId::from(3)));
+    }
+
+    #[test]
+    fn a_span_of_a_trace_in_decision_should_be_held_and_handed_back_on_settle() {
+        let mut s = shard();
+        add(&mut s, TestSpan::new(1, 1).build(), 0, 10);
+        let taken = s.take(TraceId::from(1), Trigger::Flush).unwrap();
+        assert_eq!((taken.entry.spans.len(), s.bytes, s.spans), (1, 0, 0));
+        match s.offer(TestSpan::new(1, 2).child_of(1).build(), 1, 10) {
+            Offer::Deciding(span) => s.hold(span, 1),
+            other => panic!("not handed back to be held: {other:?}"),
+        }
+        assert!(s.bytes > 0 && s.spans == 1 && s.traces.is_empty());
+        // Another trace is not held.
+        add(&mut s, TestSpan::new(2, 1).build(), 1, 10);
+        let mut late = Vec::new();
+        s.settle(&mut vec![(TraceId::from(1), None)], &mut late);
+        assert_eq!(late.len(), 1);
+        assert_eq!((late[0].0.len(), late[0].1.is_none()), (1, true));
+        assert_eq!((s.deciding(), s.spans, s.stats.late_not_sampled), (0, 1, 1));
+        // From now on the cache answers.
+        assert!(matches!(
+            s.offer(TestSpan::new(1, 3).child_of(1).build(), 2, 10),
+            Offer::NotKept(_)
+        ));
+        s.remove(TraceId::from(2)).unwrap();
+        assert_eq!((s.bytes, s.spans), (0, 0));
+    }
+
+    #[test]
+    fn settling_a_trace_without_late_spans_should_record_the_decision_only() {
+        let mut s = shard();
+        add(&mut s, TestSpan::new(1, 1).build(), 0, 10);
+        let mut out = Vec::new();
+        s.take_all(Trigger::Flush, &mut out);
+        assert_eq!((out.len(), s.deciding()), (1, 1));
+        let decision = Arc::new(KeptDecision::new("p".into(), 1.0));
+        let mut late = Vec::new();
+        s.settle(&mut vec![(TraceId::from(1), Some(decision))], &mut late);
+        assert!(late.is_empty());
+        assert_eq!((s.deciding(), s.stats.late_sampled), (0, 0));
+        assert!(matches!(
+            s.offer(TestSpan::new(1, 2).child_of(1).build(), 1, 10),
+            Offer::Kept(..)
+        ));
+        // The flushed map became the marker map and back: new traces are buffered as before.
+        add(&mut s, TestSpan::new(2, 1).build(), 1, 10);
+        assert_eq!(s.traces.len(), 1);
+    }
+
+    #[test]
+    fn settling_one_round_should_leave_the_markers_of_another() {
+        let mut s = shard();
+        add(&mut s, TestSpan::new(1, 1).build(), 0, 10);
+        add(&mut s, TestSpan::new(2, 1).build(), 0, 10);
+        let mut other = Vec::new();
+        s.take_all(Trigger::Flush, &mut other);
+        add(&mut s, TestSpan::new(3, 1).build(), 0, 10);
+        s.take(TraceId::from(3), Trigger::Root).unwrap();
+        assert_eq!(s.deciding(), 3);
+        let mut late = Vec::new();
+        s.settle(&mut vec![(TraceId::from(3), None)], &mut late);
+        assert_eq!(s.deciding(), 2);
+        // Trace 2 is still in decision: its late span is held.
+        match s.offer(TestSpan::new(2, 2).child_of(1).build(), 1, 10) {
+            Offer::Deciding(span) => s.hold(span, 1),
+            other => panic!("not handed back to be held: {other:?}"),
+        }
+        let mut ids: Vec<_> = other.iter().map(|t| (t.trace_id, None)).collect();
+        s.settle(&mut ids, &mut late);
+        assert_eq!((s.deciding(), late.len(), s.spans, s.bytes), (0, 1, 0, 0));
+    }
+
+    /// A span sharing a block of `bytes` with identity `id`.
+    #[derive(Debug)]
+    struct Sharing(SpanData, Option<(usize, usize)>);
+
+    impl SpanView for Sharing {
+        fn trace_id(&self) -> TraceId {
+            self.0.trace_id()
+        }
+        fn is_local_root(&self) -> bool {
+            self.0.is_local_root()
+        }
+        fn status(&self) -> crate::span::StatusKind {
+            self.0.status()
+        }
+        fn start_time(&self) -> std::time::SystemTime {
+            self.0.start_time
+        }
+        fn end_time(&self) -> std::time::SystemTime {
+            self.0.end_time
+        }
+        fn attribute(&self, key: &str) -> Option<crate::span::AttrValue<'_>> {
+            self.0.attribute(key)
+        }
+        fn trace_state(&self, key: &str) -> Option<&str> {
+            self.0.trace_state(key)
+        }
+        fn size_bytes(&self) -> usize {
+            100
+        }
+        fn shared_bytes(&self) -> Option<(usize, usize)> {
+            self.1
+        }
+        fn annotate(&mut self, decision: &KeptDecision) {
+            self.0.annotate(decision);
+        }
+    }
+
+    #[test]
+    fn shared_bytes_should_be_charged_once_per_run_of_one_identity() {
+        type S = Box<Sharing>;
+        let mut s: Shard<S> = Shard::new(10, 10, 0, 1);
+        // The block of identity 7 is paid by the first span; the rest of its run does not pay,
+        // nor does a span sharing nothing; a new identity, and the old one again, start runs.
+        let spans = [
+            (Some((7, 1000)), 1000),
+            (Some((7, 1000)), 0),
+            (None, 0),
+            (Some((7, 1000)), 0),
+            (Some((8, 500)), 500),
+            (Some((7, 1000)), 1000),
+        ];
+        let mut shared = 0;
+        for (i, (block, charged)) in spans.into_iter().enumerate() {
+            let data = TestSpan::new(1, i as u64 + 2).child_of(1).build();
+            assert!(matches!(
+                s.offer(Box::new(Sharing(data, block)), 0, 10),
+                Offer::Buffered(_)
+            ));
+            shared += charged;
+            // Each span: its 100 bytes beyond the slot; the slots: the vector's capacity.
+            let slots = s.traces[&TraceId::from(1)].spans.capacity() * size_of::<S>();
+            assert_eq!(s.bytes, TRACE_OVERHEAD + 100 * (i + 1) + slots + shared);
+        }
+        s.remove(TraceId::from(1)).unwrap();
+        assert_eq!(s.bytes, 0);
     }
 
     #[test]

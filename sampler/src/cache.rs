@@ -9,16 +9,20 @@
 //! of 64-bit fingerprints in two-way buckets, 8 bytes per remembered id, allocated once, no
 //! per-insert allocation; a new id displaces the older of its bucket. A false "dropped" needs
 //! two trace ids with equal 64-bit fingerprints (about 2^-64 per lookup).
+//!
+//! Both are keyed by ids that senders choose, so both hash with a random seed (see
+//! [`crate::hash`]): the map through its hasher, the filter through the fingerprints its owner
+//! computes with a seeded hasher, so nobody can aim ids at one bucket.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash};
 
-use foldhash::fast::FixedState;
+use crate::hash::{id_state, IdState};
 
 /// A map that forgets its oldest insertions beyond `capacity` (0 disables it).
 #[derive(Debug)]
 pub(crate) struct BoundedMap<K, V> {
-    map: HashMap<K, V, FixedState>,
+    map: HashMap<K, V, IdState>,
     order: VecDeque<K>,
     capacity: usize,
 }
@@ -26,7 +30,7 @@ pub(crate) struct BoundedMap<K, V> {
 impl<K: Hash + Eq + Copy, V> BoundedMap<K, V> {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            map: HashMap::with_hasher(FixedState::default()),
+            map: HashMap::with_hasher(id_state()),
             order: VecDeque::new(),
             capacity,
         }
@@ -66,7 +70,9 @@ impl<K: Hash + Eq + Copy, V> BoundedMap<K, V> {
     }
 }
 
-/// Remembers up to about `capacity` 64-bit fingerprints (see the module docs).
+/// Remembers up to about `capacity` 64-bit fingerprints (see the module docs). The fingerprints
+/// must come from a seeded hash ([`fingerprint`] with a random [`IdState`]): their bits choose
+/// the bucket.
 #[derive(Debug)]
 pub(crate) struct DropFilter {
     buckets: Vec<[u64; 2]>,
@@ -111,9 +117,9 @@ impl DropFilter {
     }
 }
 
-/// A 64-bit fingerprint of a value, stable within the process.
-pub(crate) fn fingerprint<T: Hash + ?Sized>(value: &T) -> u64 {
-    FixedState::with_seed(0x7472_6163_6571).hash_one(value)
+/// A 64-bit fingerprint of a value, stable for one `state` (give each table its own).
+pub(crate) fn fingerprint<T: Hash + ?Sized>(state: &IdState, value: &T) -> u64 {
+    state.hash_one(value)
 }
 
 #[cfg(test)]
@@ -143,17 +149,19 @@ mod tests {
 
     #[test]
     fn drop_filter_should_remember_recent_ids_and_forget_old_ones() {
+        let state = id_state();
+        let fp = |v: &u64| fingerprint(&state, v);
         let mut f = DropFilter::new(1024);
         for id in 0..512u64 {
-            f.insert(fingerprint(&id));
+            f.insert(fp(&id));
         }
-        let remembered = (0..512u64).filter(|id| f.contains(fingerprint(id))).count();
+        let remembered = (0..512u64).filter(|id| f.contains(fp(id))).count();
         assert!(remembered > 400, "{remembered}");
-        assert!(!f.contains(fingerprint(&100_000u64)));
+        assert!(!f.contains(fp(&100_000u64)));
         for id in 1000..100_000u64 {
-            f.insert(fingerprint(&id));
+            f.insert(fp(&id));
         }
-        let old = (0..512u64).filter(|id| f.contains(fingerprint(id))).count();
+        let old = (0..512u64).filter(|id| f.contains(fp(id))).count();
         assert!(old < 5, "{old}");
         let mut off = DropFilter::new(0);
         off.insert(1);
@@ -161,8 +169,10 @@ mod tests {
     }
 
     #[test]
-    fn fingerprint_should_be_stable() {
-        assert_eq!(fingerprint("job-1"), fingerprint("job-1"));
-        assert_ne!(fingerprint("job-1"), fingerprint("job-2"));
+    fn fingerprint_should_be_stable_for_one_state_and_differ_between_states() {
+        let (a, b) = (id_state(), id_state());
+        assert_eq!(fingerprint(&a, "job-1"), fingerprint(&a, "job-1"));
+        assert_ne!(fingerprint(&a, "job-1"), fingerprint(&a, "job-2"));
+        assert_ne!(fingerprint(&a, "job-1"), fingerprint(&b, "job-1"));
     }
 }

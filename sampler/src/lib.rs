@@ -62,6 +62,7 @@ mod config;
 mod decision;
 mod duration;
 mod error;
+mod hash;
 mod metrics;
 mod policy;
 mod processor;

@@ -69,6 +69,37 @@ impl DecisionTally {
         self.latency_max_nanos = self.latency_max_nanos.max(nanos);
     }
 
+    /// Adds these counts to `into` and zeroes them (the policy list keeps its room).
+    pub(crate) fn drain_into(&mut self, into: &mut Self) {
+        into.traces_sampled += self.traces_sampled;
+        into.traces_not_sampled += self.traces_not_sampled;
+        into.spans_sampled += self.spans_sampled;
+        into.spans_not_sampled += self.spans_not_sampled;
+        for (to, from) in into.by_trigger.iter_mut().zip(self.by_trigger) {
+            *to += from;
+        }
+        into.early_sampled += self.early_sampled;
+        into.job_linked += self.job_linked;
+        into.latency_count += self.latency_count;
+        into.latency_sum_nanos = into
+            .latency_sum_nanos
+            .saturating_add(self.latency_sum_nanos);
+        into.latency_max_nanos = into.latency_max_nanos.max(self.latency_max_nanos);
+        for (to, from) in into.policies.iter_mut().zip(&self.policies) {
+            to.sampled += from.sampled;
+            to.not_sampled += from.not_sampled;
+            to.dropped += from.dropped;
+            to.credited_traces += from.credited_traces;
+            to.credited_spans += from.credited_spans;
+        }
+        let mut policies = std::mem::take(&mut self.policies);
+        policies.fill(PolicyTally::default());
+        *self = Self {
+            policies,
+            ..Self::default()
+        };
+    }
+
     pub(crate) fn add_to(&self, m: &mut SamplerMetrics) {
         m.global_count_traces_sampled += self.traces_sampled;
         m.global_count_traces_not_sampled += self.traces_not_sampled;

@@ -10,6 +10,12 @@
 //! periodically and [`TailSampler::flush`] at the end, and export what they are handed. The
 //! [`TailSamplingProcessor`](crate::TailSamplingProcessor) does exactly that, and so does the
 //! pipeline of `traceq collector` with the OTLP spans its receivers decode.
+//!
+//! Why no decision under a shard lock: evaluating policies and looking up job ids reads every
+//! span of a trace, and can be slow. Each decision round takes due traces out of their shard
+//! under its lock, releases it, decides them, and locks again only to record the decisions (see
+//! [`crate::buffer`] for how spans arriving in between follow the decision). A slow decision
+//! then delays only the caller that makes it, never the other spans of its shard.
 
 use std::fmt;
 use std::hash::BuildHasher;
@@ -17,23 +23,31 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use foldhash::fast::FixedState;
 use opentelemetry::trace::TraceId;
 use opentelemetry::KeyValue;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, MutexGuard, RwLock};
 
-use crate::buffer::{fold, Due, Offer, Shard, TraceEntry};
-use crate::cache::{fingerprint, BoundedMap};
+use crate::buffer::{Due, Offer, Shard, TraceEntry};
+use crate::cache::BoundedMap;
 use crate::clock::{nanos, Clock, Elapsed, SystemClock};
 use crate::config::SamplerConfig;
-use crate::decision::{KeptDecision, JOB_LINKAGE_POLICY, SEGMENT_ATTRIBUTE};
+use crate::decision::{KeptDecision, JOB_LINKAGE_POLICY};
 use crate::error::ConfigError;
+use crate::hash::{id_state, IdState};
 use crate::metrics::{Counters, PolicyMetrics, SamplerMetrics, Trigger};
-use crate::policy::{EvalContext, Outcome, PolicySet};
-use crate::span::{AttrValue, SpanView, StatusKind};
+use crate::policy::PolicySet;
+use crate::span::SpanView;
+
+mod decide;
+
+use decide::Round;
 
 /// Smallest share of `num_traces` a shard gets; fewer shards are used for tiny buffers.
 const MIN_TRACES_PER_SHARD: usize = 16;
+
+/// Most due traces one poll takes out of a shard at a time: bounds how long spans arriving for
+/// them are held, and how much memory is out of the buffer's accounting while they are decided.
+const POLL_BATCH: usize = 256;
 
 /// Buffers spans per trace and decides which traces to keep.
 ///
@@ -57,7 +71,7 @@ const MIN_TRACES_PER_SHARD: usize = 16;
 pub struct TailSampler<S> {
     shards: Box<[Mutex<Shard<S>>]>,
     shard_mask: usize,
-    hasher: FixedState,
+    hasher: IdState,
     policies: PolicySet,
     counters: Counters,
     clock: Elapsed,
@@ -67,6 +81,8 @@ pub struct TailSampler<S> {
     shard_traces: usize,
     shard_bytes: usize,
     job_key: String,
+    /// Seeds the fingerprints of job ids in `jobs`.
+    job_ids: IdState,
     /// Jobs kept for an error, with the earliest segment so kept (`i64::MIN` when unknown).
     jobs: Mutex<BoundedMap<u64, i64>>,
     /// True once any job was kept for an error: until then no trace needs its job id looked up.
@@ -137,7 +153,7 @@ impl<S: SpanView> TailSampler<S> {
         Ok(Self {
             shards: shard_list,
             shard_mask: shards - 1,
-            hasher: FixedState::with_seed(0x5eed),
+            hasher: id_state(),
             policies,
             counters: Counters::default(),
             clock: Elapsed::new(clock),
@@ -147,6 +163,7 @@ impl<S: SpanView> TailSampler<S> {
             shard_traces: (config.num_traces / shards).max(1),
             shard_bytes: (config.max_buffer_bytes / shards).max(1),
             job_key: config.job_id_key.clone(),
+            job_ids: id_state(),
             jobs: Mutex::new(BoundedMap::new(config.job_cache_size)),
             any_job: AtomicBool::new(false),
             job_decision: Arc::new(KeptDecision::new(Arc::from(JOB_LINKAGE_POLICY), 1.0)),
@@ -162,7 +179,8 @@ impl<S: SpanView> TailSampler<S> {
 
     /// Offers one finished span. Spans of traces decided here (late spans of kept traces, traces
     /// that reached `max_spans_per_trace`, traces decided early under pressure) that are kept are
-    /// appended to `kept`, annotated. Never blocks on I/O; holds one shard lock briefly.
+    /// appended to `kept`, annotated. Never blocks on I/O; holds its shard's lock only briefly,
+    /// and not while a trace it triggers is decided.
     pub fn ingest(&self, span: S, kept: &mut Vec<S>) {
         self.ingest_at(span, self.clock.nanos(), kept);
     }
@@ -183,7 +201,8 @@ impl<S: SpanView> TailSampler<S> {
     #[inline(always)]
     fn ingest_at(&self, span: S, now: u64, kept: &mut Vec<S>) {
         let trace_id = span.trace_id();
-        let mut shard = self.shard(trace_id).lock();
+        let slot = self.shard(trace_id);
+        let mut shard = slot.lock();
         shard.stats.spans_received += 1;
         let len = match shard.offer(span, now, self.after_root) {
             Offer::Buffered(len) => len,
@@ -198,28 +217,51 @@ impl<S: SpanView> TailSampler<S> {
                 drop(span);
                 return;
             }
-        };
-        if len >= self.max_spans {
-            let resource = self.resource.read().clone();
-            self.decide(
-                &mut shard,
-                trace_id,
-                Trigger::MaxSpans,
-                now,
-                &resource,
-                kept,
-            );
-        }
-        if shard.traces.len() > self.shard_traces || shard.bytes > self.shard_bytes {
-            let resource = self.resource.read().clone();
-            while shard.traces.len() > self.shard_traces || shard.bytes > self.shard_bytes {
-                let Some(oldest) = shard.pop_for_pressure() else {
-                    break;
-                };
-                self.decide(&mut shard, oldest, Trigger::Pressure, now, &resource, kept);
+            Offer::Deciding(span) => {
+                shard.hold(span, now);
+                return;
             }
+        };
+        if len < self.max_spans
+            && shard.traces.len() <= self.shard_traces
+            && shard.bytes <= self.shard_bytes
+        {
+            shard.compact();
+            return;
+        }
+        self.decide_now(slot, shard, trace_id, len, now, kept);
+    }
+
+    /// The ingest path that decides: `trace_id` reached `max_spans_per_trace`, or the shard is
+    /// over a bound. Traces are only taken out under the lock; they are decided after it.
+    #[inline(never)]
+    fn decide_now(
+        &self,
+        slot: &Mutex<Shard<S>>,
+        mut shard: MutexGuard<'_, Shard<S>>,
+        trace_id: TraceId,
+        len: usize,
+        now: u64,
+        kept: &mut Vec<S>,
+    ) {
+        let mut taken = Vec::new();
+        if len >= self.max_spans {
+            taken.extend(shard.take(trace_id, Trigger::MaxSpans));
+        }
+        while shard.traces.len() > self.shard_traces || shard.bytes > self.shard_bytes {
+            let Some(oldest) = shard.pop_for_pressure() else {
+                break;
+            };
+            taken.extend(shard.take(oldest, Trigger::Pressure));
         }
         shard.compact();
+        drop(shard);
+        if !taken.is_empty() {
+            let resource = self.resource.read().clone();
+            let mut round = Round::new(self.policies.len());
+            round.taken = taken;
+            self.decide_round(slot, &mut round, now, &resource, kept);
+        }
     }
 
     /// Decides every trace whose deadline passed; kept spans are appended to `kept`.
@@ -227,35 +269,50 @@ impl<S: SpanView> TailSampler<S> {
     pub fn poll(&self, kept: &mut Vec<S>) -> usize {
         let now = self.clock.nanos();
         let resource = self.resource.read().clone();
+        let mut round = Round::new(self.policies.len());
         let mut decided = 0;
-        for shard in self.shards.iter() {
-            let mut shard = shard.lock();
-            while let Some((trace_id, due)) =
-                shard.pop_due(now, self.decision_wait, self.after_root)
-            {
-                let trigger = match due {
-                    Due::Root => Trigger::Root,
-                    Due::Wait => Trigger::Wait,
-                };
-                self.decide(&mut shard, trace_id, trigger, now, &resource, kept);
-                decided += 1;
+        for slot in self.shards.iter() {
+            loop {
+                {
+                    let mut shard = slot.lock();
+                    while round.taken.len() < POLL_BATCH {
+                        let Some((trace_id, due)) =
+                            shard.pop_due(now, self.decision_wait, self.after_root)
+                        else {
+                            break;
+                        };
+                        let trigger = match due {
+                            Due::Root => Trigger::Root,
+                            Due::Wait => Trigger::Wait,
+                        };
+                        round.taken.extend(shard.take(trace_id, trigger));
+                    }
+                    shard.compact();
+                }
+                if round.taken.is_empty() {
+                    break;
+                }
+                decided += round.taken.len();
+                self.decide_round(slot, &mut round, now, &resource, kept);
             }
-            shard.compact();
         }
         decided
     }
 
-    /// Decides every pending trace now; kept spans are appended to `kept`.
-    /// Returns the number of traces decided.
+    /// Decides every pending trace now; kept spans are appended to `kept`. Traces another
+    /// thread is deciding at that moment are that thread's to finish (their kept spans go to
+    /// its caller). Returns the number of traces decided.
     pub fn flush(&self, kept: &mut Vec<S>) -> usize {
         let now = self.clock.nanos();
         let resource = self.resource.read().clone();
+        let mut round = Round::new(self.policies.len());
         let mut decided = 0;
-        for shard in self.shards.iter() {
-            shard.lock().drain_with(|shard, trace_id, entry| {
-                self.decide_entry(shard, trace_id, entry, Trigger::Flush, now, &resource, kept);
-                decided += 1;
-            });
+        for slot in self.shards.iter() {
+            slot.lock().take_all(Trigger::Flush, &mut round.taken);
+            if !round.taken.is_empty() {
+                decided += round.taken.len();
+                self.decide_round(slot, &mut round, now, &resource, kept);
+            }
         }
         decided
     }
@@ -266,9 +323,12 @@ impl<S: SpanView> TailSampler<S> {
         if !self.drop_pending_on_shutdown {
             return self.flush(kept);
         }
+        let mut entries: Vec<TraceEntry<S>> = Vec::new();
         let mut dropped = 0;
-        for shard in self.shards.iter() {
-            shard.lock().drain_with(|_, _, entry| {
+        for slot in self.shards.iter() {
+            slot.lock().drain_undecided(&mut entries);
+            // Counted and freed with the lock released.
+            for entry in entries.drain(..) {
                 self.counters
                     .traces_dropped_on_shutdown
                     .fetch_add(1, Relaxed);
@@ -276,133 +336,9 @@ impl<S: SpanView> TailSampler<S> {
                     .spans_dropped_on_shutdown
                     .fetch_add(entry.spans.len() as u64, Relaxed);
                 dropped += 1;
-            });
+            }
         }
         dropped
-    }
-
-    /// The job id of a trace: the first span carrying the job attribute decides.
-    fn job_of(&self, spans: &[S]) -> Option<u64> {
-        if self.job_key.is_empty() {
-            return None;
-        }
-        spans
-            .iter()
-            .find_map(|s| match s.attribute(&self.job_key)? {
-                AttrValue::Str(v) => Some(fingerprint(v)),
-                AttrValue::I64(i) => Some(fingerprint(i.to_string().as_str())),
-                _ => None,
-            })
-    }
-
-    /// The trace's segment number within its job, if the engine split it.
-    fn segment_of(spans: &[S]) -> Option<i64> {
-        spans
-            .iter()
-            .find_map(|s| match s.attribute(SEGMENT_ATTRIBUTE)? {
-                AttrValue::I64(i) => Some(i),
-                _ => None,
-            })
-    }
-
-    fn decide(
-        &self,
-        shard: &mut Shard<S>,
-        trace_id: TraceId,
-        trigger: Trigger,
-        now: u64,
-        resource: &[KeyValue],
-        kept: &mut Vec<S>,
-    ) {
-        if let Some(entry) = shard.remove(trace_id) {
-            self.decide_entry(shard, trace_id, entry, trigger, now, resource, kept);
-        }
-    }
-
-    /// Decides `entry`, a trace already taken out of `shard`.
-    #[allow(clippy::too_many_arguments)] // the shard, the trace and its context, all needed
-    fn decide_entry(
-        &self,
-        shard: &mut Shard<S>,
-        trace_id: TraceId,
-        mut entry: TraceEntry<S>,
-        trigger: Trigger,
-        now: u64,
-        resource: &[KeyValue],
-        kept: &mut Vec<S>,
-    ) {
-        let cx = EvalContext {
-            trace_id,
-            resource,
-            bytes: entry.bytes,
-            now_nanos: now,
-        };
-        let outcome = self
-            .policies
-            .evaluate(&entry.spans, &cx, &mut shard.tally.policies);
-        let tally = &mut shard.tally;
-        let mut credited = None;
-        // Job ids are only looked up when they can matter: a kept error trace records its job,
-        // and a trace no policy kept is kept if its job was.
-        let decision = match outcome {
-            Outcome::Keep { index } => {
-                credited = Some(index);
-                Some(self.policies.decision(index).clone())
-            }
-            Outcome::Dropped { .. } => None,
-            // Later segments follow an error segment; earlier ones, decided after it, do not.
-            Outcome::NotSampled if self.any_job.load(Relaxed) => match self.job_of(&entry.spans) {
-                Some(job) => {
-                    let from = self.jobs.lock().get(&job).copied();
-                    let segment = Self::segment_of(&entry.spans);
-                    match from {
-                        Some(from) if segment.is_none_or(|seg| seg >= from) => {
-                            tally.job_linked += 1;
-                            Some(self.job_decision.clone())
-                        }
-                        _ => None,
-                    }
-                }
-                None => None,
-            },
-            Outcome::NotSampled => None,
-        };
-        if decision.is_some() && entry.spans.iter().any(|s| s.status() == StatusKind::Error) {
-            if let Some(job) = self.job_of(&entry.spans) {
-                let segment = Self::segment_of(&entry.spans).unwrap_or(i64::MIN);
-                let mut jobs = self.jobs.lock();
-                if jobs.get(&job).is_none_or(|&from| segment < from) {
-                    jobs.insert(job, segment);
-                }
-                self.any_job.store(true, Relaxed);
-            }
-        }
-        tally.by_trigger[trigger as usize] += 1;
-        tally.record_latency(now.saturating_sub(entry.first_seen));
-        let spans = entry.spans.len() as u64;
-        match decision {
-            Some(decision) => {
-                tally.traces_sampled += 1;
-                tally.spans_sampled += spans;
-                if trigger == Trigger::Pressure {
-                    tally.early_sampled += 1;
-                }
-                if let Some(index) = credited {
-                    tally.policies[index].credited_traces += 1;
-                    tally.policies[index].credited_spans += spans;
-                }
-                for span in &mut entry.spans {
-                    span.annotate(&decision);
-                }
-                shard.kept.insert(trace_id, decision);
-                kept.append(&mut entry.spans);
-            }
-            None => {
-                tally.traces_not_sampled += 1;
-                tally.spans_not_sampled += spans;
-                shard.dropped.insert(fold(trace_id));
-            }
-        }
     }
 
     /// Sets the resource attributes that attribute policies consult besides span attributes

@@ -63,6 +63,12 @@ pub trait SpanView: Send + 'static {
     /// An identity and the size of memory this span shares with other spans (in the collector:
     /// its resource and scope); a trace is charged that size once for each run of consecutive
     /// spans with the same identity.
+    ///
+    /// The identity must tell apart any two shared blocks alive at once (the address of the
+    /// shared allocation will do: the span keeps it alive). A span returning `None` shares
+    /// nothing and leaves the run of the spans around it unbroken. The size is charged to the
+    /// trace (so it counts towards `max_buffer_bytes`) and released when the trace leaves the
+    /// buffer.
     fn shared_bytes(&self) -> Option<(usize, usize)> {
         None
     }
@@ -94,6 +100,9 @@ impl<T: SpanView> SpanView for Box<T> {
     }
     fn size_bytes(&self) -> usize {
         size_of::<Self>() + (**self).size_bytes()
+    }
+    fn shared_bytes(&self) -> Option<(usize, usize)> {
+        (**self).shared_bytes()
     }
     fn annotate(&mut self, decision: &KeptDecision) {
         (**self).annotate(decision);

@@ -423,3 +423,69 @@ async fn reopen_files_should_count_the_file_exporters_and_name_one_that_fails() 
     assert!(err.contains("file/a"), "{err}");
     collector.shutdown().await;
 }
+
+/// The real binaries, two tiers: a pass-through upstream sends 8,192 spans of ~512 bytes
+/// (4.3 MB, over the downstream's 4 MiB gRPC default in one batch) to a downstream; the
+/// downstream takes every request (none refused as too large) and gets every span, and the
+/// upstream's peak resident memory stays within a bound stated here.
+#[test]
+fn two_real_collectors_should_pass_full_batches_under_the_grpc_limit_within_a_memory_bound() {
+    const MIB: u64 = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let (down_dir, up_dir) = (dir.path().join("down"), dir.path().join("up"));
+    std::fs::create_dir_all(&down_dir).unwrap();
+    std::fs::create_dir_all(&up_dir).unwrap();
+    let out = dir.path().join("down.jsonl");
+    let down = process::CollectorProcess::start(
+        &down_dir,
+        &format!(
+            "receivers: {{otlp: {{protocols: {{grpc: {{endpoint: '127.0.0.1:0'}}}}}}}}\n\
+             exporters: {{file: {{path: '{}'}}}}\n\
+             service: {{sampling: false, telemetry: {{metrics: {{address: none}}}}}}\n",
+            out.display()
+        ),
+        &[],
+    );
+    let down_addr = down.grpc.unwrap();
+    let up =
+        process::CollectorProcess::start(&up_dir, &upstream_yaml(down_addr, "none", "30s"), &[]);
+    let up_addr = up.grpc.unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(send(up_addr, 8192, 512, &HashSet::new()));
+    let peak = up.peak_rss();
+    // Shutdown sends the partial batch too; the upstream waits for the downstream.
+    let up_exit = up.stop(Duration::from_secs(40));
+    assert!(up_exit.status.success(), "{}", up_exit.stderr);
+    let down_exit = down.stop(Duration::from_secs(20));
+    assert!(down_exit.status.success(), "{}", down_exit.stderr);
+    assert!(
+        down_exit.stderr.contains("rejected 0 requests"),
+        "{}",
+        down_exit.stderr
+    );
+    assert!(
+        up_exit.stderr.contains("export drops 0"),
+        "{}",
+        up_exit.stderr
+    );
+    let spans: usize = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let req: ExportTraceServiceRequest = serde_json::from_str(line).unwrap();
+            req.resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .map(|s| s.spans.len())
+                .sum::<usize>()
+        })
+        .sum();
+    assert_eq!(spans, 8192);
+    let bound = 100 * MIB;
+    eprintln!(
+        "upstream peak resident {} MiB (bound {} MiB)",
+        peak / MIB,
+        bound / MIB
+    );
+    assert!(peak < bound, "upstream peak resident {} MiB", peak / MIB);
+}

@@ -489,3 +489,76 @@ fn two_real_collectors_should_pass_full_batches_under_the_grpc_limit_within_a_me
     );
     assert!(peak < bound, "upstream peak resident {} MiB", peak / MIB);
 }
+
+/// The real binary encoding one batch of 50,000 spans, each under its own scope: scope grouping
+/// is linear (it was quadratic: about 4 s of CPU for this batch), asserted on the collector's CPU
+/// time.
+#[test]
+fn a_batch_of_many_distinct_scopes_should_encode_in_linear_time() {
+    use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let c = process::CollectorProcess::start(
+        dir.path(),
+        &format!(
+            "receivers: {{otlp: {{protocols: {{grpc: {{endpoint: '127.0.0.1:0'}}}}}}}}\n\
+             processors: {{batch: {{send_batch_size: 100000, timeout: 200ms}}}}\n\
+             exporters: {{file: {{path: '{}', max_export_bytes: 67108864}}}}\n\
+             service: {{sampling: false, telemetry: {{metrics: {{address: none}}}}}}\n",
+            out.display()
+        ),
+        &[],
+    );
+    let scopes = (0..50_000u32)
+        .map(|i| {
+            let mut trace_id = vec![0x11; 16];
+            trace_id[12..].copy_from_slice(&i.to_be_bytes());
+            ScopeSpans {
+                scope: Some(InstrumentationScope {
+                    name: format!("lib{i}"),
+                    ..Default::default()
+                }),
+                spans: vec![Span {
+                    trace_id,
+                    span_id: vec![1; 8],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }
+        })
+        .collect();
+    let req = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: scopes,
+            ..Default::default()
+        }],
+    };
+    let addr = c.grpc.unwrap();
+    let before = c.cpu_time();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut client = TraceServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        client.export(req).await.unwrap();
+    });
+    // The batch goes out after its 200 ms timeout: wait for its line.
+    let started = Instant::now();
+    let line = loop {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        if let Some(line) = text.lines().next().filter(|_| text.ends_with('\n')) {
+            break line.to_owned();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no batch written"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let used = c.cpu_time() - before;
+    let req: ExportTraceServiceRequest = serde_json::from_str(&line).unwrap();
+    assert_eq!(req.resource_spans[0].scope_spans.len(), 50_000);
+    let exit = c.stop(Duration::from_secs(30));
+    assert!(exit.status.success(), "{}", exit.stderr);
+    eprintln!("decode, batch and encode of 50,000 distinct scopes: CPU {used:?}");
+    assert!(used < Duration::from_secs(2), "CPU {used:?}");
+}

@@ -284,6 +284,7 @@ fn spans_a_strict_decoder_refuses_should_be_rejected_and_others_kept() {
     };
     let http = c.http.unwrap();
     let grpc = c.grpc.unwrap();
+    let cpu_before = c.cpu_time();
     runtime().block_on(async {
         let client = reqwest::Client::new();
         for bad in [&bad_span, &varint_span] {
@@ -298,11 +299,33 @@ fn spans_a_strict_decoder_refuses_should_be_rejected_and_others_kept() {
         }
         // Still serving both protocols.
         grpc_raw(grpc, good.clone()).await.unwrap();
+        // Many bad requests cost little: each is refused on its first bad field.
+        for _ in 0..2_000 {
+            assert_eq!(
+                post(
+                    &client,
+                    http,
+                    "application/x-protobuf",
+                    false,
+                    wrap(&bad_span)
+                )
+                .await,
+                400
+            );
+        }
         assert_eq!(
             post(&client, http, "application/x-protobuf", false, good.clone()).await,
             200
         );
     });
+    let cpu = c.cpu_time() - cpu_before;
+    let peak = c.peak_rss();
+    eprintln!(
+        "2,007 requests, 2,004 refused: CPU {cpu:?}, peak resident {} MiB",
+        peak / MIB
+    );
+    assert!(cpu < Duration::from_secs(2), "CPU {cpu:?}");
+    assert!(peak < 64 * MIB, "peak resident {} MiB", peak / MIB);
     let exit = c.stop(Duration::from_secs(20));
     assert!(exit.status.success(), "{}", exit.stderr);
     // The kept error trace is in the output, and the output decodes.

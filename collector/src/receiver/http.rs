@@ -5,6 +5,7 @@
 //! request's own encoding, so a client can log why without understanding the other one.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -230,11 +231,7 @@ async fn handle(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<Form
     let encoding = encoding_of(header(headers, CONTENT_ENCODING)).map_err(reject_with)?;
     let Some(_permit) = shared.admit() else {
         let busy = "too many requests in flight, retry later";
-        let unavailable = StatusCode::SERVICE_UNAVAILABLE;
-        let mut response = status_response(format, unavailable, Code::Unavailable, busy);
-        let secs = HeaderValue::from(retry_after_secs(BUSY_RETRY_AFTER));
-        response.headers_mut().insert(RETRY_AFTER, secs);
-        return Err(response);
+        return Err(unavailable(format, busy, Some(BUSY_RETRY_AFTER)));
     };
     let max = shared.max_request_bytes;
     let body_error = |e: BodyError| match e {
@@ -247,26 +244,12 @@ async fn handle(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<Form
         BodyError::Failed(why) => reject(StatusCode::BAD_REQUEST, Code::Cancelled, &why),
         BodyError::Stopped => {
             shared.refused_unread();
-            let message = Refused::ShuttingDown.to_string();
-            status_response(
-                reply,
-                StatusCode::SERVICE_UNAVAILABLE,
-                Code::Unavailable,
-                &message,
-            )
+            unavailable(reply, &Refused::ShuttingDown.to_string(), None)
         }
         BodyError::Busy => {
             shared.refused_unread();
             let busy = "too many request bytes in flight, retry later";
-            let mut response = status_response(
-                reply,
-                StatusCode::SERVICE_UNAVAILABLE,
-                Code::Unavailable,
-                busy,
-            );
-            let secs = HeaderValue::from(retry_after_secs(BUSY_RETRY_AFTER));
-            response.headers_mut().insert(RETRY_AFTER, secs);
-            response
+            unavailable(reply, busy, Some(BUSY_RETRY_AFTER))
         }
     };
     let reader = BoundedBody::new(body, max, &shared.hard_stop).map_err(body_error)?;
@@ -292,18 +275,11 @@ async fn handle(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<Form
         Some(result) => result.map_err(reject_with)?,
     };
     shared.offer(spans).map_err(|refused| {
-        let message = refused.to_string();
-        let mut response = status_response(
-            format,
-            StatusCode::SERVICE_UNAVAILABLE,
-            Code::Unavailable,
-            &message,
-        );
-        if let Refused::Full { retry_after } = refused {
-            let secs = HeaderValue::from(retry_after_secs(retry_after));
-            response.headers_mut().insert(RETRY_AFTER, secs);
-        }
-        response
+        let retry_after = match refused {
+            Refused::Full { retry_after } => Some(retry_after),
+            _ => None,
+        };
+        unavailable(format, &refused.to_string(), retry_after)
     })?;
     Ok(format)
 }
@@ -332,6 +308,21 @@ async fn wrong_method(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> 
     response
         .headers_mut()
         .insert(axum::http::header::ALLOW, HeaderValue::from_static("POST"));
+    response
+}
+
+/// A retryable refusal: 503 (`UNAVAILABLE`), with `Retry-After` when a delay is suggested.
+fn unavailable(format: Format, message: &str, retry_after: Option<Duration>) -> Response {
+    let mut response = status_response(
+        format,
+        StatusCode::SERVICE_UNAVAILABLE,
+        Code::Unavailable,
+        message,
+    );
+    if let Some(delay) = retry_after {
+        let secs = HeaderValue::from(retry_after_secs(delay));
+        response.headers_mut().insert(RETRY_AFTER, secs);
+    }
     response
 }
 

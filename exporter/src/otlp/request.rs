@@ -69,24 +69,28 @@ impl From<Invalid> for DecodeError {
 /// ```
 pub fn decode_request(body: &[u8]) -> Result<Vec<OtlpSpan>, DecodeError> {
     // First pass: structure, and the number of spans, before anything is allocated per span.
+    let mut parts = Vec::new();
     let mut total = 0usize;
     for resource_spans in resource_spans(body) {
-        let (_, _, scopes) = resource_spans?;
-        for scope_spans in scopes {
-            let (_, _, spans) = split_scope_spans(scope_spans)?;
-            total += spans.count();
-        }
+        let (resource, resource_schema_url, scopes) = resource_spans?;
+        let scopes = scopes
+            .into_iter()
+            .map(split_scope_spans)
+            .collect::<Result<Vec<_>, _>>()?;
+        total += scopes
+            .iter()
+            .map(|(_, _, spans)| spans.clone().count())
+            .sum::<usize>();
+        parts.push((resource, resource_schema_url, scopes));
     }
     let mut out = Vec::with_capacity(total);
-    for resource_spans in resource_spans(body) {
-        let (resource, resource_schema_url, scopes) = resource_spans?;
+    for (resource, resource_schema_url, scopes) in parts {
         if let Some(r) = resource {
             validate::check(r, &validate::RESOURCE, 0)?;
         }
         let resource = resource.map(Bytes::copy_from_slice);
         let resource_schema_url = Bytes::copy_from_slice(resource_schema_url);
-        for scope_spans in scopes {
-            let (scope, scope_schema_url, spans) = split_scope_spans(scope_spans)?;
+        for (scope, scope_schema_url, spans) in scopes {
             if let Some(s) = scope {
                 validate::check(s, &validate::SCOPE, 0)?;
             }

@@ -161,16 +161,15 @@ impl OtlpSpan {
     /// Validates an encoded `Span` (see [`validate`](super::validate)) and reads the sampler's
     /// fields out of it.
     pub(crate) fn parse(bytes: &[u8], origin: Arc<Origin>) -> Result<Self, Invalid> {
-        validate::check(bytes, &validate::SPAN, 0)?;
         let mut trace_id = None;
         let mut parent_empty = true;
         let mut start_nanos = 0;
         let mut end_nanos = 0;
         let mut status = StatusKind::Unset;
         let invalid = |what: &str| Invalid(format!("Span.{what}"));
-        // Types were checked above: only the values matter here.
-        for field in Fields::new(bytes) {
-            match field.map_err(|e| Invalid(e.to_string()))? {
+        // Each field is handed over once its type is checked: only the values matter here.
+        validate::check_with(bytes, &validate::SPAN, 0, |number, value| {
+            match (number, value) {
                 (SPAN_TRACE_ID, Value::Bytes(id)) => {
                     trace_id = Some(
                         <[u8; 16]>::try_from(id)
@@ -201,7 +200,8 @@ impl OtlpSpan {
                 }
                 _ => {}
             }
-        }
+            Ok(())
+        })?;
         let trace_id = trace_id.ok_or_else(|| invalid("trace_id is missing"))?;
         if trace_id == [0; 16] {
             return Err(invalid("trace_id must not be all zeros"));

@@ -220,6 +220,17 @@ pub(crate) static SPAN: Schema = Schema {
 
 /// Checks one encoded message of type `schema`, `depth` levels of `AnyValue` deep.
 pub(crate) fn check(buf: &[u8], schema: &'static Schema, depth: usize) -> Result<(), Invalid> {
+    check_with(buf, schema, depth, |_, _| Ok(()))
+}
+
+/// [`check`], handing each top-level field to `visit` once it is checked (so a caller that
+/// reads some fields walks the message once).
+pub(crate) fn check_with<'a>(
+    buf: &'a [u8],
+    schema: &'static Schema,
+    depth: usize,
+    mut visit: impl FnMut(u32, Value<'a>) -> Result<(), Invalid>,
+) -> Result<(), Invalid> {
     let depth = depth + usize::from(schema.value_level);
     if depth > MAX_VALUE_DEPTH {
         return Err(Invalid(format!(
@@ -244,6 +255,7 @@ pub(crate) fn check(buf: &[u8], schema: &'static Schema, depth: usize) -> Result
             }
         }
         check_value(schema, spec, value, depth)?;
+        visit(number, value)?;
     }
     Ok(())
 }

@@ -69,6 +69,11 @@ pub(crate) struct CollectorArgs {
     /// Override the `/metrics` and `/healthz` address.
     #[arg(long, value_name = "ADDR")]
     metrics_endpoint: Option<std::net::SocketAddr>,
+    /// Keep accepted spans, pending traces and decisions in a write-ahead log in DIR, replayed
+    /// after a crash or restart (the `file_storage` extension, for the sampler and every
+    /// exporter; other `file_storage` settings in --config are kept).
+    #[arg(long, value_name = "DIR")]
+    storage: Option<PathBuf>,
     /// Show a progress line on stderr (default: when stderr is a terminal).
     #[arg(long)]
     progress: Option<bool>,
@@ -132,6 +137,12 @@ fn build_config(args: &CollectorArgs) -> anyhow::Result<CollectorConfig> {
     }
     if let Some(addr) = args.metrics_endpoint {
         config.admin = Some(addr);
+    }
+    if let Some(dir) = &args.storage {
+        if dir.as_os_str().is_empty() {
+            bail!("--storage: needs a directory");
+        }
+        config = config.with_storage_directory(dir.clone());
     }
     if config.exporters.is_empty() {
         bail!(

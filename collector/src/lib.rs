@@ -41,6 +41,7 @@ mod prometheus;
 mod receiver;
 mod service;
 mod sink;
+mod storage;
 
 pub use config::{
     CollectorConfig, CollectorConfigError, OnBufferFull, ReceiverConfig, TlsConfig,
@@ -54,6 +55,10 @@ pub(crate) use metrics::ReceiverMetrics;
 pub use receiver::ReceiverError;
 pub use service::{Collector, CollectorError, CollectorStatus, FileReopener, StatusHandle};
 pub(crate) use sink::{Refused, SpanSink};
+pub use storage::{
+    FsyncMode, StorageConfig, StorageError, DEFAULT_MAX_STORAGE_BYTES, DEFAULT_SEGMENT_BYTES,
+    DEFAULT_STORAGE_FSYNC_INTERVAL,
+};
 /// The exporter parts of a [`CollectorConfig`], from `traceq_exporter`.
 pub use traceq_exporter::client::{
     Compression, RetryConfig, DEFAULT_RETRY_INITIAL, DEFAULT_RETRY_MAX_ELAPSED,

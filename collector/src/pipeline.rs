@@ -24,7 +24,8 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use traceq_sampler::{SamplerMetrics, SpanView, TailSampler};
 
 use super::config::{CollectorConfig, OnBufferFull};
-use super::sink::{Refused, SpanSink};
+use super::sink::{Accepted, Refused, SpanSink};
+use super::storage::{self, AppendError, BatchAck, Log, ReplayReport};
 use traceq_exporter::export::{ExportBatch, ExporterQueue, RequestSize, DEFAULT_MAX_EXPORT_BYTES};
 use traceq_exporter::otlp::{encode_request, OtlpSpan};
 
@@ -92,10 +93,16 @@ impl Pending {
 pub(crate) struct Pipeline {
     sampler: Option<TailSampler<OtlpSpan>>,
     on_full: OnBufferFull,
+    /// The delay suggested when the storage is full.
+    retry_after: Duration,
     refuse_bytes: usize,
     refuse_traces: usize,
     pending: Mutex<Pending>,
     exporters: Vec<ExporterQueue>,
+    /// The write-ahead log, with storage on.
+    log: Option<Arc<Log>>,
+    /// Per exporter: whether the log waits for its deliveries (`sending_queue.storage`).
+    stored: Vec<bool>,
     batch_size: usize,
     batch_timeout: Duration,
     /// The smallest `max_export_bytes` of the exporters: no batch encodes past it.
@@ -113,16 +120,36 @@ pub(crate) struct Pipeline {
 }
 
 impl Pipeline {
-    /// Builds the sampler (unless sampling is off) around the given exporters.
+    /// Builds the sampler (unless sampling is off) around the given exporters, logging to
+    /// `log` when storage is on.
     pub(crate) fn new(
         config: &CollectorConfig,
         exporters: Vec<ExporterQueue>,
+        log: Option<Arc<Log>>,
     ) -> Result<Self, traceq_sampler::ConfigError> {
         let sampler = if config.sampling {
-            Some(TailSampler::new(config.sampler.clone())?)
+            let sampler = TailSampler::new(config.sampler.clone())?;
+            Some(match &log {
+                Some(log) => {
+                    let log = log.clone();
+                    sampler.with_decision_hook(Box::new(move |verdicts| {
+                        log.append_decisions(verdicts);
+                    }))
+                }
+                None => sampler,
+            })
         } else {
             None
         };
+        let stored = exporters
+            .iter()
+            .map(|e| {
+                config
+                    .storage
+                    .as_ref()
+                    .is_some_and(|s| s.exporters.iter().any(|n| n == e.name()))
+            })
+            .collect();
         let (refuse_bytes, refuse_traces) = sampler.as_ref().map_or((0, 0), |s| {
             (
                 s.byte_capacity() / 1000 * REFUSE_AT_PER_MILLE,
@@ -137,10 +164,16 @@ impl Pipeline {
         Ok(Self {
             sampler,
             on_full: config.on_buffer_full,
+            retry_after: match config.on_buffer_full {
+                OnBufferFull::Refuse { retry_after } => retry_after,
+                OnBufferFull::DecideEarly => crate::config::DEFAULT_RETRY_AFTER,
+            },
             refuse_bytes,
             refuse_traces: refuse_traces.max(1),
             pending: Mutex::new(Pending::new(max_export_bytes)),
             exporters,
+            log,
+            stored,
             batch_size: config.send_batch_size,
             batch_timeout: config.batch_timeout,
             max_export_bytes,
@@ -161,6 +194,22 @@ impl Pipeline {
 
     pub(crate) fn exporters(&self) -> &[ExporterQueue] {
         &self.exporters
+    }
+
+    /// The write-ahead log, with storage on.
+    pub(crate) fn log(&self) -> Option<&Arc<Log>> {
+        self.log.as_ref()
+    }
+
+    /// Rebuilds what the log's `segments` hold (see [`storage::replay`]); before receivers
+    /// start.
+    pub(crate) fn replay(&self, segments: &[u64]) -> ReplayReport {
+        let Some(log) = &self.log else {
+            return ReplayReport::default();
+        };
+        storage::replay(log, segments, self.sampler.as_ref(), &mut |kept| {
+            self.keep(kept);
+        })
     }
 
     /// Starts the decision thread.
@@ -261,8 +310,15 @@ impl Pipeline {
             spans: spans.len(),
         };
         self.batches_sent.fetch_add(1, Relaxed);
-        for exporter in &self.exporters {
-            exporter.push(batch.clone());
+        // With storage, the batch's records stay in the log until every exporter the log
+        // waits for has settled it.
+        let owed = self.stored.iter().filter(|&&s| s).count();
+        let ack = (self.log.is_some() && owed > 0).then(|| BatchAck::new(spans, owed));
+        for (exporter, &stored) in self.exporters.iter().zip(&self.stored) {
+            match &ack {
+                Some(ack) if stored => exporter.push_with_receipt(batch.clone(), ack.receipt()),
+                _ => exporter.push(batch.clone()),
+            }
         }
     }
 
@@ -310,25 +366,42 @@ fn charge(spans: &[OtlpSpan]) -> usize {
 }
 
 impl SpanSink for Pipeline {
-    fn offer(&self, spans: Vec<OtlpSpan>) -> Result<(), Refused> {
+    fn offer(&self, spans: Vec<OtlpSpan>) -> Result<Accepted, Refused> {
         let closed = self.closed.read();
         if *closed {
             return Err(Refused::ShuttingDown);
         }
+        if let (Some(sampler), OnBufferFull::Refuse { retry_after }) = (&self.sampler, self.on_full)
+        {
+            if self.is_full(sampler, charge(&spans)) {
+                return Err(Refused::Full { retry_after });
+            }
+        }
+        let accepted = match &self.log {
+            Some(log) => {
+                let appended = log
+                    .append_request(&spans, storage::unix_nanos())
+                    .map_err(|e| match e {
+                        AppendError::Full => Refused::Full {
+                            retry_after: self.retry_after,
+                        },
+                        AppendError::Io => Refused::Storage,
+                    })?;
+                let token: traceq_exporter::otlp::Retained = appended.token;
+                storage::retain_all(&spans, &token);
+                Accepted::logged(log.clone(), appended.end)
+            }
+            None => Accepted::default(),
+        };
         let mut kept = Vec::new();
         match &self.sampler {
             Some(sampler) => {
-                if let OnBufferFull::Refuse { retry_after } = self.on_full {
-                    if self.is_full(sampler, charge(&spans)) {
-                        return Err(Refused::Full { retry_after });
-                    }
-                }
                 sampler.ingest_batch(spans, &mut kept);
             }
             None => kept = spans,
         }
         self.keep(&mut kept);
-        Ok(())
+        Ok(accepted)
     }
 }
 

@@ -11,6 +11,7 @@ use traceq_exporter::export::ExporterMetrics;
 use traceq_sampler::SamplerMetrics;
 
 use super::metrics::{get, ConnectionMetrics, ReceiverMetrics};
+use super::storage::{StorageMetrics, FSYNC_BUCKETS};
 
 /// Everything `/metrics` shows, borrowed for one render.
 #[derive(Debug)]
@@ -21,6 +22,96 @@ pub(crate) struct Snapshot<'a> {
     pub(crate) spans_kept: u64,
     pub(crate) spans_too_large: u64,
     pub(crate) admin_connections: &'a ConnectionMetrics,
+    pub(crate) storage: Option<&'a StorageMetrics>,
+}
+
+/// The `traceq_storage_*` families.
+fn storage_families(out: &mut PrometheusText, m: &StorageMetrics) {
+    use MetricKind::{Counter, Gauge, Histogram};
+    for (name, kind, help, value) in [
+        (
+            "traceq_storage_bytes",
+            Gauge,
+            "Bytes of the write-ahead log on disk.",
+            &m.bytes,
+        ),
+        (
+            "traceq_storage_segments",
+            Gauge,
+            "Segment files of the write-ahead log.",
+            &m.segments,
+        ),
+        (
+            "traceq_storage_refused_requests_total",
+            Counter,
+            "Requests refused because the log reached max_storage_bytes.",
+            &m.refused_requests,
+        ),
+        (
+            "traceq_storage_write_errors_total",
+            Counter,
+            "Failed writes, syncs and deletions of log files.",
+            &m.write_errors,
+        ),
+        (
+            "traceq_storage_replayed_requests_total",
+            Counter,
+            "Requests replayed from the log at start (not settled before the stop).",
+            &m.replayed_requests,
+        ),
+        (
+            "traceq_storage_replayed_spans_total",
+            Counter,
+            "Spans replayed from the log at start: the bound on spans delivered twice.",
+            &m.replayed_spans,
+        ),
+        (
+            "traceq_storage_replayed_traces_total",
+            Counter,
+            "Undecided traces rebuilt in the buffer from the log at start.",
+            &m.replayed_traces,
+        ),
+        (
+            "traceq_storage_requeued_spans_total",
+            Counter,
+            "Spans of kept traces queued for export again at start.",
+            &m.requeued_spans,
+        ),
+        (
+            "traceq_storage_corrupt_records_total",
+            Counter,
+            "Torn or damaged log records found at start (each ends its segment's reading).",
+            &m.corrupt_records,
+        ),
+        (
+            "traceq_storage_skipped_bytes_total",
+            Counter,
+            "Bytes skipped after damaged records at start.",
+            &m.skipped_bytes,
+        ),
+    ] {
+        out.family(name, kind, help);
+        out.sample(name, &[], get(value));
+    }
+    let name = "traceq_storage_replay_seconds";
+    out.family(name, Gauge, "How long the replay at start took.");
+    out.sample(name, &[], get(&m.replay_nanos) as f64 / 1e9);
+    let name = "traceq_storage_fsync_seconds";
+    out.family(name, Histogram, "Latency of the log's syncs to disk.");
+    let mut cumulative = 0;
+    for (bound, count) in FSYNC_BUCKETS.iter().zip(&m.fsync_buckets) {
+        cumulative += get(count);
+        let le = bound.to_string();
+        out.sample(&format!("{name}_bucket"), &[("le", &le)], cumulative);
+    }
+    let count = get(&m.fsyncs);
+    out.sample(&format!("{name}_bucket"), &[("le", "+Inf")], count);
+    out.sample(
+        &format!("{name}_sum"),
+        &[],
+        get(&m.fsync_nanos) as f64 / 1e9,
+    );
+    out.sample(&format!("{name}_count"), &[], count);
 }
 
 /// The connection families of one kind of listener, `{prefix}_connections_*`, a sample per row.
@@ -239,6 +330,9 @@ pub(crate) fn render(s: &Snapshot<'_>) -> String {
         "Kept spans dropped because one alone encodes past the smallest exporter max_export_bytes.",
     );
     out.sample("traceq_spans_too_large_total", &[], s.spans_too_large);
+    if let Some(storage) = s.storage {
+        storage_families(&mut out, storage);
+    }
 
     if let Some(m) = &s.sampler {
         render_sampler(&mut out, m);
@@ -372,6 +466,7 @@ mod tests {
             sampler: Some(sampler),
             spans_kept: 9,
             spans_too_large: 2,
+            storage: None,
             admin_connections: &admin,
         });
         assert!(text.contains(

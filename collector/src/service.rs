@@ -22,6 +22,7 @@ use super::prometheus::{render, Snapshot};
 use super::receiver::{
     authorization_is, HttpServer, ListenerLimits, OtlpReceiver, Protocol, ReceiverError,
 };
+use super::storage::{Log, StorageError};
 use traceq_exporter::export::ExporterMetrics;
 use traceq_exporter::export::{ExportSetupError, ExporterQueue};
 
@@ -63,6 +64,9 @@ pub enum CollectorError {
     /// The decision thread could not start.
     #[error("cannot start the decision thread: {0}")]
     Thread(#[source] std::io::Error),
+    /// The storage could not open.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 /// Counters summed over receivers and exporters: what the progress line and the shutdown
@@ -135,6 +139,7 @@ impl Shared {
             spans_kept: read(&self.pipeline.spans_kept),
             admin_connections: &self.admin_connections,
             spans_too_large: read(&self.pipeline.spans_too_large),
+            storage: self.pipeline.log().map(|l| l.metrics()),
         })
     }
 
@@ -276,7 +281,40 @@ impl Collector {
             exporters.push(ExporterQueue::start(e, metrics.clone())?);
             exporter_metrics.push((e.name.clone(), metrics));
         }
-        let pipeline = Arc::new(Pipeline::new(config, exporters)?);
+        let (log, segments) = match &config.storage {
+            Some(storage) => {
+                let (log, segments) = Log::open(storage)?;
+                (Some(Arc::new(log)), segments)
+            }
+            None => (None, Vec::new()),
+        };
+        let pipeline = Arc::new(Pipeline::new(config, exporters, log.clone())?);
+        if let Some(log) = &log {
+            let replaying = pipeline.clone();
+            // Decoding and re-buffering the log is CPU work: off the async workers.
+            let report = tokio::task::spawn_blocking(move || replaying.replay(&segments))
+                .await
+                .unwrap_or_default();
+            if report.segments > 0 {
+                eprintln!(
+                    "traceq: storage: replayed {} requests ({} spans: {} pending traces rebuilt,                      {} kept spans queued again) from {} segments{}",
+                    report.requests,
+                    report.spans,
+                    report.traces,
+                    report.requeued,
+                    report.segments,
+                    if report.corrupt > 0 {
+                        format!(
+                            "; {} damaged records, {} bytes skipped",
+                            report.corrupt, report.skipped_bytes
+                        )
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            log.start().map_err(CollectorError::Thread)?;
+        }
         let decider = pipeline.spawn_decider().map_err(CollectorError::Thread)?;
         let mut receiver_metrics = Vec::new();
         let mut receivers = Vec::new();
@@ -444,6 +482,10 @@ impl Collector {
                 .map(|e| e.shutdown(deadline)),
         )
         .await;
+        // What the exporters left undelivered stays in the log for the next start.
+        if let Some(log) = self.shared.pipeline.log().cloned() {
+            let _ = tokio::task::spawn_blocking(move || log.close()).await;
+        }
         if let Some(admin) = self.admin.take() {
             admin.shutdown().await;
         }

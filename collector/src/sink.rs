@@ -1,8 +1,11 @@
 //! Where receivers hand decoded spans: the pipeline's front door.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use traceq_exporter::otlp::OtlpSpan;
+
+use super::storage::Log;
 
 /// Why spans were not accepted. Each maps to a retryable protocol error: gRPC `UNAVAILABLE`,
 /// HTTP 503 with `Retry-After`.
@@ -18,6 +21,35 @@ pub(crate) enum Refused {
     /// The collector is shutting down.
     #[error("the collector is shutting down")]
     ShuttingDown,
+    /// The storage cannot be written (disk full, I/O error); try again later.
+    #[error("the collector's storage cannot be written")]
+    Storage,
+}
+
+/// Spans taken by [`SpanSink::offer`]; with `fsync: always`, acknowledge them only after
+/// [`Accepted::durable`].
+#[derive(Debug, Default)]
+#[must_use]
+pub(crate) struct Accepted {
+    /// The log, and the end of the request's record in it.
+    synced: Option<(Arc<Log>, u64)>,
+}
+
+impl Accepted {
+    /// Spans taken, to be acknowledged once the log is synced past `end`.
+    pub(crate) fn logged(log: Arc<Log>, end: u64) -> Self {
+        Self {
+            synced: Some((log, end)),
+        }
+    }
+
+    /// Waits until the spans are as durable as the storage promises (at once without storage
+    /// or without `fsync: always`).
+    pub(crate) async fn durable(self) {
+        if let Some((log, end)) = self.synced {
+            log.synced(end).await;
+        }
+    }
 }
 
 /// Takes the spans of one decoded request.
@@ -28,5 +60,5 @@ pub(crate) trait SpanSink: Send + Sync + 'static {
     /// # Errors
     ///
     /// [`Refused`] when the spans were not taken.
-    fn offer(&self, spans: Vec<OtlpSpan>) -> Result<(), Refused>;
+    fn offer(&self, spans: Vec<OtlpSpan>) -> Result<Accepted, Refused>;
 }

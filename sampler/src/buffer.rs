@@ -395,6 +395,17 @@ impl<S: SpanView> Shard<S> {
         }
     }
 
+    /// Writes a decision made elsewhere (an earlier run of the process) into the decision
+    /// caches, so late spans of that trace follow it.
+    pub(crate) fn remember(&mut self, trace_id: TraceId, decision: Option<Arc<KeptDecision>>) {
+        match decision {
+            Some(decision) => {
+                self.kept.insert(trace_id, decision);
+            }
+            None => self.dropped.insert(drop_key(&self.drop_keys, trace_id)),
+        }
+    }
+
     /// Traces taken out and not settled yet.
     #[cfg(test)]
     pub(crate) fn deciding(&self) -> usize {

@@ -95,5 +95,5 @@ pub use processor::{
     ProcessorConfig, SamplerMetricsHandle, TailSamplingProcessor, DEFAULT_FLUSH_TIMEOUT,
     DEFAULT_MAX_EXPORT_BATCH_SIZE, DEFAULT_MAX_QUEUE_SIZE, DEFAULT_POLL_INTERVAL,
 };
-pub use sampler::TailSampler;
+pub use sampler::{DecisionHook, TailSampler};
 pub use span::{AttrValue, SpanView, StatusKind};

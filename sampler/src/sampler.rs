@@ -45,6 +45,16 @@ use decide::Round;
 /// Smallest share of `num_traces` a shard gets; fewer shards are used for tiny buffers.
 const MIN_TRACES_PER_SHARD: usize = 16;
 
+/// How far back the sampler's clock readings start: a trace replayed from a log kept across a
+/// restart arrived before this sampler existed, and is stamped up to this long before its
+/// creation (older arrivals are stamped at the horizon: their deadlines passed long ago
+/// anyway).
+const REPLAY_HORIZON: u64 = 7 * 24 * 3600 * 1_000_000_000;
+
+/// Called with each round of decisions (trace id and, when kept, the decision) before the
+/// decided spans are handed on or freed: how the collector logs decisions.
+pub type DecisionHook = Box<dyn Fn(&[(TraceId, Option<Arc<KeptDecision>>)]) + Send + Sync>;
+
 /// Most due traces one poll takes out of a shard at a time: bounds how long spans arriving for
 /// them are held, and how much memory is out of the buffer's accounting while they are decided.
 const POLL_BATCH: usize = 256;
@@ -90,6 +100,7 @@ pub struct TailSampler<S> {
     job_decision: Arc<KeptDecision>,
     drop_pending_on_shutdown: bool,
     resource: RwLock<Arc<[KeyValue]>>,
+    decision_hook: Option<DecisionHook>,
 }
 
 impl<S> fmt::Debug for TailSampler<S> {
@@ -169,7 +180,22 @@ impl<S: SpanView> TailSampler<S> {
             job_decision: Arc::new(KeptDecision::new(Arc::from(JOB_LINKAGE_POLICY), 1.0)),
             drop_pending_on_shutdown: config.drop_pending_traces_on_shutdown,
             resource: RwLock::new(Arc::from(Vec::new())),
+            decision_hook: None,
         })
+    }
+
+    /// Has `hook` called with every round of decisions, before the decided spans are handed
+    /// on or freed (see [`DecisionHook`]). Late spans that follow a cached decision are not
+    /// decisions and are not reported.
+    #[must_use]
+    pub fn with_decision_hook(mut self, hook: DecisionHook) -> Self {
+        self.decision_hook = Some(hook);
+        self
+    }
+
+    /// The clock reading stamped on spans arriving now (see [`REPLAY_HORIZON`]).
+    fn now(&self) -> u64 {
+        self.clock.nanos().saturating_add(REPLAY_HORIZON)
     }
 
     fn shard(&self, trace_id: TraceId) -> &Mutex<Shard<S>> {
@@ -182,13 +208,34 @@ impl<S: SpanView> TailSampler<S> {
     /// appended to `kept`, annotated. Never blocks on I/O; holds its shard's lock only briefly,
     /// and not while a trace it triggers is decided.
     pub fn ingest(&self, span: S, kept: &mut Vec<S>) {
-        self.ingest_at(span, self.clock.nanos(), kept);
+        self.ingest_at(span, self.now(), kept);
     }
 
     /// [`Self::ingest`] for a run of spans, reading the clock once for all of them (spans that
     /// arrive together are stamped with the same time). Returns how many spans were offered.
     pub fn ingest_batch<I: IntoIterator<Item = S>>(&self, spans: I, kept: &mut Vec<S>) -> usize {
-        let now = self.clock.nanos();
+        self.ingest_batch_at(spans, self.now(), kept)
+    }
+
+    /// [`Self::ingest_batch`] for spans that arrived `age` ago (replayed from a log after a
+    /// restart): their traces' deadlines count from then, so a decision timer resumes rather
+    /// than restarts. Ages beyond a week are taken as a week.
+    pub fn ingest_batch_aged<I: IntoIterator<Item = S>>(
+        &self,
+        spans: I,
+        age: std::time::Duration,
+        kept: &mut Vec<S>,
+    ) -> usize {
+        let now = self.now().saturating_sub(nanos(age).min(REPLAY_HORIZON));
+        self.ingest_batch_at(spans, now, kept)
+    }
+
+    fn ingest_batch_at<I: IntoIterator<Item = S>>(
+        &self,
+        spans: I,
+        now: u64,
+        kept: &mut Vec<S>,
+    ) -> usize {
         let mut n = 0;
         for span in spans {
             self.ingest_at(span, now, kept);
@@ -267,7 +314,7 @@ impl<S: SpanView> TailSampler<S> {
     /// Decides every trace whose deadline passed; kept spans are appended to `kept`.
     /// Returns the number of traces decided.
     pub fn poll(&self, kept: &mut Vec<S>) -> usize {
-        let now = self.clock.nanos();
+        let now = self.now();
         let resource = self.resource.read().clone();
         let mut round = Round::new(self.policies.len());
         let mut decided = 0;
@@ -303,7 +350,7 @@ impl<S: SpanView> TailSampler<S> {
     /// thread is deciding at that moment are that thread's to finish (their kept spans go to
     /// its caller). Returns the number of traces decided.
     pub fn flush(&self, kept: &mut Vec<S>) -> usize {
-        let now = self.clock.nanos();
+        let now = self.now();
         let resource = self.resource.read().clone();
         let mut round = Round::new(self.policies.len());
         let mut decided = 0;
@@ -339,6 +386,12 @@ impl<S: SpanView> TailSampler<S> {
             }
         }
         dropped
+    }
+
+    /// Writes a decision made by an earlier run (restored from a log) into the decision
+    /// caches: late spans of `trace_id` follow it, kept (`Some`) or dropped (`None`).
+    pub fn restore_decision(&self, trace_id: TraceId, decision: Option<Arc<KeptDecision>>) {
+        self.shard(trace_id).lock().remember(trace_id, decision);
     }
 
     /// Sets the resource attributes that attribute policies consult besides span attributes

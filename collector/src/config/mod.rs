@@ -26,6 +26,8 @@ use std::time::Duration;
 use traceq_exporter::export::ExporterConfig;
 use traceq_sampler::SamplerConfig;
 
+use crate::storage::StorageConfig;
+
 mod template;
 #[cfg(test)]
 mod tests;
@@ -188,6 +190,8 @@ pub struct CollectorConfig {
     pub metrics_bearer_token: Option<String>,
     /// Deadline for the final decisions and exporter flush on shutdown.
     pub shutdown_timeout: Duration,
+    /// Crash-safe storage (the `file_storage` extension), if on.
+    pub storage: Option<StorageConfig>,
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -218,6 +222,22 @@ impl Default for CollectorConfig {
             admin: Some(addr(DEFAULT_ADMIN_ENDPOINT)),
             metrics_bearer_token: None,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            storage: None,
         }
+    }
+}
+
+impl CollectorConfig {
+    /// Turns storage on in `directory` (what `--storage DIR` does): for the sampler and every
+    /// exporter, with the other settings of a configured `file_storage` kept.
+    pub fn with_storage_directory(mut self, directory: impl Into<PathBuf>) -> Self {
+        let mut storage = self
+            .storage
+            .take()
+            .unwrap_or_else(|| StorageConfig::new(PathBuf::new()));
+        storage.directory = directory.into();
+        storage.exporters = self.exporters.iter().map(|e| e.name.clone()).collect();
+        self.storage = Some(storage);
+        self
     }
 }

@@ -13,6 +13,8 @@ use traceq_exporter::export::{
 };
 use traceq_sampler::{parse_duration, SamplerConfig};
 
+use crate::storage::{FsyncMode, StorageConfig};
+
 use super::{
     field_error, CollectorConfig, CollectorConfigError, OnBufferFull, ReceiverConfig, TlsConfig,
     DEFAULT_GRPC_ENDPOINT, DEFAULT_GRPC_MAX_REQUEST_BYTES, DEFAULT_HTTP_ENDPOINT,
@@ -31,6 +33,26 @@ struct RawDoc {
     exporters: Option<BTreeMap<String, serde_yaml::Value>>,
     #[serde(default)]
     service: Option<RawService>,
+    #[serde(default)]
+    extensions: Option<BTreeMap<String, serde_yaml::Value>>,
+}
+
+/// The `file_storage` extension. `timeout` and `compaction` are the Collector's and are taken
+/// without effect: the log takes no lock that could time out, and deletes whole segments, so
+/// there is nothing to compact.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFileStorage {
+    directory: Option<PathBuf>,
+    fsync: Option<serde_yaml::Value>,
+    fsync_interval: Option<String>,
+    max_storage_bytes: Option<u64>,
+    segment_bytes: Option<u64>,
+    create_directory: Option<bool>,
+    #[allow(dead_code)]
+    timeout: Option<String>,
+    #[allow(dead_code)]
+    compaction: Option<serde_yaml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,6 +139,8 @@ struct RawBatch {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawService {
+    /// The Collector's list of extensions to start; each must be defined.
+    extensions: Option<Vec<String>>,
     telemetry: Option<RawTelemetry>,
     sampling: Option<bool>,
     on_buffer_full: Option<String>,
@@ -521,6 +545,125 @@ fn exporter(key: &str, value: serde_yaml::Value) -> Result<ExporterConfig, Colle
     }
 }
 
+/// Takes the `storage` key out of a block (a mapping), returning the extension it names.
+fn take_storage(
+    block: &mut serde_yaml::Value,
+    field: &str,
+) -> Result<Option<String>, CollectorConfigError> {
+    let Some(map) = block.as_mapping_mut() else {
+        return Ok(None);
+    };
+    match map.remove("storage") {
+        None | Some(serde_yaml::Value::Null) => Ok(None),
+        Some(serde_yaml::Value::String(name)) if !name.trim().is_empty() => Ok(Some(name)),
+        Some(_) => Err(field_error(
+            field,
+            "must name a storage extension, like `file_storage`",
+        )),
+    }
+}
+
+/// The storage settings from `extensions` and the blocks that name one (`users`: the block
+/// and the extension it names).
+fn storage(
+    extensions: Option<BTreeMap<String, serde_yaml::Value>>,
+    users: &[(String, String)],
+    exporters: Vec<String>,
+) -> Result<Option<StorageConfig>, CollectorConfigError> {
+    let extensions = extensions.unwrap_or_default();
+    for key in extensions.keys() {
+        if !(key == "file_storage" || key.starts_with("file_storage/")) {
+            return Err(field_error(
+                format!("extensions.{key}"),
+                format!("extension type `{key}` is not supported (only file_storage is)"),
+            ));
+        }
+    }
+    let Some((first_user, name)) = users.first() else {
+        return Ok(None);
+    };
+    if let Some((other, other_name)) = users.iter().find(|(_, n)| n != name) {
+        return Err(field_error(
+            format!("{other}.storage"),
+            format!(
+                "names `{other_name}` but {first_user} names `{name}`: the collector keeps one                  log, name one storage extension everywhere"
+            ),
+        ));
+    }
+    let Some(value) = extensions.get(name) else {
+        return Err(field_error(
+            format!("{first_user}.storage"),
+            format!("names `{name}`, which is not defined under `extensions`"),
+        ));
+    };
+    let f = |k: &str| format!("extensions.{name}.{k}");
+    let value = if value.is_null() {
+        serde_yaml::Value::Mapping(serde_yaml::Mapping::new())
+    } else {
+        value.clone()
+    };
+    let raw: RawFileStorage = serde_yaml::from_value(value)
+        .map_err(|e| CollectorConfigError::Yaml(format!("extensions.{name}: {e}")))?;
+    let directory = raw
+        .directory
+        .filter(|d| !d.as_os_str().is_empty())
+        .ok_or_else(|| field_error(f("directory"), "is required"))?;
+    if raw.create_directory == Some(false) && !directory.is_dir() {
+        return Err(field_error(
+            f("directory"),
+            format!(
+                "{} does not exist (and create_directory is false)",
+                directory.display()
+            ),
+        ));
+    }
+    let mut cfg = StorageConfig::new(directory);
+    cfg.exporters = exporters;
+    cfg.fsync = match raw.fsync {
+        None => FsyncMode::Interval,
+        // The Collector's boolean: sync on every write, or leave it to the kernel.
+        Some(serde_yaml::Value::Bool(true)) => FsyncMode::Always,
+        Some(serde_yaml::Value::Bool(false)) => FsyncMode::Never,
+        Some(serde_yaml::Value::String(mode)) => match mode.as_str() {
+            "always" => FsyncMode::Always,
+            "interval" => FsyncMode::Interval,
+            "never" => FsyncMode::Never,
+            other => {
+                return Err(field_error(
+                    f("fsync"),
+                    format!("`{other}` is not one of always, interval, never"),
+                ))
+            }
+        },
+        Some(_) => {
+            return Err(field_error(
+                f("fsync"),
+                "must be always, interval or never (or true / false)",
+            ))
+        }
+    };
+    if let Some(t) = raw.fsync_interval {
+        let d = duration(&f("fsync_interval"), &t)?;
+        if d.is_zero() {
+            return Err(field_error(f("fsync_interval"), "must be positive"));
+        }
+        cfg.fsync_interval = d;
+    }
+    if let Some(n) = raw.max_storage_bytes {
+        if n < 1 << 20 {
+            return Err(field_error(
+                f("max_storage_bytes"),
+                "must be at least 1 MiB",
+            ));
+        }
+        cfg.max_storage_bytes = n;
+    }
+    if let Some(n) = raw.segment_bytes {
+        cfg.segment_bytes = positive(&f("segment_bytes"), n)?;
+    }
+    Ok(Some(cfg))
+}
+
 impl CollectorConfig {
     /// Reads a collector configuration file's text. Missing sections take their defaults; an
     /// empty `receivers.otlp.protocols` entry (e.g. `grpc:`) enables that protocol with defaults,
@@ -555,7 +698,7 @@ impl CollectorConfig {
     /// # Ok::<(), traceq_collector::CollectorConfigError>(())
     /// ```
     pub fn from_yaml(text: &str) -> Result<Self, CollectorConfigError> {
-        let raw: RawDoc = if text.trim().is_empty() {
+        let mut raw: RawDoc = if text.trim().is_empty() {
             RawDoc::default()
         } else {
             serde_yaml::from_str(text).map_err(|e| CollectorConfigError::Yaml(e.to_string()))?
@@ -616,6 +759,18 @@ impl CollectorConfig {
                 ));
             }
         }
+        // Which storage extension the sampler and each exporter name, taken out of their blocks
+        // before those are read.
+        let mut storage_users: Vec<(String, String)> = Vec::new();
+        if let Some(ts) = raw
+            .processors
+            .as_mut()
+            .and_then(|p| p.tail_sampling.as_mut())
+        {
+            if let Some(name) = take_storage(ts, "processors.tail_sampling.storage")? {
+                storage_users.push(("processors.tail_sampling".into(), name));
+            }
+        }
         if let Some(processors) = raw.processors {
             if let Some(ts) = processors.tail_sampling {
                 let text = serde_yaml::to_string(&ts)
@@ -632,9 +787,42 @@ impl CollectorConfig {
                 }
             }
         }
+        let mut stored_exporters = Vec::new();
         if let Some(exporters) = raw.exporters {
-            for (key, value) in exporters {
+            for (key, mut value) in exporters {
+                let queue = value
+                    .as_mapping_mut()
+                    .and_then(|m| m.get_mut("sending_queue"));
+                if let Some(queue) = queue {
+                    let field = format!("exporters.{key}.sending_queue.storage");
+                    if let Some(name) = take_storage(queue, &field)? {
+                        storage_users.push((format!("exporters.{key}"), name));
+                        stored_exporters.push(key.clone());
+                    }
+                }
                 cfg.exporters.push(exporter(&key, value)?);
+            }
+        }
+        let extension_names: Vec<String> = raw
+            .extensions
+            .as_ref()
+            .map(|e| e.keys().cloned().collect())
+            .unwrap_or_default();
+        cfg.storage = storage(raw.extensions, &storage_users, stored_exporters)?;
+        if let Some(names) = raw.service.as_ref().and_then(|s| s.extensions.as_ref()) {
+            for name in names {
+                if !(name == "file_storage" || name.starts_with("file_storage/")) {
+                    return Err(field_error(
+                        "service.extensions",
+                        format!("extension `{name}` is not supported (only file_storage is)"),
+                    ));
+                }
+                if !extension_names.contains(name) {
+                    return Err(field_error(
+                        "service.extensions",
+                        format!("`{name}` is listed but not defined under `extensions`"),
+                    ));
+                }
             }
         }
         if let Some(service) = raw.service {

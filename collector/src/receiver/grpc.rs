@@ -247,7 +247,7 @@ async fn handle(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<(), 
         Some(Err(rejection)) => return Err(reject(rejection.code(), &rejection.to_string())),
         Some(Ok(spans)) => spans,
     };
-    shared.offer(spans).map_err(|refused| {
+    shared.offer(spans).await.map_err(|refused| {
         let pushback = match refused {
             Refused::Full { retry_after } => Some(retry_after),
             _ => None,

@@ -274,7 +274,7 @@ async fn handle(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<Form
         }
         Some(result) => result.map_err(reject_with)?,
     };
-    shared.offer(spans).map_err(|refused| {
+    shared.offer(spans).await.map_err(|refused| {
         let retry_after = match refused {
             Refused::Full { retry_after } => Some(retry_after),
             _ => None,

@@ -234,12 +234,19 @@ impl Shared {
     }
 
     /// Offers a request's spans to the sink, counting the outcome.
-    pub(super) fn offer(&self, spans: Vec<OtlpSpan>) -> Result<(), Refused> {
+    pub(super) async fn offer(&self, spans: Vec<OtlpSpan>) -> Result<(), Refused> {
         let n = spans.len() as u64;
         let result = if self.hard_stop.is_cancelled() {
             Err(Refused::ShuttingDown)
         } else {
             self.sink.offer(spans)
+        };
+        let result = match result {
+            Ok(accepted) => {
+                accepted.durable().await;
+                Ok(())
+            }
+            Err(refused) => Err(refused),
         };
         let (requests, span_counter) = match result {
             Ok(()) => (

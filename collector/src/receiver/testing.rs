@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use prost::Message;
 
 use super::{OtlpReceiver, Protocol};
+use crate::sink::Accepted;
 use crate::{ReceiverConfig, ReceiverMetrics, Refused, SpanSink};
 use traceq_exporter::otlp::OtlpSpan;
 
@@ -62,7 +63,7 @@ impl TestSink {
 }
 
 impl SpanSink for TestSink {
-    fn offer(&self, spans: Vec<OtlpSpan>) -> Result<(), Refused> {
+    fn offer(&self, spans: Vec<OtlpSpan>) -> Result<Accepted, Refused> {
         if let Some((delay, started)) = &self.slow {
             let _ = started.lock().send(());
             std::thread::sleep(*delay);
@@ -71,7 +72,7 @@ impl SpanSink for TestSink {
             return Err(refusal);
         }
         self.spans.lock().extend(spans);
-        Ok(())
+        Ok(Accepted::default())
     }
 }
 

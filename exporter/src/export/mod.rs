@@ -29,7 +29,7 @@ mod size;
 #[cfg(test)]
 pub(crate) mod test_support;
 
-pub use batch::ExportBatch;
+pub use batch::{ExportBatch, Receipt};
 pub use config::{
     file_retry, ExportTarget, ExporterConfig, DEFAULT_EXPORT_TIMEOUT, DEFAULT_FILE_RETRY_INITIAL,
     DEFAULT_FILE_RETRY_MAX_INTERVAL, DEFAULT_FSYNC_INTERVAL, DEFAULT_MAX_EXPORT_BYTES,

@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::batch::ExportBatch;
+use super::batch::{ExportBatch, Receipt};
 use super::config::ExporterConfig;
 use super::delivery::{Delivery, Outcome};
 use super::error::ExportSetupError;
@@ -96,8 +96,8 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    /// Batches waiting to be sent.
-    batches: VecDeque<ExportBatch>,
+    /// Batches waiting to be sent, each with the receipt to settle once it is resolved.
+    batches: VecDeque<(ExportBatch, Option<Receipt>)>,
     /// Spans accepted and not yet sent or dropped: waiting plus in flight.
     outstanding: usize,
     /// Encoded bytes of those batches.
@@ -111,12 +111,12 @@ impl State {
     /// it back.
     fn admit(
         &mut self,
-        batch: ExportBatch,
+        batch: (ExportBatch, Option<Receipt>),
         capacity: usize,
         capacity_bytes: usize,
-    ) -> Result<(), ExportBatch> {
-        let spans = self.outstanding.checked_add(batch.spans);
-        let bytes = self.outstanding_bytes.checked_add(batch.body.len());
+    ) -> Result<(), (ExportBatch, Option<Receipt>)> {
+        let spans = self.outstanding.checked_add(batch.0.spans);
+        let bytes = self.outstanding_bytes.checked_add(batch.0.body.len());
         match (spans, bytes) {
             (Some(spans), Some(bytes)) if spans <= capacity && bytes <= capacity_bytes => {
                 self.outstanding = spans;
@@ -200,16 +200,35 @@ impl ExporterQueue {
     /// dropped and counted in `spans_dropped` (a full queue is reported once on stderr). An
     /// empty batch is ignored.
     pub fn push(&self, batch: ExportBatch) {
+        self.push_owed(batch, None);
+    }
+
+    /// [`Self::push`] with a [`Receipt`] settled once the batch is resolved: delivered,
+    /// rejected, given up after its retries, or dropped because the queue is full. A batch
+    /// pushed after shutdown began, still queued or in flight at the shutdown deadline, or
+    /// queued when the exporter is dropped, is still owed: its receipt is dropped unsettled.
+    pub fn push_with_receipt(&self, batch: ExportBatch, receipt: Receipt) {
+        self.push_owed(batch, Some(receipt));
+    }
+
+    fn push_owed(&self, batch: ExportBatch, receipt: Option<Receipt>) {
         if batch.spans == 0 {
+            if let Some(receipt) = receipt {
+                receipt.settle();
+            }
             return;
         }
         let metrics = &self.shared.delivery.metrics;
         let refused = {
             let mut state = self.shared.state.lock();
             if state.closed {
-                Err((batch, false))
+                Err(((batch, receipt), false))
             } else {
-                let admitted = state.admit(batch, self.shared.capacity, self.shared.capacity_bytes);
+                let admitted = state.admit(
+                    (batch, receipt),
+                    self.shared.capacity,
+                    self.shared.capacity_bytes,
+                );
                 metrics.queue_spans.store(state.outstanding as u64, Relaxed);
                 metrics
                     .queue_bytes
@@ -219,8 +238,12 @@ impl ExporterQueue {
         };
         match refused {
             Ok(()) => self.shared.wake.notify_one(),
-            Err((batch, full)) => {
+            Err(((batch, receipt), full)) => {
                 ExporterMetrics::add(&metrics.spans_dropped, batch.spans as u64);
+                // Dropped for good from a full queue; after shutdown began, still owed.
+                if let (true, Some(receipt)) = (full, receipt) {
+                    receipt.settle();
+                }
                 if full && !self.shared.warned_full.swap(true, Relaxed) {
                     eprintln!(
                         "traceq: exporter {}: queue full ({} spans or {} bytes), dropping \
@@ -274,7 +297,7 @@ impl Drop for ExporterQueue {
 }
 
 impl Shared {
-    fn pop(&self) -> Option<ExportBatch> {
+    fn pop(&self) -> Option<(ExportBatch, Option<Receipt>)> {
         self.state.lock().batches.pop_front()
     }
 
@@ -321,11 +344,18 @@ async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let mut in_flight = FuturesUnordered::new();
     loop {
         while in_flight.len() < max_in_flight {
-            let Some(batch) = shared.pop() else { break };
+            let Some((batch, receipt)) = shared.pop() else {
+                break;
+            };
             let shared = Arc::clone(&shared);
             in_flight.push(async move {
                 let size = (batch.spans, batch.body.len());
-                (size, shared.delivery.deliver(batch).await)
+                let outcome = shared.delivery.deliver(batch).await;
+                // Not reached when cancelled at the deadline: the receipt stays unsettled.
+                if let Some(receipt) = receipt {
+                    receipt.settle();
+                }
+                (size, outcome)
             });
         }
         if in_flight.is_empty() && shared.closed_and_empty() {

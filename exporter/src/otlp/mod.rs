@@ -9,6 +9,8 @@ mod span;
 mod validate;
 mod wire;
 
-pub use request::{decode_json_request, decode_request, encode_request, DecodeError};
-pub use span::OtlpSpan;
+pub use request::{
+    decode_json_request, decode_request, encode_request, encode_request_into, DecodeError,
+};
+pub use span::{OtlpSpan, Retained};
 pub use validate::{MAX_LIST_ITEMS, MAX_VALUE_DEPTH};

@@ -219,6 +219,14 @@ pub fn decode_json_request(body: &[u8]) -> Result<Vec<OtlpSpan>, DecodeError> {
 /// order). Annotations added by the sampler are included.
 #[must_use]
 pub fn encode_request(spans: &[OtlpSpan]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_request_into(spans, &mut out);
+    out
+}
+
+/// [`encode_request`] appending to `out` (after a header of the caller's, say), reserving
+/// the exact size once.
+pub fn encode_request_into(spans: &[OtlpSpan], out: &mut Vec<u8>) {
     // Group: resource -> scope -> span indices, keeping first-seen order.
     type ResourceKey<'a> = (Option<&'a [u8]>, &'a [u8]);
     type ScopeKey<'a> = (Option<&'a [u8]>, &'a [u8]);
@@ -275,31 +283,31 @@ pub fn encode_request(spans: &[OtlpSpan]) -> Vec<u8> {
         .iter()
         .map(|(k, scopes)| wire::len_field_size(REQUEST_RESOURCE_SPANS, resource_len(k, scopes)))
         .sum();
-    let mut out = Vec::with_capacity(total);
+    out.reserve_exact(total);
+    let start = out.len();
     for (rkey, scopes) in &resources {
-        wire::put_len_header(&mut out, REQUEST_RESOURCE_SPANS, resource_len(rkey, scopes));
+        wire::put_len_header(out, REQUEST_RESOURCE_SPANS, resource_len(rkey, scopes));
         if let Some(resource) = rkey.0 {
-            wire::put_len_field(&mut out, RESOURCE_SPANS_RESOURCE, resource);
+            wire::put_len_field(out, RESOURCE_SPANS_RESOURCE, resource);
         }
         for (skey, idx) in scopes {
-            wire::put_len_header(&mut out, RESOURCE_SPANS_SCOPE_SPANS, scope_len(skey, idx));
+            wire::put_len_header(out, RESOURCE_SPANS_SCOPE_SPANS, scope_len(skey, idx));
             if let Some(scope) = skey.0 {
-                wire::put_len_field(&mut out, SCOPE_SPANS_SCOPE, scope);
+                wire::put_len_field(out, SCOPE_SPANS_SCOPE, scope);
             }
             for &i in idx {
-                wire::put_len_header(&mut out, SCOPE_SPANS_SPANS, spans[i].encoded_len());
-                spans[i].write_encoded(&mut out);
+                wire::put_len_header(out, SCOPE_SPANS_SPANS, spans[i].encoded_len());
+                spans[i].write_encoded(out);
             }
             if !skey.1.is_empty() {
-                wire::put_len_field(&mut out, SCOPE_SPANS_SCHEMA_URL, skey.1);
+                wire::put_len_field(out, SCOPE_SPANS_SCHEMA_URL, skey.1);
             }
         }
         if !rkey.1.is_empty() {
-            wire::put_len_field(&mut out, RESOURCE_SPANS_SCHEMA_URL, rkey.1);
+            wire::put_len_field(out, RESOURCE_SPANS_SCHEMA_URL, rkey.1);
         }
     }
-    debug_assert_eq!(out.len(), total);
-    out
+    debug_assert_eq!(out.len() - start, total);
 }
 
 fn opt_len(field: u32, s: &[u8]) -> usize {

@@ -1,8 +1,11 @@
 //! [`OtlpSpan`]: one received span, kept encoded.
 
+use std::any::Any;
+use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::mem::size_of;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -47,6 +50,36 @@ pub(crate) struct Origin {
     /// The resource's attributes: key and the byte range of the encoded `AnyValue` within
     /// `resource`, sorted by key, first occurrence of a key only.
     resource_attributes: AttributeIndex,
+    /// What the spans of this origin keep alive (see [`OtlpSpan::retain`]). Not part of the
+    /// origin's identity.
+    retained: Retain,
+}
+
+/// A value kept alive for as long as any span of one decoded request is (see
+/// [`OtlpSpan::retain`]): dropped when the last of them is.
+pub type Retained = Arc<dyn Any + Send + Sync>;
+
+/// [`Retained`] inside an [`Origin`], outside its identity: every origin equals every other
+/// on it, and it hashes to nothing.
+#[derive(Clone, Default)]
+struct Retain(OnceLock<Retained>);
+
+impl fmt::Debug for Retain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Retain")
+    }
+}
+
+impl PartialEq for Retain {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Retain {}
+
+impl Hash for Retain {
+    fn hash<H: Hasher>(&self, _: &mut H) {}
 }
 
 impl Origin {
@@ -64,6 +97,7 @@ impl Origin {
             scope,
             scope_schema_url,
             resource_attributes,
+            retained: Retain::default(),
         }
     }
 
@@ -232,6 +266,27 @@ impl OtlpSpan {
 
     pub(crate) fn origin(&self) -> &Arc<Origin> {
         &self.origin
+    }
+
+    /// Makes `value` live as long as any span of this span's resource and scope in its
+    /// request does (they share one origin): how the collector learns that every span of a
+    /// logged request was decided and delivered. The first value given to an origin stays;
+    /// returns whether this one was taken.
+    pub fn retain(&self, value: &Retained) -> bool {
+        self.origin.retained.0.set(value.clone()).is_ok()
+    }
+
+    /// The value given to [`Self::retain`] for this span's origin, if any.
+    #[must_use]
+    pub fn retained(&self) -> Option<&Retained> {
+        self.origin.retained.0.get()
+    }
+
+    /// Whether `self` and `other` share one origin (resource and scope of one request): spans
+    /// that do share what they [`retain`](Self::retain).
+    #[must_use]
+    pub fn same_origin(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.origin, &other.origin)
     }
 
     /// The span's trace id bytes.

@@ -55,6 +55,9 @@ impl<S: SpanView> TailSampler<S> {
         kept: &mut Vec<S>,
     ) {
         self.judge(round, now, resource, kept);
+        if let Some(hook) = &self.decision_hook {
+            hook(&round.verdicts);
+        }
         self.settle(&mut slot.lock(), round);
         // Late spans are annotated and freed with the lock released, like the trace's own.
         for (spans, decision) in round.late.drain(..) {

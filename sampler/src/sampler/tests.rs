@@ -349,3 +349,75 @@ fn occupancy_should_count_buffered_traces_and_bytes_until_they_are_decided() {
     s.flush(&mut kept);
     assert_eq!(s.occupancy(), (0, 0));
 }
+
+#[test]
+fn spans_ingested_with_an_age_should_resume_their_timers_not_restart_them() {
+    let (s, clock) = sampler(errors_only());
+    let mut kept = Vec::new();
+    // A root that ended 1.5 s ago (before this sampler existed): due 0.5 s from now.
+    s.ingest_batch_aged(
+        [Box::new(TestSpan::new(1, 1).error().build())],
+        Duration::from_millis(1500),
+        &mut kept,
+    );
+    clock.advance(Duration::from_millis(499));
+    assert_eq!(s.poll(&mut kept), 0);
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(s.poll(&mut kept), 1);
+    assert_eq!(kept.len(), 1);
+    // Its latency counts from its arrival, before the restart.
+    assert_eq!(s.metrics().decision_latency_max_nanos, 2_000_000_000);
+}
+
+#[test]
+fn restored_decisions_should_be_followed_by_late_spans() {
+    let (s, _clock) = sampler(errors_only());
+    let mut kept = Vec::new();
+    let decision = Arc::new(crate::KeptDecision::new(Arc::from("errors"), 1.0));
+    s.restore_decision(
+        TestSpan::new(7, 1).build().span_context.trace_id(),
+        Some(decision),
+    );
+    s.restore_decision(TestSpan::new(8, 1).build().span_context.trace_id(), None);
+    ingest(&s, TestSpan::new(7, 2).child_of(1).build(), &mut kept);
+    ingest(
+        &s,
+        TestSpan::new(8, 2).child_of(1).error().build(),
+        &mut kept,
+    );
+    assert_eq!(kept.len(), 1, "the kept trace's late span is kept at once");
+    assert_eq!(
+        kept[0].attribute(POLICY_ATTRIBUTE),
+        Some(AttrValue::Str("errors"))
+    );
+    let m = s.metrics();
+    assert_eq!((m.late_spans_sampled, m.late_spans_not_sampled), (1, 1));
+    assert_eq!(m.sampling_traces_on_memory, 0);
+}
+
+#[test]
+fn the_decision_hook_should_see_every_decision_of_a_round() {
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let clock = ManualClock::new();
+    let s: Sampler = TailSampler::with_clock(errors_only(), Arc::new(clock.clone()))
+        .unwrap()
+        .with_decision_hook(Box::new(move |verdicts| {
+            log.lock().extend(
+                verdicts
+                    .iter()
+                    .map(|(t, d)| (*t, d.as_ref().map(|d| d.policy.clone()))),
+            );
+        }));
+    let mut kept = Vec::new();
+    ingest(&s, TestSpan::new(1, 1).error().build(), &mut kept);
+    ingest(&s, TestSpan::new(2, 1).build(), &mut kept);
+    s.flush(&mut kept);
+    let mut seen = seen.lock().clone();
+    seen.sort_by_key(|(t, _)| t.to_bytes());
+    let id = |n| TestSpan::new(n, 1).build().span_context.trace_id();
+    assert_eq!(
+        seen,
+        vec![(id(1), Some(Arc::from("errors"))), (id(2), None)]
+    );
+}

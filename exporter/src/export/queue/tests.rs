@@ -1,3 +1,4 @@
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -40,19 +41,19 @@ proptest! {
         let (mut model_spans, mut model_bytes) = (0usize, 0usize);
         let mut model_kept = Vec::new();
         for (spans, bytes) in sizes {
-            let admitted = state.admit(sized(spans, bytes), capacity, capacity_bytes);
+            let admitted = state.admit((sized(spans, bytes), None), capacity, capacity_bytes);
             if model_spans + spans <= capacity && model_bytes + bytes <= capacity_bytes {
                 model_spans += spans;
                 model_bytes += bytes;
                 model_kept.push(spans);
                 prop_assert!(admitted.is_ok());
             } else {
-                prop_assert_eq!(admitted.map_err(|b| b.spans), Err(spans));
+                prop_assert_eq!(admitted.map_err(|b| b.0.spans), Err(spans));
             }
         }
         prop_assert_eq!(state.outstanding, model_spans);
         prop_assert_eq!(state.outstanding_bytes, model_bytes);
-        let kept: Vec<_> = state.batches.iter().map(|b| b.spans).collect();
+        let kept: Vec<_> = state.batches.iter().map(|b| b.0.spans).collect();
         prop_assert_eq!(kept, model_kept);
     }
 }
@@ -60,12 +61,12 @@ proptest! {
 #[test]
 fn admission_should_not_overflow_on_huge_span_counts() {
     let mut state = State::default();
-    assert!(state.admit(sized(5, 3), 10, 10).is_ok());
+    assert!(state.admit((sized(5, 3), None), 10, 10).is_ok());
     let huge = ExportBatch {
         body: bytes::Bytes::new(),
         spans: usize::MAX,
     };
-    assert!(state.admit(huge, usize::MAX, usize::MAX).is_err());
+    assert!(state.admit((huge, None), usize::MAX, usize::MAX).is_err());
     assert_eq!(state.outstanding, 5);
     assert_eq!(state.outstanding_bytes, 3);
 }
@@ -147,4 +148,53 @@ async fn empty_batches_should_be_ignored() {
     assert_eq!(get(&metrics.queue_spans), 0);
     queue.shutdown(tokio::time::Instant::now()).await;
     assert_eq!(get(&metrics.spans_dropped), 0);
+}
+
+/// A receipt that counts into `settled` when settled.
+fn counting_receipt(settled: &Arc<std::sync::atomic::AtomicUsize>) -> Receipt {
+    let settled = settled.clone();
+    Receipt::new(move || {
+        settled.fetch_add(1, Relaxed);
+    })
+}
+
+#[tokio::test]
+async fn receipts_should_be_settled_when_a_batch_is_given_up_or_refused_by_a_full_queue() {
+    let settled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let metrics = Arc::new(ExporterMetrics::default());
+    // Nothing listens and retries are off: the first batch is given up after one attempt.
+    let no_retry = crate::client::RetryConfig {
+        enabled: false,
+        ..fast_retry(10)
+    };
+    let config = grpc_config(closed_port(), no_retry).with_queue_size(5);
+    let queue = ExporterQueue::start(&config, metrics.clone()).unwrap();
+    queue.push_with_receipt(batch(3), counting_receipt(&settled));
+    // Past `queue_size`: dropped for good, settled at once.
+    queue.push_with_receipt(batch(3), counting_receipt(&settled));
+    assert_eq!(settled.load(Relaxed), 1);
+    assert!(eventually(|| settled.load(Relaxed) == 2).await);
+    assert_eq!(get(&metrics.spans_dropped), 6);
+    // An empty batch is settled at once too.
+    queue.push_with_receipt(batch(0), counting_receipt(&settled));
+    assert_eq!(settled.load(Relaxed), 3);
+}
+
+#[tokio::test]
+async fn receipts_should_stay_unsettled_for_batches_left_at_the_shutdown_deadline() {
+    let settled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let metrics = Arc::new(ExporterMetrics::default());
+    // Retries for ever: the batches are still owed when shutdown gives up on them.
+    let config = grpc_config(closed_port(), fast_retry(10));
+    let queue = ExporterQueue::start(&config, metrics.clone()).unwrap();
+    for _ in 0..6 {
+        queue.push_with_receipt(batch(1), counting_receipt(&settled));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(100);
+    queue.shutdown(deadline).await;
+    // Counted as dropped, as without receipts, but owed: whoever queued them keeps the data.
+    assert_eq!(get(&metrics.spans_dropped), 6);
+    // And after shutdown began, still owed.
+    queue.push_with_receipt(batch(1), counting_receipt(&settled));
+    assert_eq!(settled.load(Relaxed), 0);
 }

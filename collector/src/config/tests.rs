@@ -286,3 +286,149 @@ fn metrics_bearer_token_should_be_read_and_default_to_none() {
     assert_eq!(cfg.metrics_bearer_token.as_deref(), Some("s3cret-token"));
     assert_eq!(cfg.admin, Some("127.0.0.1:0".parse().unwrap()));
 }
+
+#[test]
+fn file_storage_should_be_read_in_the_collectors_shape() {
+    let cfg = CollectorConfig::from_yaml(
+        r#"
+extensions:
+  file_storage/wal:
+    directory: /var/lib/traceq
+    fsync: always
+    max_storage_bytes: 104857600
+    segment_bytes: 8388608
+    timeout: 1s
+processors:
+  tail_sampling:
+    storage: file_storage/wal
+    decision_wait: 5s
+    policies: [{name: e, type: status_code, status_code: {status_codes: [ERROR]}}]
+exporters:
+  otlp/down:
+    endpoint: 127.0.0.1:24317
+    sending_queue: {storage: file_storage/wal, queue_size: 5000}
+  file:
+    path: out.jsonl
+service:
+  extensions: [file_storage/wal]
+"#,
+    )
+    .unwrap();
+    let storage = cfg.storage.expect("storage on");
+    assert_eq!(
+        storage.directory,
+        std::path::PathBuf::from("/var/lib/traceq")
+    );
+    assert_eq!(storage.fsync, crate::FsyncMode::Always);
+    assert_eq!(storage.max_storage_bytes, 100 << 20);
+    assert_eq!(storage.segment_bytes, 8 << 20);
+    // Only the exporter naming the storage waits on it; the sampler's block lost the key.
+    assert_eq!(storage.exporters, vec!["otlp/down".to_owned()]);
+    assert_eq!(cfg.sampler.decision_wait, Duration::from_secs(5));
+    let otlp = cfg
+        .exporters
+        .iter()
+        .find(|e| e.name == "otlp/down")
+        .unwrap();
+    assert_eq!(
+        otlp.queue_size, 5000,
+        "the rest of sending_queue still applies"
+    );
+}
+
+#[test]
+fn file_storage_should_default_to_interval_syncs_and_take_the_collectors_booleans() {
+    let base = |fsync: &str| {
+        format!(
+            "extensions: {{file_storage: {{directory: /tmp/x{fsync}}}}}\n\
+             processors: {{tail_sampling: {{storage: file_storage, policies: [{{name: e, type: \
+             status_code, status_code: {{status_codes: [ERROR]}}}}]}}}}"
+        )
+    };
+    let read = |fsync: &str| {
+        CollectorConfig::from_yaml(&base(fsync))
+            .unwrap()
+            .storage
+            .unwrap()
+    };
+    let d = read("");
+    assert_eq!(d.fsync, crate::FsyncMode::Interval);
+    assert_eq!(d.fsync_interval, crate::DEFAULT_STORAGE_FSYNC_INTERVAL);
+    assert_eq!(d.max_storage_bytes, crate::DEFAULT_MAX_STORAGE_BYTES);
+    assert!(d.exporters.is_empty());
+    assert_eq!(read(", fsync: true").fsync, crate::FsyncMode::Always);
+    assert_eq!(read(", fsync: false").fsync, crate::FsyncMode::Never);
+    assert_eq!(read(", fsync: never").fsync, crate::FsyncMode::Never);
+    let i = read(", fsync: interval, fsync_interval: 20ms");
+    assert_eq!(i.fsync_interval, Duration::from_millis(20));
+    // Without a user, the extension is only defined: no storage.
+    let unused = CollectorConfig::from_yaml("extensions: {file_storage: {directory: /tmp/x}}");
+    assert!(unused.unwrap().storage.is_none());
+}
+
+#[test]
+fn bad_storage_settings_should_be_refused_naming_the_field() {
+    for (yaml, field) in [
+        (
+            "processors: {tail_sampling: {storage: file_storage, policies: [{name: e, type: status_code, status_code: {status_codes: [ERROR]}}]}}",
+            "processors.tail_sampling.storage",
+        ),
+        (
+            "extensions: {file_storage: {}}\nprocessors: {tail_sampling: {storage: file_storage, policies: [{name: e, type: status_code, status_code: {status_codes: [ERROR]}}]}}",
+            "extensions.file_storage.directory",
+        ),
+        (
+            "extensions: {file_storage: {directory: /x, fsync: sometimes}}\n\
+             processors: {tail_sampling: {storage: file_storage, policies: [{name: e, type: status_code, status_code: {status_codes: [ERROR]}}]}}",
+            "extensions.file_storage.fsync",
+        ),
+        (
+            "extensions: {file_storage: {directory: /x, max_storage_bytes: 1000}}\n\
+             processors: {tail_sampling: {storage: file_storage, policies: [{name: e, type: status_code, status_code: {status_codes: [ERROR]}}]}}",
+            "extensions.file_storage.max_storage_bytes",
+        ),
+        (
+            "extensions: {file_storage/a: {directory: /a}, file_storage/b: {directory: /b}}\n\
+             processors: {tail_sampling: {storage: file_storage/a, policies: [{name: e, type: status_code, status_code: {status_codes: [ERROR]}}]}}\n\
+             exporters: {otlp: {endpoint: x, sending_queue: {storage: file_storage/b}}}",
+            "exporters.otlp.storage",
+        ),
+        ("extensions: {redis: {}}", "extensions.redis"),
+        (
+            "extensions: {file_storage: {directory: /x}}\nservice: {extensions: [file_storage/y]}",
+            "service.extensions",
+        ),
+    ] {
+        let err = CollectorConfig::from_yaml(yaml).unwrap_err().to_string();
+        assert!(err.contains(field), "{yaml}: {err}");
+    }
+    let err = CollectorConfig::from_yaml(
+        "extensions: {file_storage: {directory: /x, colour: red}}\n\
+         processors: {tail_sampling: {storage: file_storage, policies: [{name: e, type: status_code, status_code: {status_codes: [ERROR]}}]}}",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("colour"), "{err}");
+}
+
+#[test]
+fn the_storage_flag_should_cover_the_sampler_and_every_exporter() {
+    let cfg = CollectorConfig::from_yaml(
+        "extensions: {file_storage: {directory: /elsewhere, fsync: always}}\n\
+         processors: {tail_sampling: {storage: file_storage, policies: [{name: e, type: status_code, status_code: {status_codes: [ERROR]}}]}}\n\
+         exporters: {otlp: {endpoint: x}, file: {path: y}}",
+    )
+    .unwrap()
+    .with_storage_directory("/data");
+    let storage = cfg.storage.unwrap();
+    assert_eq!(storage.directory, std::path::PathBuf::from("/data"));
+    assert_eq!(
+        storage.fsync,
+        crate::FsyncMode::Always,
+        "the file's other settings stay"
+    );
+    assert_eq!(
+        storage.exporters,
+        vec!["file".to_owned(), "otlp".to_owned()]
+    );
+}

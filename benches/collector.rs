@@ -36,6 +36,10 @@ use traceq::exporter::loadgen::{LoadgenConfig, TraceGenerator, TraceSender};
 const REQUESTS_PER_ITER: usize = 40;
 const SENDERS: usize = 4;
 const CPU_RUN_REQUESTS: usize = 400;
+/// The default policies: every error trace, 10% of the rest.
+const SAMPLING: &str = "processors: {tail_sampling: {decision_wait_after_root: 100ms, policies: [{name: errors, type: status_code, status_code: {status_codes: [ERROR]}}, {name: p10, type: probabilistic, probabilistic: {sampling_percentage: 10}}]}}\nservice: {telemetry: {metrics: {address: none}}}\n";
+/// Nothing decided for 10 minutes: every span stays buffered (and, with storage, in the log).
+const HOLDING: &str = "processors: {tail_sampling: {decision_wait: 10m, decision_wait_after_root: 10m, policies: [{name: errors, type: status_code, status_code: {status_codes: [ERROR]}}]}}\nservice: {telemetry: {metrics: {address: '127.0.0.1:0'}}}\n";
 
 /// The downstream: counts spans, answers OK.
 #[derive(Debug, Default, Clone)]
@@ -66,10 +70,24 @@ struct CollectorProcess {
     grpc: SocketAddr,
     admin: Option<SocketAddr>,
     _dir: tempfile::TempDir,
+    _wal: Option<tempfile::TempDir>,
 }
 
 impl CollectorProcess {
     fn start(extra: &str, sink: SocketAddr) -> Self {
+        Self::start_with(extra, sink, &[])
+    }
+
+    /// With storage in `dir/wal` (a temporary directory of its own when `dir` is `None`).
+    fn start_stored(extra: &str, sink: SocketAddr, dir: Option<&std::path::Path>) -> Self {
+        let own = tempfile::tempdir().unwrap();
+        let wal = dir.unwrap_or(own.path()).join("wal");
+        let mut me = Self::start_with(extra, sink, &["--storage", wal.to_str().unwrap()]);
+        me._wal = Some(own);
+        me
+    }
+
+    fn start_with(extra: &str, sink: SocketAddr, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("collector.yaml");
         std::fs::write(
@@ -83,15 +101,19 @@ impl CollectorProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_traceq"))
             .args(["collector", "--progress", "false", "--config"])
             .arg(&config)
+            .args(args)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        // A replay line may come first.
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
         let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stderr.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
+        while !line.contains("listening") {
+            line.clear();
+            if std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() == 0 {
+                break;
+            }
+        }
         let find = |key: &str| {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(key))
@@ -102,7 +124,24 @@ impl CollectorProcess {
             admin: find("metrics="),
             child,
             _dir: dir,
+            _wal: None,
         }
+    }
+
+    /// A metric's value from `/metrics`.
+    fn metric(&self, rt: &tokio::runtime::Runtime, name: &str) -> Option<f64> {
+        let admin = self.admin?;
+        rt.block_on(async {
+            let text = reqwest::get(format!("http://{admin}/metrics"))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
     }
 
     /// CPU seconds (user + system) the process used so far.
@@ -208,14 +247,12 @@ fn bench(c: &mut Criterion) {
         tokio::spawn(server);
         addr
     });
-    let sampling = CollectorProcess::start(
-        "processors: {tail_sampling: {decision_wait_after_root: 100ms, policies: [{name: errors, type: status_code, status_code: {status_codes: [ERROR]}}, {name: p10, type: probabilistic, probabilistic: {sampling_percentage: 10}}]}}\nservice: {telemetry: {metrics: {address: none}}}\n",
-        sink_addr,
-    );
+    let sampling = CollectorProcess::start(SAMPLING, sink_addr);
     let passing = CollectorProcess::start(
         "service: {sampling: false, telemetry: {metrics: {address: none}}}\n",
         sink_addr,
     );
+    let stored = CollectorProcess::start_stored(SAMPLING, sink_addr, None);
     let bodies = Arc::new(requests(REQUESTS_PER_ITER, 1));
     let spans_per_iter: usize = bodies.iter().map(|(_, n)| n).sum();
     let sender_for = |addr: SocketAddr| {
@@ -231,6 +268,7 @@ fn bench(c: &mut Criterion) {
     };
     let to_sampling = sender_for(sampling.grpc);
     let to_passing = sender_for(passing.grpc);
+    let to_stored = sender_for(stored.grpc);
 
     let mut group = c.benchmark_group("collector_otlp_grpc_10_span_traces_1pct_errors");
     group.throughput(Throughput::Elements(spans_per_iter as u64));
@@ -241,6 +279,9 @@ fn bench(c: &mut Criterion) {
     group.bench_function("pass_through", |b| {
         b.to_async(&rt).iter(|| send_all(&to_passing, &bodies));
     });
+    group.bench_function("tail_sampling_storage_fsync_interval", |b| {
+        b.to_async(&rt).iter(|| send_all(&to_stored, &bodies));
+    });
     group.finish();
 
     // CPU per span, over a fixed load, decisions and exports included.
@@ -248,6 +289,7 @@ fn bench(c: &mut Criterion) {
     for (name, process, sender) in [
         ("tail_sampling", &sampling, &to_sampling),
         ("pass_through", &passing, &to_passing),
+        ("tail_storage", &stored, &to_stored),
     ] {
         rt.block_on(wait_quiet(&sink));
         let cpu0 = process.cpu_seconds();
@@ -264,12 +306,10 @@ fn bench(c: &mut Criterion) {
     }
     drop(sampling);
     drop(passing);
+    drop(stored);
 
     // Resident memory per buffered span: nothing is decided for 10 minutes.
-    let holding = CollectorProcess::start(
-        "processors: {tail_sampling: {decision_wait: 10m, decision_wait_after_root: 10m, policies: [{name: errors, type: status_code, status_code: {status_codes: [ERROR]}}]}}\nservice: {telemetry: {metrics: {address: '127.0.0.1:0'}}}\n",
-        sink_addr,
-    );
+    let holding = CollectorProcess::start(HOLDING, sink_addr);
     let to_holding = sender_for(holding.grpc);
     let warm = Arc::new(requests(8, 3));
     rt.block_on(send_all(&to_holding, &warm));
@@ -299,6 +339,46 @@ fn bench(c: &mut Criterion) {
         rss as f64 / spans as f64,
         accounted.map_or_else(|| "?".to_owned(), |a| format!("{:.0}", a as f64 / spans as f64)),
     );
+    drop(holding);
+
+    // Replay of a full log: a collector holding 204,000 spans is killed (SIGKILL); each
+    // iteration starts a fresh process on a copy of its log and reads how long the replay
+    // took (decoding, checksums and rebuilding every pending trace).
+    let logs = tempfile::tempdir().unwrap();
+    let logging = CollectorProcess::start_stored(HOLDING, sink_addr, Some(logs.path()));
+    let to_logging = sender_for(logging.grpc);
+    let logged = rt.block_on(send_all(&to_logging, &mem_bodies));
+    drop(logging); // SIGKILL
+    let mut group = c.benchmark_group("collector_storage_replay");
+    group.throughput(Throughput::Elements(logged as u64));
+    group.sample_size(10);
+    group.bench_function("replay_204000_pending_spans", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let copy = tempfile::tempdir().unwrap();
+                std::fs::create_dir(copy.path().join("wal")).unwrap();
+                for entry in std::fs::read_dir(logs.path().join("wal")).unwrap() {
+                    let path = entry.unwrap().path();
+                    if path.extension().is_some_and(|e| e == "log") {
+                        std::fs::copy(&path, copy.path().join("wal").join(path.file_name().unwrap()))
+                            .unwrap();
+                    }
+                }
+                let replaying = CollectorProcess::start_stored(HOLDING, sink_addr, Some(copy.path()));
+                let replayed = replaying
+                    .metric(&rt, "traceq_storage_replayed_spans_total")
+                    .unwrap_or(0.0);
+                assert_eq!(replayed as usize, logged, "a partial replay");
+                let secs = replaying
+                    .metric(&rt, "traceq_storage_replay_seconds")
+                    .expect("replay time");
+                total += Duration::from_secs_f64(secs);
+            }
+            total
+        });
+    });
+    group.finish();
 }
 
 /// The listener as the stream of connections tonic's server takes.

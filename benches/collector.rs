@@ -361,11 +361,15 @@ fn bench(c: &mut Criterion) {
                 for entry in std::fs::read_dir(logs.path().join("wal")).unwrap() {
                     let path = entry.unwrap().path();
                     if path.extension().is_some_and(|e| e == "log") {
-                        std::fs::copy(&path, copy.path().join("wal").join(path.file_name().unwrap()))
-                            .unwrap();
+                        std::fs::copy(
+                            &path,
+                            copy.path().join("wal").join(path.file_name().unwrap()),
+                        )
+                        .unwrap();
                     }
                 }
-                let replaying = CollectorProcess::start_stored(HOLDING, sink_addr, Some(copy.path()));
+                let replaying =
+                    CollectorProcess::start_stored(HOLDING, sink_addr, Some(copy.path()));
                 let replayed = replaying
                     .metric(&rt, "traceq_storage_replayed_spans_total")
                     .unwrap_or(0.0);

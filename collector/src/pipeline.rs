@@ -389,7 +389,7 @@ impl SpanSink for Pipeline {
                     })?;
                 let token: traceq_exporter::otlp::Retained = appended.token;
                 storage::retain_all(&spans, &token);
-                Accepted::logged(log.clone(), appended.end)
+                Accepted::logged(log.clone(), appended.end, appended.written)
             }
             None => Accepted::default(),
         };

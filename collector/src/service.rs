@@ -297,7 +297,8 @@ impl Collector {
                 .unwrap_or_default();
             if report.segments > 0 {
                 eprintln!(
-                    "traceq: storage: replayed {} requests ({} spans: {} pending traces rebuilt,                      {} kept spans queued again) from {} segments{}",
+                    "traceq: storage: replayed {} requests ({} spans: {} pending traces rebuilt, \
+                     {} kept spans queued again) from {} segments{}",
                     report.requests,
                     report.spans,
                     report.traces,

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::oneshot;
 use traceq_exporter::otlp::OtlpSpan;
 
 use super::storage::Log;
@@ -26,29 +27,38 @@ pub(crate) enum Refused {
     Storage,
 }
 
-/// Spans taken by [`SpanSink::offer`]; with `fsync: always`, acknowledge them only after
-/// [`Accepted::durable`].
+/// Spans taken by [`SpanSink::offer`]: acknowledge them only after [`Accepted::durable`].
 #[derive(Debug, Default)]
 #[must_use]
 pub(crate) struct Accepted {
-    /// The log, and the end of the request's record in it.
-    synced: Option<(Arc<Log>, u64)>,
+    /// The log, the end of the request's record in it, and the writer's word on it.
+    logged: Option<(Arc<Log>, u64, oneshot::Receiver<bool>)>,
 }
 
 impl Accepted {
-    /// Spans taken, to be acknowledged once the log is synced past `end`.
-    pub(crate) fn logged(log: Arc<Log>, end: u64) -> Self {
+    /// Spans queued to the log, to be acknowledged once written (and synced past `end` with
+    /// `fsync: always`).
+    pub(crate) fn logged(log: Arc<Log>, end: u64, written: oneshot::Receiver<bool>) -> Self {
         Self {
-            synced: Some((log, end)),
+            logged: Some((log, end, written)),
         }
     }
 
-    /// Waits until the spans are as durable as the storage promises (at once without storage
-    /// or without `fsync: always`).
-    pub(crate) async fn durable(self) {
-        if let Some((log, end)) = self.synced {
-            log.synced(end).await;
+    /// Waits until the spans are as durable as the storage promises (at once without
+    /// storage).
+    ///
+    /// # Errors
+    ///
+    /// [`Refused::Storage`] when the record could not be written: the sender should retry.
+    pub(crate) async fn durable(self) -> Result<(), Refused> {
+        let Some((log, end, written)) = self.logged else {
+            return Ok(());
+        };
+        if written.await != Ok(true) {
+            return Err(Refused::Storage);
         }
+        log.synced(end).await;
+        Ok(())
     }
 }
 

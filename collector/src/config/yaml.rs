@@ -586,7 +586,8 @@ fn storage(
         return Err(field_error(
             format!("{other}.storage"),
             format!(
-                "names `{other_name}` but {first_user} names `{name}`: the collector keeps one                  log, name one storage extension everywhere"
+                "names `{other_name}` but {first_user} names `{name}`: the collector keeps one \
+                 log, name one storage extension everywhere"
             ),
         ));
     }

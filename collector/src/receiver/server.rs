@@ -242,10 +242,7 @@ impl Shared {
             self.sink.offer(spans)
         };
         let result = match result {
-            Ok(accepted) => {
-                accepted.durable().await;
-                Ok(())
-            }
+            Ok(accepted) => accepted.durable().await,
             Err(refused) => Err(refused),
         };
         let (requests, span_counter) = match result {

@@ -1,16 +1,18 @@
-//! The write-ahead log: segment files appended by receivers, synced and pruned by one thread.
+//! The write-ahead log: segment files appended by a writer thread, synced and pruned by another.
 //!
-//! Why receivers write themselves, under one lock, rather than hand records to a writer
-//! thread: a request's bytes must reach the kernel before the request is acknowledged (a
-//! process crash loses only what is in our memory), so a hand-off would make every receiver
-//! wait for another thread anyway, and copy the bytes once more. What is grouped is the
-//! expensive part, `fdatasync`: the sync thread covers everything written since its last sync in
-//! one call, and with `fsync: always` every receiver waiting on a sync is released by the first
-//! one that covers its record (group commit).
+//! Why a writer thread: a request's bytes must reach the kernel before the request is
+//! acknowledged (a process crash then loses nothing acknowledged), and writing is a blocking
+//! system call that must not stall the async workers that decode other requests. Receivers
+//! encode and checksum their record themselves (in parallel), queue it, and wait
+//! asynchronously; the writer writes everything queued meanwhile in order, then releases them.
+//! What is grouped as well is the expensive part, `fdatasync`: the sync thread covers
+//! everything written since its last sync in one call, and with `fsync: always` every receiver
+//! waiting on a sync is released by the first one that covers its record (group commit).
 //!
 //! Why segments are deleted oldest first only: a request's trace is decided, and the decision
-//! logged, after the request; keeping every segment after the oldest unsettled one keeps every
-//! decision a replay needs for the requests it replays.
+//! logged (through the same queue, so after the request), after the request; keeping every
+//! segment after the oldest unsettled one keeps every decision a replay needs for the requests
+//! it replays.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::trace::TraceId;
 use parking_lot::{Condvar, Mutex};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use traceq_exporter::otlp::{encode_request_into, OtlpSpan};
 use traceq_sampler::KeptDecision;
 
@@ -45,12 +47,16 @@ pub(crate) enum AppendError {
     Io,
 }
 
+/// Segment of a token whose record is not written yet.
+const UNWRITTEN: u64 = u64::MAX;
+
 /// A logged request, alive while any of its spans is undecided or undelivered; dropping the
-/// last reference settles it (unless abandoned).
+/// last reference settles it (unless abandoned). The writer holds a reference until it has
+/// written the record, so a token never settles before its record is in a segment.
 #[derive(Debug)]
 pub(crate) struct RecordToken {
     seq: u64,
-    segment: u64,
+    segment: AtomicU64,
     log: Arc<Inner>,
     abandoned: AtomicBool,
 }
@@ -65,18 +71,41 @@ impl RecordToken {
 
 impl Drop for RecordToken {
     fn drop(&mut self) {
-        if !self.abandoned.load(Relaxed) {
-            self.log.settle(self.seq, self.segment);
+        let segment = self.segment.load(Relaxed);
+        // A record that was never written (its write failed) has nothing to settle.
+        if !self.abandoned.load(Relaxed) && segment != UNWRITTEN {
+            self.log.settle(self.seq, segment);
         }
     }
 }
 
-/// Where an appended request ends in the log's byte stream: what a caller waits on for it to
-/// be synced.
+/// A queued request: its token, and what to wait on before acknowledging it.
 #[derive(Debug)]
 pub(crate) struct Appended {
     pub(crate) token: Arc<RecordToken>,
+    /// Where its record ends in the log's byte stream.
     pub(crate) end: u64,
+    /// Whether the write succeeded, once done.
+    pub(crate) written: oneshot::Receiver<bool>,
+}
+
+/// A record waiting for the writer.
+#[derive(Debug)]
+struct Queued {
+    bytes: Vec<u8>,
+    /// For a request: its token and whom to tell.
+    request: Option<(Arc<RecordToken>, oneshot::Sender<bool>)>,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    records: Vec<Queued>,
+    /// Bytes queued and not written yet (counted against `max_storage_bytes`).
+    bytes: u64,
+    /// The log's byte stream's end once everything queued is written.
+    end: u64,
+    /// No more records are taken; the writer drains what is queued and stops.
+    closed: bool,
 }
 
 #[derive(Debug)]
@@ -109,6 +138,9 @@ pub(crate) struct Inner {
     fsync_interval: Duration,
     max_bytes: u64,
     segment_bytes: u64,
+    queue: Mutex<Queue>,
+    /// Wakes the writer: records were queued, or the queue closed.
+    queued: Condvar,
     active: Mutex<Active>,
     segments: Mutex<Segments>,
     next_seq: AtomicU64,
@@ -128,6 +160,7 @@ pub(crate) struct Inner {
 pub(crate) struct Log {
     inner: Arc<Inner>,
     syncer: Mutex<Option<JoinHandle<()>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
     /// Held (locked) until [`Self::close`]; tokens outliving the log do not hold it.
     lock: Mutex<Option<File>>,
 }
@@ -215,6 +248,8 @@ impl Log {
             fsync_interval: config.fsync_interval,
             max_bytes: config.max_storage_bytes,
             segment_bytes: config.effective_segment_bytes(),
+            queue: Mutex::new(Queue::default()),
+            queued: Condvar::new(),
             active: Mutex::new(Active {
                 file: Arc::new(file),
                 id,
@@ -233,6 +268,7 @@ impl Log {
         let log = Self {
             inner,
             syncer: Mutex::new(None),
+            writer: Mutex::new(None),
             lock: Mutex::new(Some(lock)),
         };
         Ok((log, found))
@@ -278,23 +314,30 @@ impl Log {
     pub(crate) fn token(&self, seq: u64, segment: u64) -> Arc<RecordToken> {
         Arc::new(RecordToken {
             seq,
-            segment,
+            segment: AtomicU64::new(segment),
             log: self.inner.clone(),
             abandoned: AtomicBool::new(false),
         })
     }
 
-    /// Starts the sync thread, which also prunes settled segments.
+    /// Starts the writer, and the sync thread (which also prunes settled segments).
     pub(crate) fn start(&self) -> std::io::Result<()> {
         let inner = self.inner.clone();
-        let handle = std::thread::Builder::new()
-            .name("traceq-storage".into())
+        let writer = std::thread::Builder::new()
+            .name("traceq-wal-write".into())
+            .spawn(move || inner.write_loop())?;
+        *self.writer.lock() = Some(writer);
+        let inner = self.inner.clone();
+        let syncer = std::thread::Builder::new()
+            .name("traceq-wal-sync".into())
             .spawn(move || inner.sync_loop())?;
-        *self.syncer.lock() = Some(handle);
+        *self.syncer.lock() = Some(syncer);
         Ok(())
     }
 
-    /// Logs the spans of one accepted request, as one record.
+    /// Queues the spans of one accepted request as one record; wait on the returned
+    /// [`Appended::written`] before acknowledging it (and, with `fsync: always`, on
+    /// [`Self::synced`]). Refused past `max_storage_bytes`.
     pub(crate) fn append_request(
         &self,
         spans: &[OtlpSpan],
@@ -308,33 +351,33 @@ impl Log {
         record::put_request_prefix(&mut buf, seq, arrival_nanos, count);
         encode_request_into(spans, &mut buf);
         record::finish(&mut buf, start);
-        let (segment, end) = inner.write(&buf, true)?;
         let token = Arc::new(RecordToken {
             seq,
-            segment,
+            segment: AtomicU64::new(UNWRITTEN),
             log: inner.clone(),
             abandoned: AtomicBool::new(false),
         });
-        if inner.fsync == FsyncMode::Always {
-            // Under the lock the sync thread checks for pending bytes under: no lost wake-up.
-            let _stop = inner.stop.lock();
-            inner.wake.notify_one();
-        }
-        Ok(Appended { token, end })
+        let (tx, written) = oneshot::channel();
+        let end = inner.enqueue(buf, Some((token.clone(), tx)))?;
+        Ok(Appended {
+            token,
+            end,
+            written,
+        })
     }
 
-    /// Logs a round of decisions. Never refused for space (they are small, and replay needs
-    /// them); a failed write is counted.
+    /// Logs a round of decisions (queued behind the requests they decide). Never refused for
+    /// space (they are small, and replay needs them); a failed write is counted.
     pub(crate) fn append_decisions(&self, verdicts: &[(TraceId, Option<Arc<KeptDecision>>)]) {
         if verdicts.is_empty() {
             return;
         }
-        // Counted and reported in `write`.
-        let _ = self.inner.write(&record::decided(verdicts), false);
+        // Only refused once closed: then nothing is logged any more.
+        let _ = self.inner.enqueue(record::decided(verdicts), None);
     }
 
     /// Waits until the log is synced past `end` (with `fsync: always`; otherwise at once: the
-    /// bytes are with the kernel already).
+    /// bytes are with the kernel once written).
     pub(crate) async fn synced(&self, end: u64) {
         if self.inner.fsync != FsyncMode::Always {
             return;
@@ -350,16 +393,28 @@ impl Log {
         if self.inner.closed.load(Relaxed) {
             return;
         }
-        *self.inner.stop.lock() = true;
-        self.inner.wake.notify_all();
-        let handle = self.syncer.lock().take();
-        match handle {
+        let inner = &self.inner;
+        // The sync thread first: its last round queues what is settled.
+        *inner.stop.lock() = true;
+        inner.wake.notify_all();
+        if let Some(handle) = self.syncer.lock().take() {
+            let _ = handle.join();
+        }
+        inner.write_settled();
+        // Then the writer drains the queue; without one (never started), write it here.
+        inner.queue.lock().closed = true;
+        inner.queued.notify_all();
+        match self.writer.lock().take() {
             Some(handle) => {
                 let _ = handle.join();
             }
-            None => self.inner.housekeeping(true),
+            None => inner.write_queued(),
         }
-        self.inner.closed.store(true, Relaxed);
+        if inner.fsync != FsyncMode::Never {
+            inner.sync();
+        }
+        inner.prune();
+        inner.closed.store(true, Relaxed);
         // Closing the file releases the directory.
         self.lock.lock().take();
     }
@@ -372,22 +427,98 @@ impl Drop for Log {
 }
 
 impl Inner {
-    /// Appends `buf` (whole records) to the active segment; a request also counts as unsettled
-    /// there and is refused past `max_storage_bytes`. Returns the segment and the end of the
-    /// bytes in the log's stream.
-    fn write(&self, buf: &[u8], request: bool) -> Result<(u64, u64), AppendError> {
-        let len = buf.len() as u64;
-        let mut active = self.active.lock();
-        if request {
-            let stored = self.metrics.bytes.load(Relaxed);
-            // A log holding nothing but segment headers takes any request (refusing one
-            // larger than the bound itself would have its sender retry for ever).
-            let empty = self.segments.lock().live.values().all(|s| s.unsettled == 0);
+    /// Queues a record for the writer; a request is refused past `max_storage_bytes`.
+    /// Returns where the record will end in the log's byte stream.
+    fn enqueue(
+        &self,
+        bytes: Vec<u8>,
+        request: Option<(Arc<RecordToken>, oneshot::Sender<bool>)>,
+    ) -> Result<u64, AppendError> {
+        let len = bytes.len() as u64;
+        let mut queue = self.queue.lock();
+        if queue.closed {
+            return Err(AppendError::Io);
+        }
+        if request.is_some() {
+            let stored = self.metrics.bytes.load(Relaxed) + queue.bytes;
+            // A log holding nothing unsettled takes any request (refusing one larger than the
+            // bound itself would have its sender retry for ever).
+            let empty = queue.records.is_empty()
+                && self.segments.lock().live.values().all(|s| s.unsettled == 0);
             if stored + len > self.max_bytes && !empty {
                 self.metrics.refused_requests.fetch_add(1, Relaxed);
                 return Err(AppendError::Full);
             }
         }
+        queue.bytes += len;
+        queue.end += len;
+        let end = queue.end;
+        queue.records.push(Queued { bytes, request });
+        drop(queue);
+        self.queued.notify_one();
+        Ok(end)
+    }
+
+    /// The writer thread: writes what is queued, in order, until the queue is closed and
+    /// drained.
+    fn write_loop(&self) {
+        loop {
+            {
+                let mut queue = self.queue.lock();
+                while queue.records.is_empty() && !queue.closed {
+                    self.queued.wait(&mut queue);
+                }
+                if queue.records.is_empty() && queue.closed {
+                    return;
+                }
+            }
+            self.write_queued();
+        }
+    }
+
+    /// Writes every queued record, then releases their waiters.
+    fn write_queued(&self) {
+        let records = {
+            let mut queue = self.queue.lock();
+            std::mem::take(&mut queue.records)
+        };
+        if records.is_empty() {
+            return;
+        }
+        let mut done = Vec::with_capacity(records.len());
+        let mut bytes = 0;
+        {
+            let mut active = self.active.lock();
+            for q in records {
+                bytes += q.bytes.len() as u64;
+                let ok = self.write_record(&mut active, &q.bytes, q.request.as_ref().map(|r| &r.0));
+                if let Some((token, tx)) = q.request {
+                    done.push((token, tx, ok));
+                }
+            }
+        }
+        self.queue.lock().bytes -= bytes;
+        if self.fsync == FsyncMode::Always {
+            // Under the lock the sync thread checks for pending bytes under: no lost wake-up.
+            let _stop = self.stop.lock();
+            self.wake.notify_one();
+        }
+        for (token, tx, ok) in done {
+            let _ = tx.send(ok);
+            // The last reference may settle it now.
+            drop(token);
+        }
+    }
+
+    /// Appends one record to the active segment; a request's token learns its segment and
+    /// counts as unsettled there.
+    fn write_record(
+        &self,
+        active: &mut Active,
+        buf: &[u8],
+        token: Option<&Arc<RecordToken>>,
+    ) -> bool {
+        let len = buf.len() as u64;
         if let Err(e) = (&*active.file).write_all(buf) {
             self.metrics.write_errors.fetch_add(1, Relaxed);
             if !self.warned_io.swap(true, Relaxed) {
@@ -399,25 +530,28 @@ impl Inner {
             }
             // Cut a partial record off, or leave it as a torn tail in a segment of its own.
             if active.file.set_len(active.len).is_err() {
-                self.roll(&mut active);
+                self.roll(active);
             }
-            return Err(AppendError::Io);
+            return false;
         }
         active.len += len;
-        let end = self.written.fetch_add(len, Relaxed) + len;
+        self.written.fetch_add(len, Relaxed);
         self.metrics.bytes.fetch_add(len, Relaxed);
         let id = active.id;
         {
             let mut s = self.segments.lock();
             if let Some(segment) = s.live.get_mut(&id) {
                 segment.bytes += len;
-                segment.unsettled += u64::from(request);
+                if let Some(token) = token {
+                    segment.unsettled += 1;
+                    token.segment.store(id, Relaxed);
+                }
             }
         }
         if active.len >= self.segment_bytes {
-            self.roll(&mut active);
+            self.roll(active);
         }
-        Ok((id, end))
+        true
     }
 
     /// Starts the next segment; the old one is synced by the sync thread. On failure the old
@@ -493,7 +627,7 @@ impl Inner {
                 *stop
             };
             if stopping {
-                self.housekeeping(true);
+                // `close` writes and syncs the rest.
                 return;
             }
             let due = match self.fsync {
@@ -510,21 +644,12 @@ impl Inner {
         }
     }
 
-    /// Writes what is settled, syncs, prunes: the periodic work, or the last (`last`: syncs
-    /// whatever the mode but `never`).
-    fn housekeeping(&self, last: bool) {
-        self.write_settled();
-        if self.fsync != FsyncMode::Never || !last {
-            self.sync();
-        }
-        self.prune();
-    }
-
+    /// Queues a record of the requests settled since the last one.
     fn write_settled(&self) {
         let seqs = std::mem::take(&mut self.segments.lock().settled);
         if !seqs.is_empty() {
-            // Counted and reported in `write`; a lost settled record only costs a duplicate.
-            let _ = self.write(&record::settled(&seqs), false);
+            // Refused only once closed; a lost settled record only costs a duplicate.
+            let _ = self.enqueue(record::settled(&seqs), None);
         }
     }
 

@@ -1,8 +1,9 @@
 //! Replay: rebuilding the pipeline's state from the log a previous run left.
 //!
-//! Two passes over the segments, oldest first. The first collects which requests were settled
-//! and the last decision logged for each trace. The second takes every request not settled and
-//! hands each of its spans where it was when the process stopped:
+//! Two passes over the segments, oldest first. The first checks every record and collects which
+//! requests were settled and the last decision logged for each trace. The second takes every
+//! request not settled, decoded on one thread per core (decoding costs four times what handing
+//! the spans on does), and hands each of its spans where it was when the process stopped:
 //!
 //! - its trace was decided and kept: the span is annotated with that decision and queued for
 //!   export again (it may have been delivered before the stop: such spans are counted in
@@ -27,6 +28,21 @@ use traceq_sampler::{KeptDecision, SpanView, TailSampler};
 
 use super::log::{unix_nanos, Log};
 use super::record::{read_segment, Kind};
+
+/// Most segment bytes the first pass keeps in memory for the second (beyond it, segments are
+/// read again).
+const KEEP_READ_BYTES: usize = 512 << 20;
+
+/// The hasher of replay's maps, looked up once per span.
+type Fast = foldhash::fast::RandomState;
+
+/// A request of the second pass, decoded.
+struct Decoded {
+    segment: u64,
+    seq: u64,
+    arrival_nanos: u64,
+    spans: Result<Vec<OtlpSpan>, String>,
+}
 
 /// What a replay found and did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -62,14 +78,17 @@ pub(crate) fn replay(
 ) -> ReplayReport {
     let started = Instant::now();
     let mut report = ReplayReport::default();
-    let mut settled: HashSet<u64> = HashSet::new();
-    let mut decided: HashMap<[u8; 16], Logged> = HashMap::new();
+    let mut settled: HashSet<u64, Fast> = HashSet::with_hasher(Fast::default());
+    let mut decided: HashMap<[u8; 16], Logged, Fast> = HashMap::with_hasher(Fast::default());
     // Log order, for restoring the caches oldest first (the newest survive eviction).
     let mut order: Vec<[u8; 16]> = Vec::new();
     let mut next_seq = 0u64;
     let mut names: HashMap<Box<str>, Arc<str>> = HashMap::new();
-    // First pass: settled requests and decisions.
+    // First pass: settled requests and decisions. Segments are kept in memory for the second
+    // pass while they fit in `KEEP_READ_BYTES`.
     let mut readable = Vec::with_capacity(segments.len());
+    let mut kept_bytes: Vec<Option<Vec<u8>>> = Vec::with_capacity(segments.len());
+    let mut kept_total = 0usize;
     for &id in segments {
         let bytes = match std::fs::read(log.segment_path(id)) {
             Ok(bytes) => bytes,
@@ -120,8 +139,11 @@ pub(crate) fn replay(
             }
         }
         readable.push(id);
+        kept_total += bytes.len();
+        kept_bytes.push((kept_total <= KEEP_READ_BYTES).then_some(bytes));
     }
-    // Second pass: requests not settled.
+    // Second pass: requests not settled, decoded on a thread of their own while this one
+    // hands their spans on (decoding is about as costly as re-buffering).
     let mut kept_decisions: HashMap<(u64, Arc<str>), Arc<KeptDecision>> = HashMap::new();
     let mut decision_of = |logged: &(f64, Arc<str>)| {
         kept_decisions
@@ -130,23 +152,63 @@ pub(crate) fn replay(
             .clone()
     };
     let mut unsettled: BTreeMap<u64, u64> = BTreeMap::new();
-    let mut rebuilt: HashSet<[u8; 16]> = HashSet::new();
+    let mut rebuilt: HashSet<[u8; 16], Fast> = HashSet::with_hasher(Fast::default());
     let now = unix_nanos();
     let mut pending = Vec::new();
     let mut out = Vec::new();
-    for &id in &readable {
-        let Ok(bytes) = std::fs::read(log.segment_path(id)) else {
-            continue;
-        };
-        let (records, _) = read_segment(&bytes, id);
-        for r in records {
-            let Some(req) = r.request().filter(|_| r.kind == Kind::Request) else {
-                continue;
-            };
-            if settled.contains(&req.seq) {
-                continue;
-            }
-            let spans = match decode_request(req.body) {
+    // Records are dealt to the decoders in turn and taken back in the same turn: in log order.
+    let decoders = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4));
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..decoders)
+        .map(|_| std::sync::mpsc::sync_channel::<Decoded>(32))
+        .unzip();
+    std::thread::scope(|scope| {
+        let settled = &settled;
+        let readable = &readable;
+        let kept_bytes = &kept_bytes;
+        for (turn, tx) in txs.into_iter().enumerate() {
+            scope.spawn(move || {
+                let mut n = 0usize;
+                for (i, &id) in readable.iter().enumerate() {
+                    let read;
+                    let bytes = match kept_bytes.get(i).and_then(Option::as_ref) {
+                        Some(bytes) => bytes,
+                        None => match std::fs::read(log.segment_path(id)) {
+                            Ok(b) => {
+                                read = b;
+                                &read
+                            }
+                            Err(_) => continue,
+                        },
+                    };
+                    let (records, _) = read_segment(bytes, id);
+                    for r in records {
+                        let Some(req) = r.request().filter(|_| r.kind == Kind::Request) else {
+                            continue;
+                        };
+                        if settled.contains(&req.seq) {
+                            continue;
+                        }
+                        n += 1;
+                        if (n - 1) % decoders != turn {
+                            continue;
+                        }
+                        let item = Decoded {
+                            segment: id,
+                            seq: req.seq,
+                            arrival_nanos: req.arrival_nanos,
+                            spans: decode_request(req.body).map_err(|e| e.to_string()),
+                        };
+                        if tx.send(item).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        let mut turns = rxs.iter().cycle();
+        let items = std::iter::from_fn(|| turns.next()?.recv().ok());
+        for item in items {
+            let spans = match item.spans {
                 Ok(spans) => spans,
                 Err(e) => {
                     // Its checksum held, so it was written so: nothing to replay.
@@ -157,8 +219,8 @@ pub(crate) fn replay(
             };
             report.requests += 1;
             report.spans += spans.len() as u64;
-            *unsettled.entry(id).or_default() += 1;
-            let token: Retained = log.token(req.seq, id);
+            *unsettled.entry(item.segment).or_default() += 1;
+            let token: Retained = log.token(item.seq, item.segment);
             for span in spans {
                 span.retain(&token);
                 let trace = span.trace_id_bytes();
@@ -179,14 +241,14 @@ pub(crate) fn replay(
             report.requeued += out.len() as u64;
             if let Some(sampler) = sampler {
                 if !pending.is_empty() {
-                    let age = Duration::from_nanos(now.saturating_sub(req.arrival_nanos));
+                    let age = Duration::from_nanos(now.saturating_sub(item.arrival_nanos));
                     sampler.ingest_batch_aged(pending.drain(..), age, &mut out);
                 }
             }
             keep(&mut out);
             out.clear();
         }
-    }
+    });
     report.traces = rebuilt.len() as u64;
     if let Some(sampler) = sampler {
         for trace in &order {

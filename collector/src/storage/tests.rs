@@ -51,12 +51,24 @@ fn config(dir: &std::path::Path) -> StorageConfig {
     c
 }
 
-/// Appends `spans` and keeps them retaining their record, as the pipeline does.
-fn append(log: &Log, spans: &[OtlpSpan]) -> Result<(), AppendError> {
+/// Appends `spans` and keeps them retaining their record, as the pipeline does; waits for
+/// the write when the writer runs (`started`).
+fn append_to(log: &Log, spans: &[OtlpSpan], started: bool) -> Result<(), AppendError> {
     let appended = log.append_request(spans, unix_nanos())?;
     let token: Retained = appended.token;
     retain_all(spans, &token);
+    if started {
+        assert_eq!(futures::executor::block_on(appended.written), Ok(true));
+    }
     Ok(())
+}
+
+fn append(log: &Log, spans: &[OtlpSpan]) -> Result<(), AppendError> {
+    append_to(log, spans, false)
+}
+
+fn append_written(log: &Log, spans: &[OtlpSpan]) -> Result<(), AppendError> {
+    append_to(log, spans, true)
 }
 
 fn segment_files(dir: &std::path::Path) -> usize {
@@ -148,9 +160,9 @@ fn segments_should_be_deleted_oldest_first_once_settled() {
     log.start().unwrap();
     let big = |first| spans(first, 1, 70_000);
     let (a, b, c2) = (big(1), big(2), big(3));
-    append(&log, &a).unwrap();
-    append(&log, &b).unwrap();
-    append(&log, &c2).unwrap();
+    append_written(&log, &a).unwrap();
+    append_written(&log, &b).unwrap();
+    append_written(&log, &c2).unwrap();
     let settle_and_wait = || std::thread::sleep(Duration::from_millis(200));
     assert_eq!(segment_files(dir.path()), 4);
     // The second settles first: kept, the first still holds it.
@@ -177,7 +189,7 @@ fn a_full_log_should_refuse_requests_until_settled_segments_go() {
     let mut held = Vec::new();
     let refused = loop {
         let s = spans(1, 10, 10_000);
-        match append(&log, &s) {
+        match append_written(&log, &s) {
             Ok(()) => held.push(s),
             Err(e) => break e,
         }
@@ -190,7 +202,7 @@ fn a_full_log_should_refuse_requests_until_settled_segments_go() {
     let mut taken = false;
     for _ in 0..50 {
         std::thread::sleep(Duration::from_millis(20));
-        if append(&log, &spans(1, 10, 10_000)).is_ok() {
+        if append_written(&log, &spans(1, 10, 10_000)).is_ok() {
             taken = true;
             break;
         }
@@ -245,6 +257,7 @@ async fn with_fsync_always_a_request_should_wait_for_its_sync() {
     log.start().unwrap();
     let s = spans(1, 3, 10);
     let appended = log.append_request(&s, unix_nanos()).unwrap();
+    assert_eq!(appended.written.await, Ok(true));
     tokio::time::timeout(Duration::from_secs(5), log.synced(appended.end))
         .await
         .expect("synced");

@@ -9,6 +9,8 @@ use traceq_exporter::export::{
 };
 use traceq_sampler::SamplerConfig;
 
+use crate::storage::{DEFAULT_MAX_STORAGE_BYTES, DEFAULT_SEGMENT_BYTES};
+
 use super::{
     CollectorConfig, DEFAULT_ADMIN_ENDPOINT, DEFAULT_BATCH_TIMEOUT, DEFAULT_GRPC_ENDPOINT,
     DEFAULT_GRPC_MAX_REQUEST_BYTES, DEFAULT_HTTP_ENDPOINT, DEFAULT_HTTP_MAX_REQUEST_BYTES,
@@ -87,6 +89,15 @@ service:
   on_buffer_full: refuse
   retry_after: {retry_after}
   shutdown_timeout: {shutdown}
+# Crash-safe storage (or --storage DIR): accepted spans, pending traces and decisions survive a
+# crash; name it in processors.tail_sampling.storage and in exporters' sending_queue.storage.
+# extensions:
+#   file_storage:
+#     directory: /var/lib/traceq
+#     fsync: interval            # always (before each acknowledgement) | interval | never
+#     fsync_interval: {storage_fsync}
+#     max_storage_bytes: {DEFAULT_MAX_STORAGE_BYTES}
+#     segment_bytes: {DEFAULT_SEGMENT_BYTES}
 ",
             grpc_mib = DEFAULT_GRPC_MAX_REQUEST_BYTES >> 20,
             read_header = secs(DEFAULT_READ_HEADER_TIMEOUT),
@@ -110,6 +121,7 @@ service:
             re = secs(retry.max_elapsed_time),
             retry_after = secs(DEFAULT_RETRY_AFTER),
             shutdown = secs(DEFAULT_SHUTDOWN_TIMEOUT),
+            storage_fsync = secs(crate::storage::DEFAULT_STORAGE_FSYNC_INTERVAL),
         )
     }
 }

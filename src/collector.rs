@@ -17,8 +17,8 @@ use std::io::{IsTerminal, Write as _};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use traceq::collector::{
-    Collector, CollectorConfig, CollectorStatus, Compression, ExportTarget, ExporterConfig,
-    FileReopener, DEFAULT_EXPORT_TIMEOUT,
+    BackendSetter, Collector, CollectorConfig, CollectorStatus, Compression, ExportTarget,
+    ExporterConfig, FileReopener, Resolver, DEFAULT_EXPORT_TIMEOUT,
 };
 
 /// How long the shutdown may run past `service.shutdown_timeout` (the receivers' grace for
@@ -36,7 +36,7 @@ pub(crate) enum OtlpProtocol {
 }
 
 /// Options of `traceq collector`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(crate) struct CollectorArgs {
     /// Configuration file (YAML, the OpenTelemetry Collector's receivers / processors.tail_sampling
     /// / exporters shape). Without it: the defaults of `--print-config`, without exporters.
@@ -144,7 +144,7 @@ fn build_config(args: &CollectorArgs) -> anyhow::Result<CollectorConfig> {
         }
         config = config.with_storage_directory(dir.clone());
     }
-    if config.exporters.is_empty() {
+    if config.exporters.is_empty() && config.loadbalancing.is_none() {
         bail!(
             "no exporter: add one under `exporters:` in --config, or use --otlp-endpoint or --file \
              (`traceq collector --print-config` shows the syntax)"
@@ -165,18 +165,28 @@ pub(crate) fn run(args: CollectorArgs) -> anyhow::Result<()> {
         .thread_name("traceq-collector")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config, args.progress))
+    let progress = args.progress;
+    runtime.block_on(serve(config, progress, args))
 }
 
 fn addr(a: Option<std::net::SocketAddr>) -> String {
     a.map_or_else(|| "off".to_owned(), |a| a.to_string())
 }
 
-async fn serve(config: CollectorConfig, progress: Option<bool>) -> anyhow::Result<()> {
+async fn serve(
+    config: CollectorConfig,
+    progress: Option<bool>,
+    args: CollectorArgs,
+) -> anyhow::Result<()> {
     let mut signals = Signals::register()?;
     let collector = Collector::start(&config).await?;
-    reopen_files_on_sighup(collector.file_reopener())?;
-    let names: Vec<&str> = config.exporters.iter().map(|e| e.name.as_str()).collect();
+    on_sighup(collector.file_reopener(), collector.backend_setter(), args)?;
+    let names: Vec<&str> = config
+        .exporters
+        .iter()
+        .map(|e| e.name.as_str())
+        .chain(config.loadbalancing.iter().map(|lb| lb.name.as_str()))
+        .collect();
     // One machine-readable line: tests and scripts read the bound addresses from it.
     eprintln!(
         "traceq collector: listening grpc={} http={} metrics={} exporters={}",
@@ -266,12 +276,17 @@ fn signal_exit_code(signal: &str) -> i32 {
     }
 }
 
-/// Reopens the file exporters' files on every SIGHUP (log rotation: rename the file, send
-/// SIGHUP, and new lines go to a new file at the configured path). Registered before the
-/// collector says it is listening, so an early SIGHUP is not taken by the default action
-/// (exit).
+/// On every SIGHUP: reopens the file exporters' files (log rotation: rename the file, send
+/// SIGHUP, and new lines go to a new file at the configured path), and re-reads the
+/// configuration for the `loadbalancing` exporter's static backends (an invalid file is
+/// reported and changes nothing). Registered before the collector says it is listening, so an
+/// early SIGHUP is not taken by the default action (exit).
 #[cfg(unix)]
-fn reopen_files_on_sighup(reopener: FileReopener) -> anyhow::Result<()> {
+fn on_sighup(
+    reopener: FileReopener,
+    backends: BackendSetter,
+    args: CollectorArgs,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     tokio::spawn(async move {
@@ -280,13 +295,35 @@ fn reopen_files_on_sighup(reopener: FileReopener) -> anyhow::Result<()> {
                 Ok(n) => eprintln!("traceq collector: SIGHUP, reopened {n} file(s)"),
                 Err(e) => eprintln!("traceq collector: SIGHUP: {:#}", anyhow::Error::new(e)),
             }
+            let Some(Resolver::Static(list)) = (match build_config(&args) {
+                Ok(config) => config.loadbalancing.map(|lb| lb.resolver),
+                Err(e) => {
+                    eprintln!("traceq collector: SIGHUP: keeping the running configuration: {e:#}");
+                    continue;
+                }
+            }) else {
+                continue;
+            };
+            let before = backends.backends();
+            match backends.set(&list) {
+                Ok(true) if before != backends.backends() => eprintln!(
+                    "traceq collector: SIGHUP, loadbalancing backends now {}",
+                    backends.backends().join(",")
+                ),
+                Ok(_) => {}
+                Err(e) => eprintln!("traceq collector: SIGHUP: {:#}", anyhow::Error::new(e)),
+            }
         }
     });
     Ok(())
 }
 
 #[cfg(not(unix))]
-fn reopen_files_on_sighup(_reopener: FileReopener) -> anyhow::Result<()> {
+fn on_sighup(
+    _reopener: FileReopener,
+    _backends: BackendSetter,
+    _args: CollectorArgs,
+) -> anyhow::Result<()> {
     Ok(())
 }
 

@@ -39,6 +39,7 @@ mod metrics;
 mod pipeline;
 mod prometheus;
 mod receiver;
+mod route;
 mod service;
 mod sink;
 mod storage;
@@ -53,7 +54,11 @@ pub use config::{
 };
 pub(crate) use metrics::ReceiverMetrics;
 pub use receiver::ReceiverError;
-pub use service::{Collector, CollectorError, CollectorStatus, FileReopener, StatusHandle};
+pub use route::ring::{Ring, POINTS_PER_BACKEND};
+pub use route::{LoadBalancingConfig, Resolver, DEFAULT_DNS_INTERVAL, DEFAULT_DNS_TIMEOUT};
+pub use service::{
+    BackendSetter, Collector, CollectorError, CollectorStatus, FileReopener, StatusHandle,
+};
 pub(crate) use sink::{Refused, SpanSink};
 pub use storage::{
     FsyncMode, StorageConfig, StorageError, DEFAULT_MAX_STORAGE_BYTES, DEFAULT_SEGMENT_BYTES,

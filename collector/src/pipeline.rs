@@ -24,6 +24,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use traceq_sampler::{SamplerMetrics, SpanView, TailSampler};
 
 use super::config::{CollectorConfig, OnBufferFull};
+use super::route::Router;
 use super::sink::{Accepted, Refused, SpanSink};
 use super::storage::{self, AppendError, BatchAck, Log, ReplayReport};
 use traceq_exporter::export::{ExportBatch, ExporterQueue, RequestSize, DEFAULT_MAX_EXPORT_BYTES};
@@ -103,6 +104,8 @@ pub(crate) struct Pipeline {
     log: Option<Arc<Log>>,
     /// Per exporter: whether the log waits for its deliveries (`sending_queue.storage`).
     stored: Vec<bool>,
+    /// The `loadbalancing` exporter, if any.
+    router: Option<Arc<Router>>,
     batch_size: usize,
     batch_timeout: Duration,
     /// The smallest `max_export_bytes` of the exporters: no batch encodes past it.
@@ -126,6 +129,7 @@ impl Pipeline {
         config: &CollectorConfig,
         exporters: Vec<ExporterQueue>,
         log: Option<Arc<Log>>,
+        router: Option<Arc<Router>>,
     ) -> Result<Self, traceq_sampler::ConfigError> {
         let sampler = if config.sampling {
             let sampler = TailSampler::new(config.sampler.clone())?;
@@ -159,6 +163,7 @@ impl Pipeline {
         let max_export_bytes = exporters
             .iter()
             .map(ExporterQueue::max_export_bytes)
+            .chain(router.iter().map(|r| r.max_export_bytes()))
             .min()
             .unwrap_or(DEFAULT_MAX_EXPORT_BYTES);
         Ok(Self {
@@ -174,6 +179,7 @@ impl Pipeline {
             exporters,
             log,
             stored,
+            router,
             batch_size: config.send_batch_size,
             batch_timeout: config.batch_timeout,
             max_export_bytes,
@@ -199,6 +205,17 @@ impl Pipeline {
     /// The write-ahead log, with storage on.
     pub(crate) fn log(&self) -> Option<&Arc<Log>> {
         self.log.as_ref()
+    }
+
+    /// The `loadbalancing` exporter, if any.
+    pub(crate) fn router(&self) -> Option<&Arc<Router>> {
+        self.router.as_ref()
+    }
+
+    /// Whether receivers need only route: sampling is off and the only exporter is
+    /// `loadbalancing` (spans are then read for their trace id alone).
+    pub(crate) fn routes_only(&self) -> bool {
+        self.sampler.is_none() && self.exporters.is_empty() && self.router.is_some()
     }
 
     /// Rebuilds what the log's `segments` hold (see [`storage::replay`]); before receivers
@@ -300,16 +317,26 @@ impl Pipeline {
                     }
                 }
             };
-            self.send(&batch);
+            self.send(batch);
         }
     }
 
-    fn send(&self, spans: &[OtlpSpan]) {
+    fn send(&self, spans: Vec<OtlpSpan>) {
+        self.batches_sent.fetch_add(1, Relaxed);
+        if !self.exporters.is_empty() {
+            self.send_encoded(&spans);
+        }
+        if let Some(router) = &self.router {
+            router.route(spans);
+        }
+    }
+
+    /// Encodes `spans` once and hands the batch to every exporter.
+    fn send_encoded(&self, spans: &[OtlpSpan]) {
         let batch = ExportBatch {
             body: Bytes::from(encode_request(spans)),
             spans: spans.len(),
         };
-        self.batches_sent.fetch_add(1, Relaxed);
         // With storage, the batch's records stay in the log until every exporter the log
         // waits for has settled it.
         let owed = self.stored.iter().filter(|&&s| s).count();
@@ -366,6 +393,10 @@ fn charge(spans: &[OtlpSpan]) -> usize {
 }
 
 impl SpanSink for Pipeline {
+    fn routes_only(&self) -> bool {
+        Pipeline::routes_only(self)
+    }
+
     fn offer(&self, spans: Vec<OtlpSpan>) -> Result<Accepted, Refused> {
         let closed = self.closed.read();
         if *closed {

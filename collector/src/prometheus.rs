@@ -11,6 +11,7 @@ use traceq_exporter::export::ExporterMetrics;
 use traceq_sampler::SamplerMetrics;
 
 use super::metrics::{get, ConnectionMetrics, ReceiverMetrics};
+use super::route::Router;
 use super::storage::{StorageMetrics, FSYNC_BUCKETS};
 
 /// Everything `/metrics` shows, borrowed for one render.
@@ -23,6 +24,67 @@ pub(crate) struct Snapshot<'a> {
     pub(crate) spans_too_large: u64,
     pub(crate) admin_connections: &'a ConnectionMetrics,
     pub(crate) storage: Option<&'a StorageMetrics>,
+    pub(crate) router: Option<&'a Router>,
+}
+
+/// The `traceq_loadbalancer_*` families.
+fn router_families(out: &mut PrometheusText, r: &Router) {
+    use MetricKind::{Counter, Gauge};
+    let backends = r.backend_metrics();
+    let name = "traceq_loadbalancer_backends";
+    out.family(
+        name,
+        Gauge,
+        "Backends the loadbalancing exporter routes to now.",
+    );
+    out.sample(name, &[], backends.iter().filter(|b| b.current).count());
+    for (name, help, value) in [
+        (
+            "traceq_loadbalancer_membership_changes_total",
+            "Times the set of backends changed (resolution or SIGHUP), the first included.",
+            &r.metrics.membership_changes,
+        ),
+        (
+            "traceq_loadbalancer_resolve_failures_total",
+            "DNS resolutions that failed (the backends stayed as they were).",
+            &r.metrics.resolve_failures,
+        ),
+        (
+            "traceq_loadbalancer_unroutable_spans_total",
+            "Spans dropped because there was no backend.",
+            &r.metrics.unroutable_spans,
+        ),
+    ] {
+        out.family(name, Counter, help);
+        out.sample(name, &[], get(value));
+    }
+    let exporter = r.name();
+    for (name, kind, help, value) in [
+        (
+            "traceq_loadbalancer_backend_sent_spans_total",
+            Counter,
+            "Spans delivered to each backend.",
+            (|m| &m.spans_sent) as fn(&ExporterMetrics) -> &AtomicU64,
+        ),
+        (
+            "traceq_loadbalancer_backend_dropped_spans_total",
+            Counter,
+            "Spans given up for each backend (queue full, retries exhausted, rejected).",
+            |m| &m.spans_dropped,
+        ),
+        (
+            "traceq_loadbalancer_backend_queue_spans",
+            Gauge,
+            "Spans queued or in flight for each backend.",
+            |m| &m.queue_spans,
+        ),
+    ] {
+        out.family(name, kind, help);
+        for b in &backends {
+            let labels = [("exporter", exporter), ("backend", b.endpoint.as_str())];
+            out.sample(name, &labels, get(value(&b.metrics)));
+        }
+    }
 }
 
 /// The `traceq_storage_*` families.
@@ -333,6 +395,9 @@ pub(crate) fn render(s: &Snapshot<'_>) -> String {
     if let Some(storage) = s.storage {
         storage_families(&mut out, storage);
     }
+    if let Some(router) = s.router {
+        router_families(&mut out, router);
+    }
 
     if let Some(m) = &s.sampler {
         render_sampler(&mut out, m);
@@ -467,6 +532,7 @@ mod tests {
             spans_kept: 9,
             spans_too_large: 2,
             storage: None,
+            router: None,
             admin_connections: &admin,
         });
         assert!(text.contains(

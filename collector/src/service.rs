@@ -22,6 +22,7 @@ use super::prometheus::{render, Snapshot};
 use super::receiver::{
     authorization_is, HttpServer, ListenerLimits, OtlpReceiver, Protocol, ReceiverError,
 };
+use super::route::Router as TraceRouter;
 use super::storage::{Log, StorageError};
 use traceq_exporter::export::ExporterMetrics;
 use traceq_exporter::export::{ExportSetupError, ExporterQueue};
@@ -140,6 +141,7 @@ impl Shared {
             admin_connections: &self.admin_connections,
             spans_too_large: read(&self.pipeline.spans_too_large),
             storage: self.pipeline.log().map(|l| l.metrics()),
+            router: self.pipeline.router().map(|r| &**r),
         })
     }
 
@@ -159,6 +161,18 @@ impl Shared {
             s.spans_export_dropped += dropped;
             s.spans_queued += read(&e.queue_spans);
             // Every kept span goes to every exporter, but those too large for any.
+            s.spans_undelivered += s.spans_kept.saturating_sub(sent + dropped + too_large);
+        }
+        if let Some(router) = self.pipeline.router() {
+            // Each kept span goes to one backend.
+            let (mut sent, mut dropped) = (0, read(&router.metrics.unroutable_spans));
+            for b in router.backend_metrics() {
+                sent += read(&b.metrics.spans_sent);
+                dropped += read(&b.metrics.spans_dropped);
+                s.spans_queued += read(&b.metrics.queue_spans);
+            }
+            s.spans_exported += sent;
+            s.spans_export_dropped += dropped;
             s.spans_undelivered += s.spans_kept.saturating_sub(sent + dropped + too_large);
         }
         if let Some(m) = self.pipeline.sampler_metrics() {
@@ -230,6 +244,40 @@ impl FileReopener {
     }
 }
 
+/// Sets the `loadbalancing` exporter's static backends while the collector runs (see
+/// [`Collector::set_backends`]), e.g. from a SIGHUP handler. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct BackendSetter {
+    shared: Arc<Shared>,
+}
+
+impl BackendSetter {
+    /// See [`Collector::set_backends`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Collector::set_backends`].
+    pub fn set(&self, endpoints: &[String]) -> Result<bool, CollectorError> {
+        match self.shared.pipeline.router() {
+            Some(router) if router.is_static() => {
+                router.update(endpoints)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// The current backends, sorted (empty without a `loadbalancing` exporter).
+    #[must_use]
+    pub fn backends(&self) -> Vec<String> {
+        self.shared
+            .pipeline
+            .router()
+            .map(|r| r.backends())
+            .unwrap_or_default()
+    }
+}
+
 impl From<traceq_sampler::ConfigError> for CollectorError {
     fn from(e: traceq_sampler::ConfigError) -> Self {
         Self::Sampler(e)
@@ -288,7 +336,11 @@ impl Collector {
             }
             None => (None, Vec::new()),
         };
-        let pipeline = Arc::new(Pipeline::new(config, exporters, log.clone())?);
+        let router = match &config.loadbalancing {
+            Some(lb) => Some(TraceRouter::start(lb).await?),
+            None => None,
+        };
+        let pipeline = Arc::new(Pipeline::new(config, exporters, log.clone(), router)?);
         if let Some(log) = &log {
             let replaying = pipeline.clone();
             // Decoding and re-buffering the log is CPU work: off the async workers.
@@ -450,6 +502,32 @@ impl Collector {
         self.file_reopener().reopen().await
     }
 
+    /// Sets the `loadbalancing` exporter's static backends (what SIGHUP does with the
+    /// re-read configuration's `resolver.static.hostnames`); returns whether there is such an
+    /// exporter with a static resolver.
+    ///
+    /// # Errors
+    ///
+    /// [`CollectorError::Exporter`] when a new backend's exporter cannot be set up (the
+    /// backends stay as they were).
+    pub fn set_backends(&self, endpoints: &[String]) -> Result<bool, CollectorError> {
+        self.backend_setter().set(endpoints)
+    }
+
+    /// The `loadbalancing` exporter's current backends, sorted (empty without one).
+    #[must_use]
+    pub fn backends(&self) -> Vec<String> {
+        self.backend_setter().backends()
+    }
+
+    /// A handle that sets the static backends while the collector runs.
+    #[must_use]
+    pub fn backend_setter(&self) -> BackendSetter {
+        BackendSetter {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// The Prometheus text `/metrics` serves.
     #[must_use]
     pub fn metrics_text(&self) -> String {
@@ -483,6 +561,9 @@ impl Collector {
                 .map(|e| e.shutdown(deadline)),
         )
         .await;
+        if let Some(router) = self.shared.pipeline.router() {
+            router.shutdown(deadline).await;
+        }
         // What the exporters left undelivered stays in the log for the next start.
         if let Some(log) = self.shared.pipeline.log().cloned() {
             let _ = tokio::task::spawn_blocking(move || log.close()).await;

@@ -71,4 +71,9 @@ pub(crate) trait SpanSink: Send + Sync + 'static {
     ///
     /// [`Refused`] when the spans were not taken.
     fn offer(&self, spans: Vec<OtlpSpan>) -> Result<Accepted, Refused>;
+
+    /// Whether the spans are only routed by trace id (receivers then read nothing else).
+    fn routes_only(&self) -> bool {
+        false
+    }
 }

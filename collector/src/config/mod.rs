@@ -26,6 +26,7 @@ use std::time::Duration;
 use traceq_exporter::export::ExporterConfig;
 use traceq_sampler::SamplerConfig;
 
+use crate::route::LoadBalancingConfig;
 use crate::storage::StorageConfig;
 
 mod template;
@@ -192,6 +193,8 @@ pub struct CollectorConfig {
     pub shutdown_timeout: Duration,
     /// Crash-safe storage (the `file_storage` extension), if on.
     pub storage: Option<StorageConfig>,
+    /// The `loadbalancing` exporter (routing by trace id to a sampling tier), if any.
+    pub loadbalancing: Option<LoadBalancingConfig>,
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -223,6 +226,7 @@ impl Default for CollectorConfig {
             metrics_bearer_token: None,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             storage: None,
+            loadbalancing: None,
         }
     }
 }

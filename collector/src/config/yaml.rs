@@ -13,6 +13,7 @@ use traceq_exporter::export::{
 };
 use traceq_sampler::{parse_duration, SamplerConfig};
 
+use crate::route::{LoadBalancingConfig, Resolver, DEFAULT_DNS_INTERVAL, DEFAULT_DNS_TIMEOUT};
 use crate::storage::{FsyncMode, StorageConfig};
 
 use super::{
@@ -206,6 +207,172 @@ struct RawFileExporter {
     max_export_bytes: Option<u64>,
     sending_queue: Option<RawQueue>,
     retry_on_failure: Option<RawRetry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLoadBalancing {
+    routing_key: Option<String>,
+    protocol: RawLbProtocol,
+    resolver: RawLbResolver,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLbProtocol {
+    otlp: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLbResolver {
+    #[serde(rename = "static")]
+    fixed: Option<RawLbStatic>,
+    dns: Option<RawLbDns>,
+    k8s: Option<serde_yaml::Value>,
+    aws_cloud_map: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLbStatic {
+    hostnames: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLbDns {
+    hostname: String,
+    port: Option<u16>,
+    interval: Option<String>,
+    timeout: Option<String>,
+}
+
+/// The `loadbalancing` exporter at `exporters.{key}`.
+fn loadbalancing(
+    key: &str,
+    value: serde_yaml::Value,
+) -> Result<LoadBalancingConfig, CollectorConfigError> {
+    let yaml = |e: serde_yaml::Error| CollectorConfigError::Yaml(format!("exporters.{key}: {e}"));
+    let f = |name: &str| format!("exporters.{key}.{name}");
+    let raw: RawLoadBalancing = serde_yaml::from_value(value).map_err(yaml)?;
+    match raw.routing_key.as_deref() {
+        None | Some("traceID") => {}
+        Some(other) => {
+            return Err(field_error(
+                f("routing_key"),
+                format!(
+                    "`{other}` is not supported: traces are routed by trace id (`traceID`),                      which tail sampling needs"
+                ),
+            ))
+        }
+    }
+    let Some(mut otlp) = raw.protocol.otlp else {
+        return Err(field_error(f("protocol.otlp"), "is required"));
+    };
+    if otlp.is_null() {
+        otlp = serde_yaml::Value::Mapping(serde_yaml::Mapping::new());
+    }
+    let Some(map) = otlp.as_mapping_mut() else {
+        return Err(field_error(f("protocol.otlp"), "must be a mapping"));
+    };
+    if map.contains_key("endpoint") {
+        return Err(field_error(
+            f("protocol.otlp.endpoint"),
+            "is taken from the resolver, one per backend: remove it",
+        ));
+    }
+    if map
+        .get("sending_queue")
+        .and_then(|q| q.as_mapping())
+        .is_some_and(|q| q.contains_key("storage"))
+    {
+        return Err(field_error(
+            f("protocol.otlp.sending_queue.storage"),
+            "is not supported on a router: put the storage on the sampling tier",
+        ));
+    }
+    map.insert("endpoint".into(), "0.0.0.0:0".into());
+    let protocol = exporter_as("otlp", &format!("{key}.protocol.otlp"), otlp)?;
+    let resolver =
+        match raw.resolver {
+            RawLbResolver {
+                fixed: Some(list),
+                dns: None,
+                k8s: None,
+                aws_cloud_map: None,
+            } => {
+                if list.hostnames.is_empty() {
+                    return Err(field_error(
+                        f("resolver.static.hostnames"),
+                        "must not be empty",
+                    ));
+                }
+                for h in &list.hostnames {
+                    let ok = h.rsplit_once(':').is_some_and(|(host, port)| {
+                        !host.is_empty() && port.parse::<u16>().is_ok()
+                    });
+                    if !ok {
+                        return Err(field_error(
+                            f("resolver.static.hostnames"),
+                            format!("`{h}` is not host:port"),
+                        ));
+                    }
+                }
+                Resolver::Static(list.hostnames)
+            }
+            RawLbResolver {
+                fixed: None,
+                dns: Some(dns),
+                k8s: None,
+                aws_cloud_map: None,
+            } => {
+                let interval = match dns.interval {
+                    Some(t) => duration(&f("resolver.dns.interval"), &t)?,
+                    None => DEFAULT_DNS_INTERVAL,
+                };
+                let timeout = match dns.timeout {
+                    Some(t) => duration(&f("resolver.dns.timeout"), &t)?,
+                    None => DEFAULT_DNS_TIMEOUT,
+                };
+                if interval.is_zero() || timeout.is_zero() {
+                    return Err(field_error(
+                        f("resolver.dns"),
+                        "interval and timeout must be positive",
+                    ));
+                }
+                if dns.hostname.trim().is_empty() {
+                    return Err(field_error(f("resolver.dns.hostname"), "is required"));
+                }
+                Resolver::Dns {
+                    hostname: dns.hostname,
+                    port: dns.port.unwrap_or(4317),
+                    interval,
+                    timeout,
+                }
+            }
+            RawLbResolver { k8s: Some(_), .. }
+            | RawLbResolver {
+                aws_cloud_map: Some(_),
+                ..
+            } => return Err(field_error(
+                f("resolver"),
+                "only the static and dns resolvers are supported (k8s and aws_cloud_map are not)",
+            )),
+            _ => {
+                return Err(field_error(
+                    f("resolver"),
+                    "set exactly one of static and dns",
+                ))
+            }
+        };
+    let mut protocol = protocol;
+    protocol.name = key.to_owned();
+    Ok(LoadBalancingConfig {
+        name: key.to_owned(),
+        protocol,
+        resolver,
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -451,7 +618,15 @@ fn retry_from(
 }
 
 fn exporter(key: &str, value: serde_yaml::Value) -> Result<ExporterConfig, CollectorConfigError> {
-    let kind = key.split('/').next().unwrap_or(key);
+    exporter_as(key.split('/').next().unwrap_or(key), key, value)
+}
+
+/// An exporter of type `kind` whose block is at `exporters.{key}`.
+fn exporter_as(
+    kind: &str,
+    key: &str,
+    value: serde_yaml::Value,
+) -> Result<ExporterConfig, CollectorConfigError> {
     let yaml = |e: serde_yaml::Error| CollectorConfigError::Yaml(format!("exporters.{key}: {e}"));
     // `otlp:` with no body is a null value; treat it as an empty mapping.
     let value = if value.is_null() {
@@ -540,7 +715,10 @@ fn exporter(key: &str, value: serde_yaml::Value) -> Result<ExporterConfig, Colle
         }
         other => Err(field_error(
             format!("exporters.{key}"),
-            format!("exporter type `{other}` is not supported (use otlp, otlphttp, file or debug)"),
+            format!(
+                "exporter type `{other}` is not supported (use otlp, otlphttp, file, debug or \
+                 loadbalancing)"
+            ),
         )),
     }
 }
@@ -800,6 +978,16 @@ impl CollectorConfig {
                         storage_users.push((format!("exporters.{key}"), name));
                         stored_exporters.push(key.clone());
                     }
+                }
+                if key.split('/').next() == Some("loadbalancing") {
+                    if cfg.loadbalancing.is_some() {
+                        return Err(field_error(
+                            format!("exporters.{key}"),
+                            "one loadbalancing exporter per collector",
+                        ));
+                    }
+                    cfg.loadbalancing = Some(loadbalancing(&key, value)?);
+                    continue;
                 }
                 cfg.exporters.push(exporter(&key, value)?);
             }

@@ -29,7 +29,7 @@ use crate::Refused;
 use traceq_exporter::otlp::grpc::EXPORT_PATH;
 #[cfg(test)]
 use traceq_exporter::otlp::OtlpSpan;
-use traceq_exporter::otlp::{decode_request, DecodeError};
+use traceq_exporter::otlp::{decode_request, decode_request_for_routing, DecodeError};
 
 /// Compressed flag (1 byte) and big-endian message length (4 bytes).
 const HEADER_LEN: usize = 5;
@@ -233,12 +233,17 @@ async fn handle(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<(), 
     let encoding = headers.get(GRPC_ENCODING).and_then(|v| v.to_str().ok());
     let gzip = grpc_frame(&bytes, encoding, max)
         .map_err(|rejection| reject(rejection.code(), &rejection.to_string()))?;
+    let decode = if shared.routes_only() {
+        decode_request_for_routing
+    } else {
+        decode_request
+    };
     let decoded = decode_bounded(
         bytes,
         HEADER_LEN,
         gzip,
         max,
-        |payload| decode_request(payload).map_err(GrpcRejection::from),
+        move |payload| decode(payload).map_err(GrpcRejection::from),
         move |e| Err(gunzip_rejection(e, max)),
     )
     .await;

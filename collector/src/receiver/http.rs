@@ -21,7 +21,9 @@ use super::body::gunzip;
 use super::body::{decode_bounded, BodyError, BoundedBody, GunzipError};
 use super::server::{retry_after_secs, Shared, BUSY_RETRY_AFTER};
 use crate::Refused;
-use traceq_exporter::otlp::{decode_json_request, decode_request, DecodeError, OtlpSpan};
+use traceq_exporter::otlp::{
+    decode_json_request, decode_request, decode_request_for_routing, DecodeError, OtlpSpan,
+};
 
 const TRACES_PATH: &str = "/v1/traces";
 const PROTOBUF: &str = "application/x-protobuf";
@@ -254,12 +256,16 @@ async fn handle(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<Form
     };
     let reader = BoundedBody::new(body, max, &shared.hard_stop).map_err(body_error)?;
     let (bytes, _reading) = reader.read_to_end().await.map_err(body_error)?;
+    let routing = shared.routes_only();
     let decoded = decode_bounded(
         bytes,
         0,
         encoding == Encoding::Gzip,
         max,
-        move |payload| decode_payload(payload, format),
+        move |payload| match (format, routing) {
+            (Format::Protobuf, true) => Ok(decode_request_for_routing(payload)?),
+            _ => decode_payload(payload, format),
+        },
         move |e| Err(gunzip_rejection(e, max)),
     )
     .await;

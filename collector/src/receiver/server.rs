@@ -223,6 +223,11 @@ impl Shared {
         permit
     }
 
+    /// Whether requests are only routed (see [`SpanSink::routes_only`]).
+    pub(super) fn routes_only(&self) -> bool {
+        self.sink.routes_only()
+    }
+
     /// Counts a request rejected as malformed, oversized, unauthenticated or unsupported.
     pub(super) fn rejected(&self) {
         self.metrics.requests_rejected.fetch_add(1, Relaxed);

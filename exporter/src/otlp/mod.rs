@@ -10,7 +10,8 @@ mod validate;
 mod wire;
 
 pub use request::{
-    decode_json_request, decode_request, encode_request, encode_request_into, DecodeError,
+    decode_json_request, decode_request, decode_request_for_routing, encode_request,
+    encode_request_into, DecodeError,
 };
 pub use span::{OtlpSpan, Retained};
 pub use validate::{MAX_LIST_ITEMS, MAX_VALUE_DEPTH};

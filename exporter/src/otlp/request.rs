@@ -68,6 +68,23 @@ impl From<Invalid> for DecodeError {
 /// assert!(decode_request(b"\x0a\xff garbage").is_err());
 /// ```
 pub fn decode_request(body: &[u8]) -> Result<Vec<OtlpSpan>, DecodeError> {
+    decode_with(body, true)
+}
+
+/// Splits a protobuf-encoded `ExportTraceServiceRequest` into spans for routing by trace id:
+/// like [`decode_request`], but only the request's structure (resource, scope and span
+/// framing) and each span's trace id are read and checked. The spans are not validated (the
+/// tier they are routed to does that), and the sampler's other fields (times, status, parent,
+/// attributes) read as empty: such spans are for forwarding, not for sampling.
+///
+/// # Errors
+///
+/// [`DecodeError`] when the framing is malformed or a span lacks a valid trace id.
+pub fn decode_request_for_routing(body: &[u8]) -> Result<Vec<OtlpSpan>, DecodeError> {
+    decode_with(body, false)
+}
+
+fn decode_with(body: &[u8], validate_all: bool) -> Result<Vec<OtlpSpan>, DecodeError> {
     // First pass: structure, and the number of spans, before anything is allocated per span.
     let mut parts = Vec::new();
     let mut total = 0usize;
@@ -85,26 +102,34 @@ pub fn decode_request(body: &[u8]) -> Result<Vec<OtlpSpan>, DecodeError> {
     }
     let mut out = Vec::with_capacity(total);
     for (resource, resource_schema_url, scopes) in parts {
-        if let Some(r) = resource {
+        if let (Some(r), true) = (resource, validate_all) {
             validate::check(r, &validate::RESOURCE, 0)?;
         }
         let resource = resource.map(Bytes::copy_from_slice);
         let resource_schema_url = Bytes::copy_from_slice(resource_schema_url);
         for (scope, scope_schema_url, spans) in scopes {
-            if let Some(s) = scope {
+            if let (Some(s), true) = (scope, validate_all) {
                 validate::check(s, &validate::SCOPE, 0)?;
             }
             if spans.clone().next().is_none() {
                 continue;
             }
-            let origin = Arc::new(Origin::new(
+            let parts = (
                 resource.clone(),
                 resource_schema_url.clone(),
                 scope.map(Bytes::copy_from_slice),
                 Bytes::copy_from_slice(scope_schema_url),
-            ));
-            for encoded in spans {
-                out.push(OtlpSpan::parse(encoded, origin.clone())?);
+            );
+            if validate_all {
+                let origin = Arc::new(Origin::new(parts.0, parts.1, parts.2, parts.3));
+                for encoded in spans {
+                    out.push(OtlpSpan::parse(encoded, origin.clone())?);
+                }
+            } else {
+                let origin = Arc::new(Origin::unindexed(parts.0, parts.1, parts.2, parts.3));
+                for encoded in spans {
+                    out.push(OtlpSpan::parse_trace_id(encoded, origin.clone())?);
+                }
             }
         }
     }

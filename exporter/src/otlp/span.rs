@@ -101,6 +101,23 @@ impl Origin {
         }
     }
 
+    /// An origin of parts only framed, not validated: for routing, where no attribute is read.
+    pub(crate) fn unindexed(
+        resource: Option<Bytes>,
+        resource_schema_url: Bytes,
+        scope: Option<Bytes>,
+        scope_schema_url: Bytes,
+    ) -> Self {
+        Self {
+            resource,
+            resource_schema_url,
+            scope,
+            scope_schema_url,
+            resource_attributes: Box::default(),
+            retained: Retain::default(),
+        }
+    }
+
     /// A resource attribute, by key.
     fn resource_attribute(&self, key: &str) -> Option<AttrValue<'_>> {
         let resource = self.resource.as_deref()?;
@@ -249,6 +266,36 @@ impl OtlpSpan {
             end_nanos,
             status,
             root: parent_empty,
+        })
+    }
+
+    /// Reads only the trace id of an encoded `Span` (for routing; see
+    /// [`decode_request_for_routing`](super::decode_request_for_routing)): the first field 1,
+    /// which must be 16 bytes and not all zeros.
+    pub(crate) fn parse_trace_id(bytes: &[u8], origin: Arc<Origin>) -> Result<Self, Invalid> {
+        let mut trace_id = None;
+        for field in Fields::new(bytes) {
+            match field {
+                Ok((SPAN_TRACE_ID, Value::Bytes(id))) => {
+                    trace_id = <[u8; 16]>::try_from(id).ok();
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => return Err(Invalid("Span is malformed".into())),
+            }
+        }
+        let trace_id = trace_id
+            .filter(|id| *id != [0; 16])
+            .ok_or_else(|| Invalid("Span.trace_id must be 16 bytes, not all zeros".into()))?;
+        Ok(Self {
+            bytes: bytes.into(),
+            origin,
+            annotation: None,
+            trace_id,
+            start_nanos: 0,
+            end_nanos: 0,
+            status: StatusKind::Unset,
+            root: false,
         })
     }
 

@@ -15,6 +15,14 @@
 //! load of 204,000 spans, including the decisions and exports that follow), and the resident
 //! memory per buffered span of a collector told to wait 10 minutes before deciding.
 //!
+//! In the same group: `tail_sampling_storage_fsync_interval` (the same policies with
+//! `--storage`, the write-ahead log synced every 100 ms; target ≥ 70% of `tail_sampling`), and
+//! `router_loadbalancing` (sampling off, the `loadbalancing` exporter routing to the sink; its
+//! spans per CPU-second are printed beside the pass-through's, target: at least as many).
+//! Group `collector_storage_replay`: a collector holding 204,000 spans (nothing decided) is
+//! killed with SIGKILL; each iteration starts a fresh process on a copy of its log and takes the
+//! replay time it reports (`traceq_storage_replay_seconds`); target ≥ 1 M spans/s.
+//!
 //! Last measured: see README's performance table (filled from this bench's output).
 
 use std::net::SocketAddr;
@@ -90,11 +98,17 @@ impl CollectorProcess {
     fn start_with(extra: &str, sink: SocketAddr, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("collector.yaml");
+        // The sink is the exporter, unless `extra` names its own.
+        let exporter = if extra.contains("exporters:") {
+            String::new()
+        } else {
+            format!("exporters: {{otlp: {{endpoint: '{sink}', compression: none}}}}\n")
+        };
         std::fs::write(
             &config,
             format!(
                 "receivers: {{otlp: {{protocols: {{grpc: {{endpoint: '127.0.0.1:0'}}}}}}}}\n\
-                 exporters: {{otlp: {{endpoint: '{sink}', compression: none}}}}\n{extra}"
+                 {exporter}{extra}"
             ),
         )
         .unwrap();
@@ -253,6 +267,16 @@ fn bench(c: &mut Criterion) {
         sink_addr,
     );
     let stored = CollectorProcess::start_stored(SAMPLING, sink_addr, None);
+    // A router: sampling off, the loadbalancing exporter (one backend: the sink) instead.
+    let routing = CollectorProcess::start_with(
+        &format!(
+            "service: {{sampling: false, telemetry: {{metrics: {{address: none}}}}}}\n\
+             exporters: {{loadbalancing: {{protocol: {{otlp: {{compression: none}}}}, \
+             resolver: {{static: {{hostnames: ['{sink_addr}']}}}}}}}}\n"
+        ),
+        sink_addr,
+        &[],
+    );
     let bodies = Arc::new(requests(REQUESTS_PER_ITER, 1));
     let spans_per_iter: usize = bodies.iter().map(|(_, n)| n).sum();
     let sender_for = |addr: SocketAddr| {
@@ -269,6 +293,7 @@ fn bench(c: &mut Criterion) {
     let to_sampling = sender_for(sampling.grpc);
     let to_passing = sender_for(passing.grpc);
     let to_stored = sender_for(stored.grpc);
+    let to_routing = sender_for(routing.grpc);
 
     let mut group = c.benchmark_group("collector_otlp_grpc_10_span_traces_1pct_errors");
     group.throughput(Throughput::Elements(spans_per_iter as u64));
@@ -282,6 +307,9 @@ fn bench(c: &mut Criterion) {
     group.bench_function("tail_sampling_storage_fsync_interval", |b| {
         b.to_async(&rt).iter(|| send_all(&to_stored, &bodies));
     });
+    group.bench_function("router_loadbalancing", |b| {
+        b.to_async(&rt).iter(|| send_all(&to_routing, &bodies));
+    });
     group.finish();
 
     // CPU per span, over a fixed load, decisions and exports included.
@@ -290,6 +318,7 @@ fn bench(c: &mut Criterion) {
         ("tail_sampling", &sampling, &to_sampling),
         ("pass_through", &passing, &to_passing),
         ("tail_storage", &stored, &to_stored),
+        ("router", &routing, &to_routing),
     ] {
         rt.block_on(wait_quiet(&sink));
         let cpu0 = process.cpu_seconds();
@@ -307,6 +336,7 @@ fn bench(c: &mut Criterion) {
     drop(sampling);
     drop(passing);
     drop(stored);
+    drop(routing);
 
     // Resident memory per buffered span: nothing is decided for 10 minutes.
     let holding = CollectorProcess::start(HOLDING, sink_addr);

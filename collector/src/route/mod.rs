@@ -358,3 +358,113 @@ impl Router {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use traceq_exporter::client::Compression;
+
+    use super::*;
+
+    fn config(resolver: Resolver) -> LoadBalancingConfig {
+        LoadBalancingConfig {
+            name: "loadbalancing".into(),
+            protocol: ExporterConfig::new(
+                "loadbalancing",
+                ExportTarget::OtlpGrpc {
+                    endpoint: "0.0.0.0:0".into(),
+                    compression: Compression::None,
+                    timeout: Duration::from_secs(1),
+                    headers: Vec::new(),
+                },
+            ),
+            resolver,
+        }
+    }
+
+    #[tokio::test]
+    async fn dns_should_route_to_every_address_of_the_name_and_follow_changes() {
+        let router = Router::start(&config(Resolver::Dns {
+            hostname: "localhost".into(),
+            port: 4999,
+            interval: Duration::from_millis(50),
+            timeout: Duration::from_secs(1),
+        }))
+        .await
+        .unwrap();
+        let backends = router.backends();
+        assert!(
+            backends.contains(&"127.0.0.1:4999".to_owned()),
+            "{backends:?}"
+        );
+        assert!(
+            backends.iter().all(|b| b.ends_with(":4999")),
+            "{backends:?}"
+        );
+        assert!(!router.is_static());
+        // A name that does not resolve keeps the backends as they are, counted.
+        router
+            .resolve_once("name.invalid", 4999, Duration::from_secs(1))
+            .await;
+        assert_eq!(router.backends(), backends);
+        assert_eq!(router.metrics.resolve_failures.load(Relaxed), 1);
+        router.shutdown(Instant::now()).await;
+    }
+
+    #[tokio::test]
+    async fn a_static_update_should_keep_unchanged_backends_and_drain_removed_ones() {
+        let list = |ports: &[u16]| -> Vec<String> {
+            ports.iter().map(|p| format!("127.0.0.1:{p}")).collect()
+        };
+        let router = Router::start(&config(Resolver::Static(list(&[1, 2, 3]))))
+            .await
+            .unwrap();
+        let before = router.members.read().clone();
+        router.update(&list(&[3, 2, 1])).unwrap();
+        assert!(
+            Arc::ptr_eq(&before, &router.members.read()),
+            "same set: nothing changes"
+        );
+        router.update(&list(&[1, 3])).unwrap();
+        let after = router.members.read().clone();
+        assert_eq!(router.backends(), list(&[1, 3]));
+        // The kept backends are the same exporters; the removed one is draining.
+        assert!(Arc::ptr_eq(&before.backends[0], &after.backends[0]));
+        assert_eq!(router.retired.lock().len(), 1);
+        assert_eq!(
+            router
+                .backend_metrics()
+                .iter()
+                .filter(|b| b.current)
+                .count(),
+            2
+        );
+        assert_eq!(router.metrics.membership_changes.load(Relaxed), 2);
+        router.shutdown(Instant::now()).await;
+    }
+
+    #[tokio::test]
+    async fn with_no_backend_spans_should_be_counted_as_unroutable() {
+        let router = Router::start(&config(Resolver::Static(Vec::new())))
+            .await
+            .unwrap();
+        let request = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+            resource_spans: vec![opentelemetry_proto::tonic::trace::v1::ResourceSpans {
+                scope_spans: vec![opentelemetry_proto::tonic::trace::v1::ScopeSpans {
+                    spans: vec![opentelemetry_proto::tonic::trace::v1::Span {
+                        trace_id: vec![1; 16],
+                        span_id: vec![1; 8],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let spans = traceq_exporter::otlp::decode_request_for_routing(
+            &prost::Message::encode_to_vec(&request),
+        )
+        .unwrap();
+        router.route(spans);
+        assert_eq!(router.metrics.unroutable_spans.load(Relaxed), 1);
+    }
+}

@@ -345,3 +345,78 @@ fn opt_len(field: u32, s: &[u8]) -> usize {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod routing_tests {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use prost::Message;
+
+    use super::*;
+
+    fn request(spans: Vec<Span>) -> Vec<u8> {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn routing_decode_should_read_trace_ids_and_forward_spans_byte_for_byte() {
+        let body = request(vec![
+            Span {
+                trace_id: vec![1; 16],
+                name: "a".into(),
+                ..Default::default()
+            },
+            Span {
+                trace_id: vec![2; 16],
+                name: "b".into(),
+                ..Default::default()
+            },
+        ]);
+        let spans = decode_request_for_routing(&body).unwrap();
+        let ids: Vec<[u8; 16]> = spans.iter().map(OtlpSpan::trace_id_bytes).collect();
+        assert_eq!(ids, vec![[1; 16], [2; 16]]);
+        assert_eq!(encode_request(&spans), body);
+    }
+
+    #[test]
+    fn routing_decode_should_refuse_bad_framing_and_missing_trace_ids() {
+        let no_id = request(vec![Span {
+            name: "x".into(),
+            ..Default::default()
+        }]);
+        assert!(decode_request_for_routing(&no_id).is_err());
+        let zero = request(vec![Span {
+            trace_id: vec![0; 16],
+            ..Default::default()
+        }]);
+        assert!(decode_request_for_routing(&zero).is_err());
+        assert!(decode_request_for_routing(b"\x0a\xff garbage").is_err());
+        // What full decoding refuses inside a span (a name that is not UTF-8) is left to the
+        // samplers the span is routed to.
+        let mut span = Vec::new();
+        wire::put_len_field(&mut span, 1, &[3; 16]);
+        wire::put_len_field(&mut span, 5, &[0xff, 0xfe]);
+        let mut scope_spans = Vec::new();
+        wire::put_len_field(&mut scope_spans, SCOPE_SPANS_SPANS, &span);
+        let mut resource_spans = Vec::new();
+        wire::put_len_field(
+            &mut resource_spans,
+            RESOURCE_SPANS_SCOPE_SPANS,
+            &scope_spans,
+        );
+        let mut body = Vec::new();
+        wire::put_len_field(&mut body, REQUEST_RESOURCE_SPANS, &resource_spans);
+        assert!(decode_request(&body).is_err());
+        let routed = decode_request_for_routing(&body).unwrap();
+        assert_eq!(routed[0].trace_id_bytes(), [3; 16]);
+    }
+}

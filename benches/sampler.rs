@@ -96,7 +96,7 @@ fn traces() -> Vec<SpanData> {
     for _ in 0..TRACES {
         let n = NEXT_TRACE.fetch_add(1, Ordering::Relaxed);
         let trace = u128::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835);
-        let error = n % 100 == 0;
+        let error = n.is_multiple_of(100);
         for child in 2..=SPANS_PER_TRACE {
             spans.push(span(trace, child, 1, error && child == 5));
         }

@@ -90,7 +90,7 @@ async fn load() {
                     if l.in_flight[k].fetch_add(1, Ordering::SeqCst) != 0 {
                         l.overlaps.fetch_add(1, Ordering::SeqCst);
                     }
-                    if stamp % 7 == 0 {
+                    if stamp.is_multiple_of(7) {
                         tokio::task::yield_now().await;
                     }
                     let fail = rand::rng().random_bool(0.2);

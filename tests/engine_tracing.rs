@@ -665,7 +665,7 @@ async fn concurrent_adds_and_failures_should_keep_every_trace_whole() {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
                 async move {
                     tokio::task::yield_now().await;
-                    if (n * 7 + u64::from(attempt.key)) % 3 == 0 {
+                    if (n * 7 + u64::from(attempt.key)).is_multiple_of(3) {
                         Err("flaky")
                     } else {
                         Ok(())

@@ -97,3 +97,4 @@ pub use processor::{
 };
 pub use sampler::TailSampler;
 pub use span::{AttrValue, SpanView, StatusKind};
+pub use span::{EventView, SpanKindCode};

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
 use opentelemetry::trace::{
-    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+    Event, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
@@ -77,6 +77,61 @@ impl TestSpan {
     #[must_use]
     pub fn error(mut self) -> Self {
         self.data.status = Status::error("failed");
+        self
+    }
+
+    /// Sets status Error with `message` as its description.
+    #[must_use]
+    pub fn error_message(mut self, message: &str) -> Self {
+        self.data.status = Status::error(message.to_owned());
+        self
+    }
+
+    /// Sets the span's name.
+    #[must_use]
+    pub fn name(mut self, name: &str) -> Self {
+        self.data.name = Cow::Owned(name.to_owned());
+        self
+    }
+
+    /// Sets the span's kind.
+    #[must_use]
+    pub fn kind(mut self, kind: SpanKind) -> Self {
+        self.data.span_kind = kind;
+        self
+    }
+
+    /// Adds an event at the span's start time.
+    #[must_use]
+    pub fn event(mut self, name: &str, attributes: Vec<KeyValue>) -> Self {
+        let at = self.data.start_time;
+        self.data
+            .events
+            .events
+            .push(Event::new(name.to_owned(), at, attributes, 0));
+        self
+    }
+
+    /// Sets the instrumentation scope's name and version.
+    #[must_use]
+    pub fn scope(mut self, name: &str, version: &str) -> Self {
+        self.data.instrumentation_scope = InstrumentationScope::builder(name.to_owned())
+            .with_version(version.to_owned())
+            .build();
+        self
+    }
+
+    /// Clears the sampled trace flag (a span recorded but not sampled upstream).
+    #[must_use]
+    pub fn unsampled(mut self) -> Self {
+        let cx = &self.data.span_context;
+        self.data.span_context = SpanContext::new(
+            cx.trace_id(),
+            cx.span_id(),
+            TraceFlags::default(),
+            cx.is_remote(),
+            cx.trace_state().clone(),
+        );
         self
     }
 

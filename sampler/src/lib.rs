@@ -42,8 +42,16 @@
 //! - Decision caches are on by default (`decision_cache` sizes of 0 turn them off); dropped ids
 //!   are kept in a compact fingerprint filter.
 //! - `invert_match` simply inverts a policy (the Collector's `disableinvertdecisions` behaviour);
-//!   use `drop` to veto. `not` (with `not_sub_policy`) is a traceq extension.
-//! - `ottl_condition`, `composite` and `trace_flags` are refused with an error naming the policy.
+//!   use `drop` to veto.
+//! - `ottl_condition` compiles its conditions when the configuration is read and evaluates them
+//!   on the spans as stored; it supports the OTTL subset the Collector's examples use (scalar
+//!   paths of the span and span-event contexts, literals, comparisons, math, `and` / `or` /
+//!   `not`, and the converters `IsMatch`, `IsString`, `IsInt`, `IsBool`, `IsDouble`,
+//!   `IsRootSpan`, `Len`, `Concat`, `TraceID`, `SpanID`); anything else is refused when the
+//!   configuration is read, naming the policy, the condition and the function or path.
+//! - `composite` evaluates in `policy_order` (the Collector ignores it, contrib#36955), passes a
+//!   trace that a sub-policy over its share matched on to the next sub-policy (the Collector
+//!   drops it, contrib#36959), and holds `max_total_spans_per_second` across all sub-policies.
 //! - `sample_on_first_match` stops at the first sampling policy; drop policies are always
 //!   evaluated first. A kept trace is credited to the matching policy with the highest keep
 //!   probability, so an error trace also picked by a 10% policy has adjusted count 1.
@@ -64,6 +72,7 @@ mod duration;
 mod error;
 mod hash;
 mod metrics;
+mod ottl;
 mod policy;
 mod processor;
 mod sampler;
@@ -87,8 +96,9 @@ pub use duration::{parse_duration, DurationError};
 pub use error::ConfigError;
 pub use metrics::{PolicyMetrics, SamplerMetrics};
 pub use policy::{
-    AndConfig, BooleanAttributeConfig, BytesLimitingConfig, DropConfig, LatencyConfig, NotConfig,
-    NumericAttributeConfig, PolicyConfig, PolicyType, ProbabilisticConfig, RateLimitingConfig,
+    AndConfig, BooleanAttributeConfig, BytesLimitingConfig, CompositeConfig, DropConfig,
+    LatencyConfig, NotConfig, NumericAttributeConfig, OttlConditionConfig, OttlErrorMode,
+    PolicyConfig, PolicyType, ProbabilisticConfig, RateAllocationConfig, RateLimitingConfig,
     SpanCountConfig, StatusCodeConfig, StringAttributeConfig, TraceStateConfig,
 };
 pub use processor::{

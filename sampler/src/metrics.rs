@@ -27,6 +27,7 @@ pub(crate) struct PolicyTally {
     pub(crate) dropped: u64,
     pub(crate) credited_traces: u64,
     pub(crate) credited_spans: u64,
+    pub(crate) errors: u64,
 }
 
 impl PolicyTally {
@@ -34,6 +35,7 @@ impl PolicyTally {
         m.traces_sampled += self.sampled;
         m.traces_not_sampled += self.not_sampled;
         m.traces_dropped += self.dropped;
+        m.evaluation_errors += self.errors;
         m.traces_kept += self.credited_traces;
         m.spans_kept += self.credited_spans;
     }
@@ -91,6 +93,7 @@ impl DecisionTally {
             to.dropped += from.dropped;
             to.credited_traces += from.credited_traces;
             to.credited_spans += from.credited_spans;
+            to.errors += from.errors;
         }
         let mut policies = std::mem::take(&mut self.policies);
         policies.fill(PolicyTally::default());
@@ -160,6 +163,10 @@ pub struct PolicyMetrics {
     pub traces_kept: u64,
     /// Spans in the traces credited to this policy (`count_spans_sampled`).
     pub spans_kept: u64,
+    /// Evaluations that failed (`sampling_policy_evaluation_error`): an `ottl_condition` that
+    /// could not be evaluated on a span, in `propagate` mode once per trace (the policy did
+    /// not sample it), in `ignore` mode once per failed condition.
+    pub evaluation_errors: u64,
 }
 
 impl PolicyMetrics {
@@ -171,6 +178,7 @@ impl PolicyMetrics {
             traces_dropped: 0,
             traces_kept: 0,
             spans_kept: 0,
+            evaluation_errors: 0,
         }
     }
 }

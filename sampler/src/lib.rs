@@ -34,6 +34,12 @@
 //!
 //! - A trace is decided `decision_wait_after_root` (2 s) after its local root span ended, not
 //!   only `decision_wait` after its first span; a span whose parent is remote is a local root.
+//!   The Collector's `decision_wait_after_root_received` is read as this setting (its `0s`
+//!   turning it off, as in the Collector); the wait restarts with each later span.
+//! - `maximum_trace_size_bytes` decides a trace that grows past it at once, with the spans it
+//!   has, where the Collector drops it; `block_on_overflow` is honoured by the collector
+//!   (refusing senders with a retryable error while the buffer is full, or deciding early) and
+//!   refused as `true` by the in-process processor, whose `on_end` never blocks.
 //! - Memory is bounded in bytes too, and a full buffer decides its oldest traces early (counted
 //!   in `traces_decided_early`) instead of dropping them undecided, preferring, among the 16
 //!   oldest, one whose root span has ended. A trace decided early while still in progress
@@ -85,9 +91,10 @@ pub use clock::ManualClock;
 pub use clock::{Clock, SystemClock};
 pub use config::{
     DecisionCacheConfig, SamplerConfig, DEFAULT_DECISION_WAIT, DEFAULT_DECISION_WAIT_AFTER_ROOT,
-    DEFAULT_JOB_CACHE_SIZE, DEFAULT_JOB_ID_KEY, DEFAULT_MAX_BUFFER_BYTES,
-    DEFAULT_MAX_SPANS_PER_TRACE, DEFAULT_NON_SAMPLED_CACHE_SIZE, DEFAULT_NUM_SHARDS,
-    DEFAULT_NUM_TRACES, DEFAULT_SAMPLED_CACHE_SIZE, DEFAULT_SAMPLING_PERCENTAGE,
+    DEFAULT_JOB_CACHE_SIZE, DEFAULT_JOB_ID_KEY, DEFAULT_MAXIMUM_TRACE_SIZE_BYTES,
+    DEFAULT_MAX_BUFFER_BYTES, DEFAULT_MAX_SPANS_PER_TRACE, DEFAULT_NON_SAMPLED_CACHE_SIZE,
+    DEFAULT_NUM_SHARDS, DEFAULT_NUM_TRACES, DEFAULT_SAMPLED_CACHE_SIZE,
+    DEFAULT_SAMPLING_PERCENTAGE,
 };
 pub use decision::{
     KeptDecision, ADJUSTED_COUNT_ATTRIBUTE, JOB_LINKAGE_POLICY, POLICY_ATTRIBUTE, SEGMENT_ATTRIBUTE,

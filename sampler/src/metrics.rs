@@ -48,7 +48,7 @@ pub(crate) struct DecisionTally {
     pub(crate) traces_not_sampled: u64,
     pub(crate) spans_sampled: u64,
     pub(crate) spans_not_sampled: u64,
-    pub(crate) by_trigger: [u64; 5],
+    pub(crate) by_trigger: [u64; 6],
     pub(crate) early_sampled: u64,
     pub(crate) job_linked: u64,
     pub(crate) latency_count: u64,
@@ -111,6 +111,7 @@ impl DecisionTally {
         m.traces_decided_after_root += self.by_trigger[Trigger::Root as usize];
         m.traces_decided_on_wait += self.by_trigger[Trigger::Wait as usize];
         m.traces_decided_on_max_spans += self.by_trigger[Trigger::MaxSpans as usize];
+        m.traces_decided_on_max_bytes += self.by_trigger[Trigger::MaxBytes as usize];
         m.traces_decided_early += self.by_trigger[Trigger::Pressure as usize];
         m.traces_decided_on_flush += self.by_trigger[Trigger::Flush as usize];
         m.early_traces_sampled += self.early_sampled;
@@ -134,6 +135,7 @@ pub(crate) enum Trigger {
     MaxSpans = 2,
     Pressure = 3,
     Flush = 4,
+    MaxBytes = 5,
 }
 
 /// Sampler-wide counters of rare events (per-span and per-decision ones live in the shards).
@@ -209,6 +211,9 @@ pub struct SamplerMetrics {
     pub traces_decided_on_wait: u64,
     /// Traces decided at once for reaching `max_spans_per_trace`.
     pub traces_decided_on_max_spans: u64,
+    /// Traces decided at once for passing `maximum_trace_size_bytes` (the Collector drops such
+    /// traces undecided; traceq decides them with the spans they have).
+    pub traces_decided_on_max_bytes: u64,
     /// Traces decided early because the buffer was full (traces or bytes).
     pub traces_decided_early: u64,
     /// Of the early decisions, the traces kept.

@@ -242,12 +242,14 @@ fn string(chars: &[char], start: usize) -> Result<(String, usize), CompileError>
                     'x' => 2,
                     'u' => 4,
                     'U' => 8,
-                    _ => return Err(CompileError::at(
-                        at,
-                        format!(
+                    _ => {
+                        return Err(CompileError::at(
+                            at,
+                            format!(
                             "unknown escape `\\{e}` in a string (write `\\\\{e}` for a backslash)"
                         ),
-                    )),
+                        ))
+                    }
                 };
                 let hex: String = chars.get(i..i + width).unwrap_or_default().iter().collect();
                 let code = (hex.len() == width)

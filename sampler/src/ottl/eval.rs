@@ -1,7 +1,8 @@
 //! Evaluating a compiled condition against one span or one span event.
 //!
 //! Values borrow from the span (the collector's encoded bytes) and from the compiled condition;
-//! only `Concat`, and `IsMatch` on a number, build a string. Comparisons follow OTTL's rules:
+//! only `Concat`, and `IsMatch` on a number, build a string (ids' `.string` forms are spelled
+//! out on the stack). Comparisons follow OTTL's rules:
 //! numbers compare across int and float, strings and byte slices compare in byte order,
 //! booleans and `nil` only for equality, and values of different types are never equal (so
 //! `!=` is true) and never ordered.
@@ -15,34 +16,20 @@ use super::parse::{CmpOp, Lit, MathOp, Node, Path};
 use super::EvalError;
 use crate::span::{find_attribute, unix_nanos, AttrValue, EventView, SpanView, StatusKind};
 
-/// Hex digits of an id (`trace_id.string`), kept inline.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Hex {
-    buf: [u8; 32],
-    len: u8,
+/// Lower-case hex digits of an id, on the stack.
+fn hex<'b>(bytes: &[u8], buf: &'b mut [u8; 32]) -> &'b str {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let n = bytes.len().min(16);
+    for (i, b) in bytes[..n].iter().enumerate() {
+        buf[2 * i] = DIGITS[usize::from(b >> 4)];
+        buf[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+    }
+    // Only ASCII hex digits were written.
+    std::str::from_utf8(&buf[..2 * n]).unwrap_or_default()
 }
 
-impl Hex {
-    fn of(bytes: &[u8]) -> Self {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut buf = [0; 32];
-        for (i, b) in bytes.iter().take(16).enumerate() {
-            buf[2 * i] = DIGITS[usize::from(b >> 4)];
-            buf[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
-        }
-        Self {
-            buf,
-            len: (bytes.len().min(16) * 2) as u8,
-        }
-    }
-
-    fn as_str(&self) -> &str {
-        // Only ASCII hex digits are written.
-        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or_default()
-    }
-}
-
-/// A value during evaluation.
+/// A value during evaluation: 24 bytes, borrowed from the span or the condition. The
+/// `.string` forms of ids keep the id and are spelled out in hex only where a string is read.
 #[derive(Debug, Clone)]
 pub(super) enum Val<'a> {
     Nil,
@@ -50,21 +37,32 @@ pub(super) enum Val<'a> {
     Int(i64),
     Float(f64),
     Str(&'a str),
-    Owned(String),
-    Hex(Hex),
+    Owned(Box<str>),
     Bytes(&'a [u8]),
     Id16([u8; 16]),
     Id8([u8; 8]),
+    Hex16([u8; 16]),
+    Hex8([u8; 8]),
 }
 
 impl Val<'_> {
-    fn as_str(&self) -> Option<&str> {
+    /// Calls `f` with the value's text if it is a string.
+    fn text<R>(&self, f: impl FnOnce(&str) -> R) -> Option<R> {
+        let mut buf = [0; 32];
         match self {
-            Val::Str(s) => Some(s),
-            Val::Owned(s) => Some(s),
-            Val::Hex(h) => Some(h.as_str()),
+            Val::Str(s) => Some(f(s)),
+            Val::Owned(s) => Some(f(s)),
+            Val::Hex16(id) => Some(f(hex(id, &mut buf))),
+            Val::Hex8(id) => Some(f(hex(id, &mut buf))),
             _ => None,
         }
+    }
+
+    fn is_string(&self) -> bool {
+        matches!(
+            self,
+            Val::Str(_) | Val::Owned(_) | Val::Hex16(_) | Val::Hex8(_)
+        )
     }
 
     fn as_bytes(&self) -> Option<&[u8]> {
@@ -82,12 +80,13 @@ impl Val<'_> {
             Val::Bool(_) => "a bool",
             Val::Int(_) => "an int",
             Val::Float(_) => "a double",
-            Val::Str(_) | Val::Owned(_) | Val::Hex(_) => "a string",
+            Val::Str(_) | Val::Owned(_) | Val::Hex16(_) | Val::Hex8(_) => "a string",
             Val::Bytes(_) | Val::Id16(_) | Val::Id8(_) => "a byte slice",
         }
     }
 
-    /// The value as OTTL's string-like getters read it; `None` for nil.
+    /// Appends the value as OTTL's string-like getters read it; false (nothing written) for
+    /// nil.
     fn write_string_like(&self, out: &mut String) -> bool {
         match self {
             Val::Nil => return false,
@@ -98,11 +97,13 @@ impl Val<'_> {
             Val::Float(f) => {
                 let _ = write!(out, "{f}");
             }
-            Val::Str(_) | Val::Owned(_) | Val::Hex(_) => out.push_str(self.as_str().unwrap_or("")),
             Val::Bytes(_) | Val::Id16(_) | Val::Id8(_) => {
                 for b in self.as_bytes().unwrap_or_default() {
                     let _ = write!(out, "{b:02x}");
                 }
+            }
+            text => {
+                text.text(|s| out.push_str(s));
             }
         }
         true
@@ -149,11 +150,11 @@ impl<'a, S: SpanView, E: EventView> Env<'a, S, E> {
             Path::ScopeName => Val::Str(s.scope_name()),
             Path::ScopeVersion => Val::Str(s.scope_version()),
             Path::TraceId => Val::Id16(s.trace_id().to_bytes()),
-            Path::TraceIdString => Val::Hex(Hex::of(&s.trace_id().to_bytes())),
+            Path::TraceIdString => Val::Hex16(s.trace_id().to_bytes()),
             Path::SpanId => Val::Id8(s.span_id()),
-            Path::SpanIdString => Val::Hex(Hex::of(&s.span_id())),
+            Path::SpanIdString => Val::Hex8(s.span_id()),
             Path::ParentSpanId => Val::Id8(s.parent_span_id()),
-            Path::ParentSpanIdString => Val::Hex(Hex::of(&s.parent_span_id())),
+            Path::ParentSpanIdString => Val::Hex8(s.parent_span_id()),
             Path::StartTimeUnixNano => Val::Int(nanos_i64(unix_nanos(s.start_time()))),
             Path::EndTimeUnixNano => Val::Int(nanos_i64(unix_nanos(s.end_time()))),
             Path::TraceState(k) => s.trace_state(k).map_or(Val::Nil, Val::Str),
@@ -186,21 +187,22 @@ impl<'a, S: SpanView, E: EventView> Env<'a, S, E> {
             }
             Node::Not(n) => !self.test(n)?,
             Node::Cmp(op, sides) => {
-                let (l, r) = (self.value(&sides.0)?, self.value(&sides.1)?);
+                let (l, r) = (self.operand(&sides.0)?, self.operand(&sides.1)?);
                 compare(*op, &l, &r)
             }
-            Node::IsMatch(target, regex) => match self.value(target)? {
-                v @ (Val::Str(_) | Val::Owned(_) | Val::Hex(_)) => {
-                    regex.is_match(v.as_str().unwrap_or(""))
+            Node::IsMatch(target, regex) => {
+                let v = self.operand(target)?;
+                match v.text(|s| regex.is_match(s)) {
+                    Some(hit) => hit,
+                    None if matches!(v, Val::Nil) => false,
+                    None => {
+                        let mut s = String::new();
+                        v.write_string_like(&mut s);
+                        regex.is_match(&s)
+                    }
                 }
-                Val::Nil => false,
-                other => {
-                    let mut s = String::new();
-                    other.write_string_like(&mut s);
-                    regex.is_match(&s)
-                }
-            },
-            Node::IsString(v) => self.value(v)?.as_str().is_some(),
+            }
+            Node::IsString(v) => self.operand(v)?.is_string(),
             Node::IsInt(v) => matches!(self.value(v)?, Val::Int(_)),
             Node::IsBool(v) => matches!(self.value(v)?, Val::Bool(_)),
             Node::IsDouble(v) => matches!(self.value(v)?, Val::Float(_)),
@@ -218,36 +220,41 @@ impl<'a, S: SpanView, E: EventView> Env<'a, S, E> {
         })
     }
 
+    /// A comparison's operand: paths and literals (nearly every operand) without the call to
+    /// [`Self::value`], which the compiler cannot inline into a recursion.
+    #[inline(always)]
+    fn operand(&self, node: &'a Node) -> Result<Val<'a>, EvalError> {
+        match node {
+            Node::Lit(lit) => Ok(literal(lit)),
+            Node::Path(p) => Ok(self.path(p)),
+            _ => self.value(node),
+        }
+    }
+
     /// Evaluates a value node; a condition node yields its boolean.
     pub(super) fn value(&self, node: &'a Node) -> Result<Val<'a>, EvalError> {
         Ok(match node {
-            Node::Lit(lit) => match lit {
-                Lit::Nil => Val::Nil,
-                Lit::Bool(b) => Val::Bool(*b),
-                Lit::Int(i) => Val::Int(*i),
-                Lit::Float(f) => Val::Float(*f),
-                Lit::Str(s) => Val::Str(s),
-                Lit::Bytes(b) => Val::Bytes(b),
-            },
+            Node::Lit(lit) => literal(lit),
             Node::Path(p) => self.path(p),
             Node::Math(op, sides) => {
                 let (l, r) = (self.value(&sides.0)?, self.value(&sides.1)?);
                 math(*op, &l, &r)?
             }
-            Node::Len(v) => match self.value(v)? {
-                v @ (Val::Str(_) | Val::Owned(_) | Val::Hex(_)) => {
-                    Val::Int(v.as_str().map_or(0, str::len) as i64)
+            Node::Len(v) => {
+                let v = self.value(v)?;
+                match v.text(str::len) {
+                    Some(len) => Val::Int(len as i64),
+                    None => {
+                        return Err(EvalError(format!(
+                            "`Len` takes a string, got {}",
+                            v.type_name()
+                        )))
+                    }
                 }
-                other => {
-                    return Err(EvalError(format!(
-                        "`Len` takes a string, got {}",
-                        other.type_name()
-                    )))
-                }
-            },
+            }
             Node::Concat(values, delimiter) => {
                 let delimiter = self.value(delimiter)?;
-                let Some(delimiter) = delimiter.as_str() else {
+                let Some(delimiter) = delimiter.text(str::to_owned) else {
                     return Err(EvalError(format!(
                         "`Concat` takes a string delimiter, got {}",
                         delimiter.type_name()
@@ -256,17 +263,29 @@ impl<'a, S: SpanView, E: EventView> Env<'a, S, E> {
                 let mut out = String::new();
                 for (i, v) in values.iter().enumerate() {
                     if i > 0 {
-                        out.push_str(delimiter);
+                        out.push_str(&delimiter);
                     }
                     if !self.value(v)?.write_string_like(&mut out) {
                         out.push_str("<nil>");
                     }
                 }
-                Val::Owned(out)
+                Val::Owned(out.into_boxed_str())
             }
             Node::List(_) => return Err(EvalError("a list is not a value".to_owned())),
             condition => Val::Bool(self.test(condition)?),
         })
+    }
+}
+
+#[inline(always)]
+fn literal(lit: &Lit) -> Val<'_> {
+    match lit {
+        Lit::Nil => Val::Nil,
+        Lit::Bool(b) => Val::Bool(*b),
+        Lit::Int(i) => Val::Int(*i),
+        Lit::Float(f) => Val::Float(*f),
+        Lit::Str(s) => Val::Str(s),
+        Lit::Bytes(b) => Val::Bytes(b),
     }
 }
 
@@ -276,6 +295,10 @@ fn nanos_i64(n: u64) -> i64 {
 
 /// OTTL's comparison of two values (see the module docs).
 pub(super) fn compare(op: CmpOp, l: &Val<'_>, r: &Val<'_>) -> bool {
+    // The common case first: a string attribute tested for equality (lengths first).
+    if let (Val::Str(a), Val::Str(b), CmpOp::Eq | CmpOp::Ne) = (l, r, op) {
+        return bytes_eq(a.as_bytes(), b.as_bytes()) == (op == CmpOp::Eq);
+    }
     let order = match (l, r) {
         (Val::Nil, Val::Nil) => {
             Some(Ordering::Equal).filter(|_| matches!(op, CmpOp::Eq | CmpOp::Ne))
@@ -290,10 +313,9 @@ pub(super) fn compare(op: CmpOp, l: &Val<'_>, r: &Val<'_>) -> bool {
         (Val::Int(a), Val::Float(b)) => (*a as f64).partial_cmp(b),
         (Val::Float(a), Val::Int(b)) => a.partial_cmp(&(*b as f64)),
         (Val::Float(a), Val::Float(b)) => a.partial_cmp(b),
-        _ => match (l.as_str(), r.as_str(), l.as_bytes(), r.as_bytes()) {
-            (Some(a), Some(b), ..) => Some(a.cmp(b)),
-            (_, _, Some(a), Some(b)) => Some(a.cmp(b)),
-            _ => None,
+        _ => match (l.as_bytes(), r.as_bytes()) {
+            (Some(a), Some(b)) => Some(a.cmp(b)),
+            _ => l.text(|a| r.text(|b| a.cmp(b))).flatten(),
         },
     };
     match (op, order) {
@@ -303,6 +325,28 @@ pub(super) fn compare(op: CmpOp, l: &Val<'_>, r: &Val<'_>) -> bool {
         (CmpOp::Le, o) => matches!(o, Some(Ordering::Less | Ordering::Equal)),
         (CmpOp::Gt, o) => o == Some(Ordering::Greater),
         (CmpOp::Ge, o) => matches!(o, Some(Ordering::Greater | Ordering::Equal)),
+    }
+}
+
+/// Byte equality that compares short values (most attribute values) in registers: a call to
+/// the C library's `memcmp` for them cost more than the rest of a comparison.
+#[inline]
+pub(super) fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| {
+        let mut w = [0; 8];
+        w.copy_from_slice(&s[at..at + 8]);
+        u64::from_ne_bytes(w)
+    };
+    match n {
+        0 => true,
+        1..=7 => a.iter().zip(b).all(|(x, y)| x == y),
+        // Two words that overlap when n < 16 cover every byte.
+        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        _ => a == b,
     }
 }
 

@@ -364,3 +364,18 @@ fn a_span_without_a_tracestate_entry_reads_nil() {
     );
     assert_eq!(c.on_span(&plain, &[]), Ok(false));
 }
+
+#[test]
+fn short_byte_equality_should_agree_with_slices() {
+    let text = b"abcdefghijklmnopqrstuvwxyz";
+    for n in 0..text.len() {
+        let a = &text[..n];
+        assert!(super::eval::bytes_eq(a, a), "{n}");
+        for i in 0..n {
+            let mut b = a.to_vec();
+            b[i] ^= 1;
+            assert!(!super::eval::bytes_eq(a, &b), "{n} {i}");
+        }
+        assert!(!super::eval::bytes_eq(a, &text[..n + 1]));
+    }
+}

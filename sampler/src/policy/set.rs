@@ -204,6 +204,18 @@ impl Rule {
         })
     }
 
+    /// Whether the rule reads the trace's size in bytes.
+    #[cfg(any(test, feature = "testing"))]
+    fn reads_bytes(&self) -> bool {
+        match self {
+            Rule::Bytes(_) => true,
+            Rule::And(rules) => rules.iter().any(Rule::reads_bytes),
+            Rule::Not(rule) => rule.reads_bytes(),
+            Rule::Composite(c) => c.subs.iter().any(Rule::reads_bytes),
+            _ => false,
+        }
+    }
+
     /// The probability `evaluate` reports when the rule samples (fixed by configuration).
     fn keep_probability(&self) -> f64 {
         match self {
@@ -332,6 +344,12 @@ impl PolicySet {
 
     pub(crate) fn len(&self) -> usize {
         self.policies.len()
+    }
+
+    /// Whether any policy reads the trace's size in bytes (`bytes_limiting`).
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn reads_bytes(&self) -> bool {
+        self.policies.iter().any(|p| p.rule.reads_bytes())
     }
 
     pub(crate) fn decision(&self, index: usize) -> &Arc<KeptDecision> {

@@ -122,8 +122,8 @@ pub(crate) struct Shard<S> {
 /// What [`Shard::offer`] did with a span.
 #[derive(Debug)]
 pub(crate) enum Offer<S> {
-    /// Buffered; its trace now holds this many spans.
-    Buffered(usize),
+    /// Buffered; its trace now holds this many spans and this many accounted bytes.
+    Buffered(usize, usize),
     /// Its trace was kept already: the span is handed back to be kept the same way.
     Kept(S, Arc<KeptDecision>),
     /// Its trace was not kept: the span is handed back to be dropped.
@@ -148,9 +148,14 @@ pub(crate) const PRESSURE_LOOKAHEAD: usize = 16;
 /// Most span slots reserved up front for a new trace.
 const MAX_SIZE_HINT: usize = 64;
 
-/// Appends `span` to `entry`; returns (bytes added, generation, span count, root ended).
+/// Appends `span` to `entry`; returns (bytes added, generation, span count, root ended, the
+/// trace's bytes).
 #[inline(always)]
-fn push<S: SpanView>(entry: &mut TraceEntry<S>, span: S, now: u64) -> (usize, u64, usize, bool) {
+fn push<S: SpanView>(
+    entry: &mut TraceEntry<S>,
+    span: S,
+    now: u64,
+) -> (usize, u64, usize, bool, usize) {
     let size = span.size_bytes();
     let is_root = span.is_local_root();
     let first = entry.spans.is_empty();
@@ -172,7 +177,13 @@ fn push<S: SpanView>(entry: &mut TraceEntry<S>, span: S, now: u64) -> (usize, u6
     entry.bytes += delta;
     entry.last_seen = now;
     entry.root_ended |= is_root;
-    (delta, entry.generation, entry.spans.len(), entry.root_ended)
+    (
+        delta,
+        entry.generation,
+        entry.spans.len(),
+        entry.root_ended,
+        entry.bytes,
+    )
 }
 
 /// The key of `trace_id` in the dropped-decision cache.
@@ -214,13 +225,13 @@ impl<S: SpanView> Shard<S> {
         let trace_id = span.trace_id();
         match self.traces.entry(trace_id) {
             Entry::Occupied(slot) => {
-                let (delta, generation, len, root_ended) = push(slot.into_mut(), span, now);
+                let (delta, generation, len, root_ended, bytes) = push(slot.into_mut(), span, now);
                 self.bytes += delta;
                 self.spans += 1;
                 if root_ended {
                     self.push_root_due(trace_id, generation, now, after_root);
                 }
-                Offer::Buffered(len)
+                Offer::Buffered(len, bytes)
             }
             Entry::Vacant(slot) => {
                 // Only a trace's first span (or a late one) needs the decision caches.
@@ -243,7 +254,7 @@ impl<S: SpanView> Shard<S> {
                     now,
                     TRACE_OVERHEAD,
                 ));
-                let (delta, _, len, root_ended) = push(entry, span, now);
+                let (delta, _, len, root_ended, bytes) = push(entry, span, now);
                 self.bytes += TRACE_OVERHEAD + delta;
                 self.spans += 1;
                 self.stats.traces_received += 1;
@@ -255,7 +266,7 @@ impl<S: SpanView> Shard<S> {
                 if root_ended {
                     self.push_root_due(trace_id, generation, now, after_root);
                 }
-                Offer::Buffered(len)
+                Offer::Buffered(len, bytes)
             }
         }
     }
@@ -531,7 +542,7 @@ mod tests {
     /// Buffers a span the caches know nothing about.
     fn add(s: &mut Shard<SpanData>, span: SpanData, now: u64, after_root: u64) -> usize {
         match s.offer(span, now, after_root) {
-            Offer::Buffered(len) => len,
+            Offer::Buffered(len, _) => len,
             other => panic!("not buffered: {other:?}"),
         }
     }
@@ -707,7 +718,7 @@ mod tests {
             let data = TestSpan::new(1, i as u64 + 2).child_of(1).build();
             assert!(matches!(
                 s.offer(Box::new(Sharing(data, block)), 0, 10),
-                Offer::Buffered(_)
+                Offer::Buffered(..)
             ));
             shared += charged;
             // Each span: its 100 bytes beyond the slot; the slots: the vector's capacity.

@@ -1,7 +1,7 @@
 //! The OpenTelemetry Collector `tail_sampling` README's example configuration, parsed and
 //! applied. The policies and values are the README's; the layout is block YAML. The README's
-//! `ottl_condition` and `composite` policies are types traceq does not implement: the full file
-//! is refused with an error naming them, and the rest is applied.
+//! `ottl_condition` and `composite` policies are applied too (the end-to-end corpus in the
+//! workspace's `tests/tail_sampling_parity.rs` checks each policy's decisions).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +10,7 @@ use opentelemetry::KeyValue;
 use opentelemetry_sdk::trace::SpanData;
 
 use crate::testing::TestSpan;
-use crate::{ConfigError, ManualClock, SamplerConfig, TailSampler};
+use crate::{ManualClock, SamplerConfig, TailSampler};
 
 const SUPPORTED_POLICIES: &str = r"
 processors:
@@ -76,7 +76,7 @@ processors:
               string_attribute: {key: url.path, values: [\/health, \/metrics], enabled_regex_matching: true}
 ";
 
-const UNSUPPORTED_POLICIES: &str = r#"
+const OTTL_AND_COMPOSITE_POLICIES: &str = r#"
       - name: test-policy-13
         type: ottl_condition
         ottl_condition:
@@ -107,17 +107,13 @@ fn the_collector_example_should_parse_with_its_settings() {
 }
 
 #[test]
-fn the_collector_example_with_unsupported_types_should_name_the_first_of_them() {
-    let full = format!("{SUPPORTED_POLICIES}{UNSUPPORTED_POLICIES}");
-    match SamplerConfig::from_yaml(&full) {
-        Err(ConfigError::Unsupported { policy, kind }) => {
-            assert_eq!(
-                (policy.as_str(), kind.as_str()),
-                ("test-policy-13", "ottl_condition")
-            );
-        }
-        other => panic!("expected an unsupported-type error, got {other:?}"),
-    }
+fn the_whole_collector_example_should_be_accepted_with_ottl_and_composite() {
+    let full = format!("{SUPPORTED_POLICIES}{OTTL_AND_COMPOSITE_POLICIES}");
+    let cfg = SamplerConfig::from_yaml(&full).unwrap();
+    assert_eq!(cfg.policies.len(), 16);
+    let composite = cfg.policies[15].composite.as_ref().unwrap();
+    assert_eq!(composite.max_total_spans_per_second, 1000);
+    assert_eq!(composite.composite_sub_policy.len(), 1);
 }
 
 #[test]

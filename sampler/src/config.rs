@@ -48,6 +48,9 @@ pub const DEFAULT_JOB_CACHE_SIZE: usize = 100_000;
 pub const DEFAULT_NUM_SHARDS: usize = 64;
 /// Share of traces the default configuration keeps besides error traces, in percent.
 pub const DEFAULT_SAMPLING_PERCENTAGE: f64 = 10.0;
+/// Default `maximum_trace_size_bytes`: 0, no per-trace byte bound beyond the buffer's (as in the
+/// Collector).
+pub const DEFAULT_MAXIMUM_TRACE_SIZE_BYTES: usize = 0;
 
 /// Sizes of the decision caches (`decision_cache` in the Collector's syntax).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -150,7 +153,15 @@ pub struct SamplerConfig {
     /// Upper bound on waiting: a trace is decided this long after its first span at the latest.
     #[serde(deserialize_with = "decision_wait")]
     pub decision_wait: Duration,
-    /// A trace whose local root span has ended is decided after this long without a new span.
+    /// A trace whose local root span has ended is decided after this long without a new span
+    /// (0: as soon as the root ends; [`Duration::MAX`]: never for that reason, only
+    /// `decision_wait` applies).
+    ///
+    /// [`SamplerConfig::from_yaml`] also reads it under the Collector's name,
+    /// `decision_wait_after_root_received`, where `0s` means off, as in the Collector (read
+    /// as [`Duration::MAX`]). The Collector waits a fixed time after the root arrives; traceq's
+    /// wait starts again with each span that arrives after the root, so a trace's late
+    /// children are still decided with it, within `decision_wait`.
     #[serde(deserialize_with = "decision_wait_after_root")]
     pub decision_wait_after_root: Duration,
     /// Most traces buffered at once; beyond it the oldest are decided early.
@@ -162,6 +173,13 @@ pub struct SamplerConfig {
     /// A trace reaching this many spans is decided at once.
     #[serde(deserialize_with = "lenient_usize")]
     pub max_spans_per_trace: usize,
+    /// A trace whose buffered bytes pass this is decided at once; 0 (the default) turns the
+    /// bound off. The Collector drops such a trace before deciding it; traceq decides it with
+    /// the spans it has (so an error trace is still kept) and its later spans follow that
+    /// decision. Bytes are counted as the buffer accounts them (the encoded span plus the
+    /// sampler's bookkeeping), a little above the protobuf size the Collector counts.
+    #[serde(deserialize_with = "lenient_usize")]
+    pub maximum_trace_size_bytes: usize,
     /// Expected new traces per second; only used to pre-size the buffer.
     #[serde(deserialize_with = "lenient_usize")]
     pub expected_new_traces_per_sec: usize,
@@ -174,6 +192,15 @@ pub struct SamplerConfig {
     /// On shutdown, drop pending traces instead of deciding them.
     #[serde(deserialize_with = "null_is_default")]
     pub drop_pending_traces_on_shutdown: bool,
+    /// The Collector's `block_on_overflow`: what a front door does with spans that would take
+    /// the buffer past `num_traces` or `max_buffer_bytes`. `true`: make the sender wait (the
+    /// collector refuses requests with a retryable error until there is room, which is how an
+    /// OTLP sender is made to wait); `false`: take them and decide the oldest traces early
+    /// (the Collector evicts them undecided). Unset: the front door's default (the collector
+    /// refuses, see its `service.on_buffer_full`). The in-process processor never blocks
+    /// `on_end`, so it refuses `true`.
+    #[serde(deserialize_with = "null_is_default")]
+    pub block_on_overflow: Option<bool>,
     /// Attribute holding the job id linking segments of one job; empty disables job linkage.
     #[serde(deserialize_with = "job_id_key")]
     pub job_id_key: String,
@@ -196,10 +223,12 @@ impl Default for SamplerConfig {
             num_traces: DEFAULT_NUM_TRACES,
             max_buffer_bytes: DEFAULT_MAX_BUFFER_BYTES,
             max_spans_per_trace: DEFAULT_MAX_SPANS_PER_TRACE,
+            maximum_trace_size_bytes: DEFAULT_MAXIMUM_TRACE_SIZE_BYTES,
             expected_new_traces_per_sec: 0,
             decision_cache: DecisionCacheConfig::default(),
             sample_on_first_match: false,
             drop_pending_traces_on_shutdown: false,
+            block_on_overflow: None,
             job_id_key: DEFAULT_JOB_ID_KEY.to_owned(),
             job_cache_size: DEFAULT_JOB_CACHE_SIZE,
             num_shards: DEFAULT_NUM_SHARDS,
@@ -209,6 +238,59 @@ impl Default for SamplerConfig {
             ],
         }
     }
+}
+
+/// Reads the Collector's settings whose names or meaning differ from traceq's, in `doc` (a
+/// `tail_sampling` body), before it is deserialized: `decision_wait_after_root_received`
+/// becomes `decision_wait_after_root` (returns true when it was given, so that `0s` can mean
+/// off, as in the Collector), `sampling_strategy: trace-complete` is what traceq does and is
+/// taken out, and settings traceq has no equivalent for are refused, saying why.
+fn collector_names(doc: &mut serde_yaml::Value) -> Result<bool, ConfigError> {
+    let Some(map) = doc.as_mapping_mut() else {
+        return Ok(false);
+    };
+    let refuse = |field: &'static str, reason: &str| ConfigError::Setting {
+        field,
+        reason: reason.to_owned(),
+    };
+    if let Some(strategy) = map.remove("sampling_strategy") {
+        match strategy.as_str() {
+            // Given no value, it takes its default, as every other setting does.
+            _ if strategy.is_null() => {}
+            Some("trace-complete") => {}
+            Some("span-ingest") => {
+                return Err(refuse(
+                    "sampling_strategy",
+                    "`span-ingest` is not supported: traceq decides each trace once, with its \
+                     spans buffered (`trace-complete`)",
+                ))
+            }
+            _ => {
+                return Err(refuse(
+                    "sampling_strategy",
+                    "must be `trace-complete` (traceq's only strategy) or `span-ingest`",
+                ))
+            }
+        }
+    }
+    if map.contains_key("tail_storage") {
+        return Err(refuse(
+            "tail_storage",
+            "is not supported: traceq holds pending traces in memory, bounded by `num_traces` \
+             and `max_buffer_bytes`",
+        ));
+    }
+    let Some(wait) = map.remove("decision_wait_after_root_received") else {
+        return Ok(false);
+    };
+    if map.contains_key("decision_wait_after_root") {
+        return Err(refuse(
+            "decision_wait_after_root_received",
+            "is the Collector's name for `decision_wait_after_root`: give only one of them",
+        ));
+    }
+    map.insert("decision_wait_after_root".into(), wait);
+    Ok(true)
 }
 
 /// Deserializes a YAML value so that errors name the offending field's path (`latency.threshold_ms:
@@ -310,7 +392,11 @@ impl SamplerConfig {
         } else if let Some(t) = doc.get("tail_sampling") {
             doc = t.clone();
         }
-        let cfg: Self = from_value_with_path(&doc).map_err(|e| yaml_error(&doc, &e))?;
+        let root_wait_off = collector_names(&mut doc)?;
+        let mut cfg: Self = from_value_with_path(&doc).map_err(|e| yaml_error(&doc, &e))?;
+        if root_wait_off && cfg.decision_wait_after_root.is_zero() {
+            cfg.decision_wait_after_root = Duration::MAX;
+        }
         // Every other setting has a default; the policies are what the file is for. (Serde's
         // own check cannot be had: a field cannot opt out of the struct's `default`.)
         if doc.get("policies").is_none() {
@@ -598,6 +684,59 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "field `decision_wait_after_root`: `10` is not a duration like `500ms`, `2s` or `1m30s`"
+        );
+    }
+
+    #[test]
+    fn the_collectors_names_should_be_read_with_the_collectors_meaning() {
+        let policies = "policies: [{name: a, type: always_sample}]";
+        let cfg = |text: &str| SamplerConfig::from_yaml(&format!("{text}\n{policies}"));
+        let wait = |text: &str| cfg(text).unwrap().decision_wait_after_root;
+        assert_eq!(
+            wait("decision_wait_after_root_received: 5s"),
+            Duration::from_secs(5)
+        );
+        // The Collector's 0s turns root-based deciding off; traceq's own name keeps 0.
+        assert_eq!(wait("decision_wait_after_root_received: 0s"), Duration::MAX);
+        assert_eq!(wait("decision_wait_after_root: 0s"), Duration::ZERO);
+        assert_eq!(
+            cfg("decision_wait_after_root_received: 1s\ndecision_wait_after_root: 2s")
+                .unwrap_err()
+                .to_string(),
+            "field `decision_wait_after_root_received`: is the Collector's name for \
+             `decision_wait_after_root`: give only one of them"
+        );
+        assert_eq!(
+            cfg("decision_wait_after_root_received: soon").unwrap_err().to_string(),
+            "field `decision_wait_after_root`: `soon` is not a duration like `500ms`, `2s` or `1m30s`"
+        );
+        let c = cfg("maximum_trace_size_bytes: 1_048_576\nblock_on_overflow: true").unwrap();
+        assert_eq!(
+            (c.maximum_trace_size_bytes, c.block_on_overflow),
+            (1 << 20, Some(true))
+        );
+        assert_eq!(
+            cfg("block_on_overflow: false").unwrap().block_on_overflow,
+            Some(false)
+        );
+        assert_eq!(cfg("num_traces: 9").unwrap().block_on_overflow, None);
+        assert_eq!(cfg("num_traces: 9").unwrap().maximum_trace_size_bytes, 0);
+        assert!(cfg("sampling_strategy: trace-complete").is_ok());
+        assert!(cfg("sampling_strategy:").is_ok());
+        assert_eq!(
+            cfg("sampling_strategy: span-ingest")
+                .unwrap_err()
+                .to_string(),
+            "field `sampling_strategy`: `span-ingest` is not supported: traceq decides each \
+             trace once, with its spans buffered (`trace-complete`)"
+        );
+        assert!(cfg("sampling_strategy: sometimes").is_err());
+        assert_eq!(
+            cfg("tail_storage: pebble_tail_storage")
+                .unwrap_err()
+                .to_string(),
+            "field `tail_storage`: is not supported: traceq holds pending traces in memory, \
+             bounded by `num_traces` and `max_buffer_bytes`"
         );
     }
 

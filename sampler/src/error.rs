@@ -56,13 +56,19 @@ pub enum ConfigError {
         #[source]
         source: regex::Error,
     },
-    /// A policy of a type this crate does not implement.
-    #[error("policy `{policy}`: policy type `{kind}` is not supported")]
-    Unsupported {
+    /// An `ottl_condition` condition that does not compile.
+    #[error("policy `{policy}`: ottl_condition.{list}[{index}] `{condition}`: {message}")]
+    Ottl {
         /// The policy's `name`.
         policy: String,
-        /// The type.
-        kind: String,
+        /// The list it is in: `span` or `spanevent`.
+        list: &'static str,
+        /// Its position in the list, from 0.
+        index: usize,
+        /// The condition as written.
+        condition: String,
+        /// What is wrong with it, and where (`at character 12: ...`).
+        message: String,
     },
     /// Two policies share a name.
     #[error("policy `{policy}`: duplicate policy name")]

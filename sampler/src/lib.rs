@@ -34,6 +34,12 @@
 //!
 //! - A trace is decided `decision_wait_after_root` (2 s) after its local root span ended, not
 //!   only `decision_wait` after its first span; a span whose parent is remote is a local root.
+//!   The Collector's `decision_wait_after_root_received` is read as this setting (its `0s`
+//!   turning it off, as in the Collector); the wait restarts with each later span.
+//! - `maximum_trace_size_bytes` decides a trace that grows past it at once, with the spans it
+//!   has, where the Collector drops it; `block_on_overflow` is honoured by the collector
+//!   (refusing senders with a retryable error while the buffer is full, or deciding early) and
+//!   refused as `true` by the in-process processor, whose `on_end` never blocks.
 //! - Memory is bounded in bytes too, and a full buffer decides its oldest traces early (counted
 //!   in `traces_decided_early`) instead of dropping them undecided, preferring, among the 16
 //!   oldest, one whose root span has ended. A trace decided early while still in progress
@@ -42,8 +48,16 @@
 //! - Decision caches are on by default (`decision_cache` sizes of 0 turn them off); dropped ids
 //!   are kept in a compact fingerprint filter.
 //! - `invert_match` simply inverts a policy (the Collector's `disableinvertdecisions` behaviour);
-//!   use `drop` to veto. `not` (with `not_sub_policy`) is a traceq extension.
-//! - `ottl_condition`, `composite` and `trace_flags` are refused with an error naming the policy.
+//!   use `drop` to veto.
+//! - `ottl_condition` compiles its conditions when the configuration is read and evaluates them
+//!   on the spans as stored; it supports the OTTL subset the Collector's examples use (scalar
+//!   paths of the span and span-event contexts, literals, comparisons, math, `and` / `or` /
+//!   `not`, and the converters `IsMatch`, `IsString`, `IsInt`, `IsBool`, `IsDouble`,
+//!   `IsRootSpan`, `Len`, `Concat`, `TraceID`, `SpanID`); anything else is refused when the
+//!   configuration is read, naming the policy, the condition and the function or path.
+//! - `composite` evaluates in `policy_order` (the Collector ignores it, contrib#36955), passes a
+//!   trace that a sub-policy over its share matched on to the next sub-policy (the Collector
+//!   drops it, contrib#36959), and holds `max_total_spans_per_second` across all sub-policies.
 //! - `sample_on_first_match` stops at the first sampling policy; drop policies are always
 //!   evaluated first. A kept trace is credited to the matching policy with the highest keep
 //!   probability, so an error trace also picked by a 10% policy has adjusted count 1.
@@ -64,6 +78,7 @@ mod duration;
 mod error;
 mod hash;
 mod metrics;
+mod ottl;
 mod policy;
 mod processor;
 mod sampler;
@@ -76,9 +91,10 @@ pub use clock::ManualClock;
 pub use clock::{Clock, SystemClock};
 pub use config::{
     DecisionCacheConfig, SamplerConfig, DEFAULT_DECISION_WAIT, DEFAULT_DECISION_WAIT_AFTER_ROOT,
-    DEFAULT_JOB_CACHE_SIZE, DEFAULT_JOB_ID_KEY, DEFAULT_MAX_BUFFER_BYTES,
-    DEFAULT_MAX_SPANS_PER_TRACE, DEFAULT_NON_SAMPLED_CACHE_SIZE, DEFAULT_NUM_SHARDS,
-    DEFAULT_NUM_TRACES, DEFAULT_SAMPLED_CACHE_SIZE, DEFAULT_SAMPLING_PERCENTAGE,
+    DEFAULT_JOB_CACHE_SIZE, DEFAULT_JOB_ID_KEY, DEFAULT_MAXIMUM_TRACE_SIZE_BYTES,
+    DEFAULT_MAX_BUFFER_BYTES, DEFAULT_MAX_SPANS_PER_TRACE, DEFAULT_NON_SAMPLED_CACHE_SIZE,
+    DEFAULT_NUM_SHARDS, DEFAULT_NUM_TRACES, DEFAULT_SAMPLED_CACHE_SIZE,
+    DEFAULT_SAMPLING_PERCENTAGE,
 };
 pub use decision::{
     KeptDecision, ADJUSTED_COUNT_ATTRIBUTE, JOB_LINKAGE_POLICY, POLICY_ATTRIBUTE, SEGMENT_ATTRIBUTE,
@@ -87,8 +103,9 @@ pub use duration::{parse_duration, DurationError};
 pub use error::ConfigError;
 pub use metrics::{PolicyMetrics, SamplerMetrics};
 pub use policy::{
-    AndConfig, BooleanAttributeConfig, BytesLimitingConfig, DropConfig, LatencyConfig, NotConfig,
-    NumericAttributeConfig, PolicyConfig, PolicyType, ProbabilisticConfig, RateLimitingConfig,
+    AndConfig, BooleanAttributeConfig, BytesLimitingConfig, CompositeConfig, DropConfig,
+    LatencyConfig, NotConfig, NumericAttributeConfig, OttlConditionConfig, OttlErrorMode,
+    PolicyConfig, PolicyType, ProbabilisticConfig, RateAllocationConfig, RateLimitingConfig,
     SpanCountConfig, StatusCodeConfig, StringAttributeConfig, TraceStateConfig,
 };
 pub use processor::{
@@ -97,3 +114,4 @@ pub use processor::{
 };
 pub use sampler::{DecisionHook, TailSampler};
 pub use span::{AttrValue, SpanView, StatusKind};
+pub use span::{EventView, SpanKindCode};

@@ -27,6 +27,7 @@ pub(crate) struct PolicyTally {
     pub(crate) dropped: u64,
     pub(crate) credited_traces: u64,
     pub(crate) credited_spans: u64,
+    pub(crate) errors: u64,
 }
 
 impl PolicyTally {
@@ -34,6 +35,7 @@ impl PolicyTally {
         m.traces_sampled += self.sampled;
         m.traces_not_sampled += self.not_sampled;
         m.traces_dropped += self.dropped;
+        m.evaluation_errors += self.errors;
         m.traces_kept += self.credited_traces;
         m.spans_kept += self.credited_spans;
     }
@@ -46,7 +48,7 @@ pub(crate) struct DecisionTally {
     pub(crate) traces_not_sampled: u64,
     pub(crate) spans_sampled: u64,
     pub(crate) spans_not_sampled: u64,
-    pub(crate) by_trigger: [u64; 5],
+    pub(crate) by_trigger: [u64; 6],
     pub(crate) early_sampled: u64,
     pub(crate) job_linked: u64,
     pub(crate) latency_count: u64,
@@ -91,6 +93,7 @@ impl DecisionTally {
             to.dropped += from.dropped;
             to.credited_traces += from.credited_traces;
             to.credited_spans += from.credited_spans;
+            to.errors += from.errors;
         }
         let mut policies = std::mem::take(&mut self.policies);
         policies.fill(PolicyTally::default());
@@ -108,6 +111,7 @@ impl DecisionTally {
         m.traces_decided_after_root += self.by_trigger[Trigger::Root as usize];
         m.traces_decided_on_wait += self.by_trigger[Trigger::Wait as usize];
         m.traces_decided_on_max_spans += self.by_trigger[Trigger::MaxSpans as usize];
+        m.traces_decided_on_max_bytes += self.by_trigger[Trigger::MaxBytes as usize];
         m.traces_decided_early += self.by_trigger[Trigger::Pressure as usize];
         m.traces_decided_on_flush += self.by_trigger[Trigger::Flush as usize];
         m.early_traces_sampled += self.early_sampled;
@@ -131,6 +135,7 @@ pub(crate) enum Trigger {
     MaxSpans = 2,
     Pressure = 3,
     Flush = 4,
+    MaxBytes = 5,
 }
 
 /// Sampler-wide counters of rare events (per-span and per-decision ones live in the shards).
@@ -160,6 +165,10 @@ pub struct PolicyMetrics {
     pub traces_kept: u64,
     /// Spans in the traces credited to this policy (`count_spans_sampled`).
     pub spans_kept: u64,
+    /// Evaluations that failed (`sampling_policy_evaluation_error`): an `ottl_condition` that
+    /// could not be evaluated on a span, in `propagate` mode once per trace (the policy did
+    /// not sample it), in `ignore` mode once per failed condition.
+    pub evaluation_errors: u64,
 }
 
 impl PolicyMetrics {
@@ -171,6 +180,7 @@ impl PolicyMetrics {
             traces_dropped: 0,
             traces_kept: 0,
             spans_kept: 0,
+            evaluation_errors: 0,
         }
     }
 }
@@ -201,6 +211,9 @@ pub struct SamplerMetrics {
     pub traces_decided_on_wait: u64,
     /// Traces decided at once for reaching `max_spans_per_trace`.
     pub traces_decided_on_max_spans: u64,
+    /// Traces decided at once for passing `maximum_trace_size_bytes` (the Collector drops such
+    /// traces undecided; traceq decides them with the spans they have).
+    pub traces_decided_on_max_bytes: u64,
     /// Traces decided early because the buffer was full (traces or bytes).
     pub traces_decided_early: u64,
     /// Of the early decisions, the traces kept.

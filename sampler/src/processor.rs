@@ -196,6 +196,17 @@ impl TailSamplingProcessor {
                 });
             }
         }
+        if config.block_on_overflow == Some(true) {
+            // `on_end` runs on the application's thread and must never wait (see the module
+            // docs); a full buffer decides its oldest traces early instead.
+            return Err(ConfigError::Setting {
+                field: "block_on_overflow",
+                reason: "`true` is not supported by the in-process processor, which never \
+                         blocks `on_end`; leave it unset or `false` (a full buffer then decides \
+                         its oldest traces early)"
+                    .to_owned(),
+            });
+        }
         let sampler = Arc::new(TailSampler::with_clock(config, clock)?);
         // A full batch wakes the background thread; at most half the queue, so the thread is
         // woken before the queue fills.

@@ -88,6 +88,8 @@ pub struct TailSampler<S> {
     decision_wait: u64,
     after_root: u64,
     max_spans: usize,
+    /// `maximum_trace_size_bytes`, `usize::MAX` when off.
+    max_trace_bytes: usize,
     shard_traces: usize,
     shard_bytes: usize,
     job_key: String,
@@ -147,8 +149,16 @@ impl<S: SpanView> TailSampler<S> {
                 .max(1),
         );
         let per = |n: usize| n.div_ceil(shards);
-        let expected = (config.expected_new_traces_per_sec
-            * config.decision_wait_after_root.as_secs().max(1) as usize)
+        // Traces arriving within one wait, the shorter of the two (the root-based one may be
+        // off: `Duration::MAX`).
+        let wait = config
+            .decision_wait_after_root
+            .min(config.decision_wait)
+            .as_secs()
+            .max(1);
+        let expected = config
+            .expected_new_traces_per_sec
+            .saturating_mul(usize::try_from(wait).unwrap_or(usize::MAX))
             .min(config.num_traces)
             / shards;
         let shard_list = (0..shards)
@@ -171,6 +181,10 @@ impl<S: SpanView> TailSampler<S> {
             decision_wait: nanos(config.decision_wait),
             after_root: nanos(config.decision_wait_after_root),
             max_spans: config.max_spans_per_trace,
+            max_trace_bytes: match config.maximum_trace_size_bytes {
+                0 => usize::MAX,
+                n => n,
+            },
             shard_traces: (config.num_traces / shards).max(1),
             shard_bytes: (config.max_buffer_bytes / shards).max(1),
             job_key: config.job_id_key.clone(),
@@ -251,8 +265,8 @@ impl<S: SpanView> TailSampler<S> {
         let slot = self.shard(trace_id);
         let mut shard = slot.lock();
         shard.stats.spans_received += 1;
-        let len = match shard.offer(span, now, self.after_root) {
-            Offer::Buffered(len) => len,
+        let (len, bytes) = match shard.offer(span, now, self.after_root) {
+            Offer::Buffered(len, bytes) => (len, bytes),
             Offer::Kept(mut span, decision) => {
                 drop(shard);
                 span.annotate(&decision);
@@ -269,31 +283,35 @@ impl<S: SpanView> TailSampler<S> {
                 return;
             }
         };
-        if len < self.max_spans
-            && shard.traces.len() <= self.shard_traces
-            && shard.bytes <= self.shard_bytes
-        {
+        let whole = len >= self.max_spans || bytes > self.max_trace_bytes;
+        if !whole && shard.traces.len() <= self.shard_traces && shard.bytes <= self.shard_bytes {
             shard.compact();
             return;
         }
-        self.decide_now(slot, shard, trace_id, len, now, kept);
+        let trigger = whole.then_some(if len >= self.max_spans {
+            Trigger::MaxSpans
+        } else {
+            Trigger::MaxBytes
+        });
+        self.decide_now(slot, shard, trace_id, trigger, now, kept);
     }
 
-    /// The ingest path that decides: `trace_id` reached `max_spans_per_trace`, or the shard is
-    /// over a bound. Traces are only taken out under the lock; they are decided after it.
+    /// The ingest path that decides: `trace_id` reached `max_spans_per_trace` or
+    /// `maximum_trace_size_bytes` (`whole` says which), or the shard is over a bound. Traces are
+    /// only taken out under the lock; they are decided after it.
     #[inline(never)]
     fn decide_now(
         &self,
         slot: &Mutex<Shard<S>>,
         mut shard: MutexGuard<'_, Shard<S>>,
         trace_id: TraceId,
-        len: usize,
+        whole: Option<Trigger>,
         now: u64,
         kept: &mut Vec<S>,
     ) {
         let mut taken = Vec::new();
-        if len >= self.max_spans {
-            taken.extend(shard.take(trace_id, Trigger::MaxSpans));
+        if let Some(trigger) = whole {
+            taken.extend(shard.take(trace_id, trigger));
         }
         while shard.traces.len() > self.shard_traces || shard.bytes > self.shard_bytes {
             let Some(oldest) = shard.pop_for_pressure() else {

@@ -4,11 +4,17 @@
 //! crate's [`TailSamplingProcessor`](crate::TailSamplingProcessor)) and OTLP protobuf spans in
 //! the collector. Each span type implements [`SpanView`]; the core is generic over it and never
 //! copies a span into another representation.
+//!
+//! Why so many read methods, some with defaults: the attribute policies need little, but an
+//! `ottl_condition` may read any field OTTL names (name, kind, ids, scope, events). Every read
+//! borrows from the span as it is stored (the collector's encoded bytes), so a condition costs
+//! no allocation. The defaults describe a span that lacks the field (no name, no events), so a
+//! span type made only for the attribute policies stays small.
 
 use std::mem::size_of;
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use opentelemetry::trace::{SpanContext, Status, TraceId};
+use opentelemetry::trace::{Event, SpanContext, SpanKind, Status, TraceId};
 use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::trace::SpanData;
 
@@ -41,6 +47,109 @@ pub enum StatusKind {
     Error,
 }
 
+/// A span's kind, numbered as OTLP numbers it (OTTL's `kind` path reads these numbers, and its
+/// `SPAN_KIND_*` names stand for them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum SpanKindCode {
+    /// No kind was given (0).
+    #[default]
+    Unspecified = 0,
+    /// An internal operation (1).
+    Internal = 1,
+    /// The server side of a request (2).
+    Server = 2,
+    /// The client side of a request (3).
+    Client = 3,
+    /// A producer of a message (4).
+    Producer = 4,
+    /// A consumer of a message (5).
+    Consumer = 5,
+}
+
+impl SpanKindCode {
+    /// The kind for an OTLP `Span.kind` number; numbers OTLP does not define are `Unspecified`.
+    #[must_use]
+    pub fn from_otlp(n: u64) -> Self {
+        match n {
+            1 => Self::Internal,
+            2 => Self::Server,
+            3 => Self::Client,
+            4 => Self::Producer,
+            5 => Self::Consumer,
+            _ => Self::Unspecified,
+        }
+    }
+
+    /// The kind's name as the Collector prints it (`Server`), what OTTL's `kind.string` reads.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Unspecified => "Unspecified",
+            Self::Internal => "Internal",
+            Self::Server => "Server",
+            Self::Client => "Client",
+            Self::Producer => "Producer",
+            Self::Consumer => "Consumer",
+        }
+    }
+}
+
+impl From<&SpanKind> for SpanKindCode {
+    fn from(kind: &SpanKind) -> Self {
+        match kind {
+            SpanKind::Internal => Self::Internal,
+            SpanKind::Server => Self::Server,
+            SpanKind::Client => Self::Client,
+            SpanKind::Producer => Self::Producer,
+            SpanKind::Consumer => Self::Consumer,
+        }
+    }
+}
+
+/// Read access to one event of a span (what an `ottl_condition`'s `spanevent` conditions read).
+pub trait EventView {
+    /// The event's name.
+    fn name(&self) -> &str;
+    /// When the event happened, in nanoseconds since the Unix epoch.
+    fn time_unix_nano(&self) -> u64;
+    /// The event's scalar attribute under `key`, if any.
+    fn attribute(&self, key: &str) -> Option<AttrValue<'_>>;
+}
+
+impl<T: EventView + ?Sized> EventView for &T {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn time_unix_nano(&self) -> u64 {
+        (**self).time_unix_nano()
+    }
+    fn attribute(&self, key: &str) -> Option<AttrValue<'_>> {
+        (**self).attribute(key)
+    }
+}
+
+/// The event type of spans that carry no events (the default of [`SpanView::events`]).
+#[derive(Debug, Clone, Copy)]
+enum NoEvent {}
+
+impl EventView for NoEvent {
+    fn name(&self) -> &str {
+        match *self {}
+    }
+    fn time_unix_nano(&self) -> u64 {
+        match *self {}
+    }
+    fn attribute(&self, _: &str) -> Option<AttrValue<'_>> {
+        match *self {}
+    }
+}
+
+/// Nanoseconds since the Unix epoch (0 before it, saturating far after it).
+pub(crate) fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
 /// Read access to a finished span, plus the one write the sampler does: annotating kept spans.
 pub trait SpanView: Send + 'static {
     /// The span's trace id.
@@ -53,10 +162,60 @@ pub trait SpanView: Send + 'static {
     fn start_time(&self) -> SystemTime;
     /// When the span ended.
     fn end_time(&self) -> SystemTime;
-    /// The scalar attribute under `key`, if any.
+    /// The scalar attribute under `key`, if any: the span's own, or (for span types that carry
+    /// their resource, as the collector's do) the resource's, as the Collector's attribute
+    /// policies look at both.
     fn attribute(&self, key: &str) -> Option<AttrValue<'_>>;
     /// The value of `key` in the span's W3C tracestate, if any.
     fn trace_state(&self, key: &str) -> Option<&str>;
+    /// The span's own scalar attribute under `key`, never its resource's (OTTL's
+    /// `attributes["key"]`). Defaults to [`Self::attribute`], right for span types whose
+    /// `attribute` reads only the span.
+    fn span_attribute(&self, key: &str) -> Option<AttrValue<'_>> {
+        self.attribute(key)
+    }
+    /// The scalar attribute under `key` of the resource the span came with (OTTL's
+    /// `resource.attributes["key"]`); `None` for span types that do not carry their resource
+    /// (the SDK's spans: their resource is the tracer provider's, given to the sampler once).
+    fn resource_attribute(&self, _key: &str) -> Option<AttrValue<'_>> {
+        None
+    }
+    /// The span's name.
+    fn name(&self) -> &str {
+        ""
+    }
+    /// The span's kind.
+    fn kind(&self) -> SpanKindCode {
+        SpanKindCode::Unspecified
+    }
+    /// The span's id (all zeros when unknown).
+    fn span_id(&self) -> [u8; 8] {
+        [0; 8]
+    }
+    /// The parent span's id, all zeros for a span without a parent.
+    fn parent_span_id(&self) -> [u8; 8] {
+        [0; 8]
+    }
+    /// The status message (empty unless the status is an error with a description).
+    fn status_message(&self) -> &str {
+        ""
+    }
+    /// The W3C trace flags of the span (bit 0: sampled), as OTLP's `Span.flags` low byte.
+    fn trace_flags(&self) -> u8 {
+        0
+    }
+    /// The instrumentation scope's name.
+    fn scope_name(&self) -> &str {
+        ""
+    }
+    /// The instrumentation scope's version.
+    fn scope_version(&self) -> &str {
+        ""
+    }
+    /// The span's events, in order.
+    fn events(&self) -> impl Iterator<Item = impl EventView + '_> + '_ {
+        std::iter::empty::<NoEvent>()
+    }
     /// Bytes the span occupies: its inline size (`size_of::<Self>()`) plus its heap allocations
     /// (an estimate). The buffer charges the inline part through its vector's capacity.
     fn size_bytes(&self) -> usize;
@@ -98,6 +257,39 @@ impl<T: SpanView> SpanView for Box<T> {
     fn trace_state(&self, key: &str) -> Option<&str> {
         (**self).trace_state(key)
     }
+    fn span_attribute(&self, key: &str) -> Option<AttrValue<'_>> {
+        (**self).span_attribute(key)
+    }
+    fn resource_attribute(&self, key: &str) -> Option<AttrValue<'_>> {
+        (**self).resource_attribute(key)
+    }
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn kind(&self) -> SpanKindCode {
+        (**self).kind()
+    }
+    fn span_id(&self) -> [u8; 8] {
+        (**self).span_id()
+    }
+    fn parent_span_id(&self) -> [u8; 8] {
+        (**self).parent_span_id()
+    }
+    fn status_message(&self) -> &str {
+        (**self).status_message()
+    }
+    fn trace_flags(&self) -> u8 {
+        (**self).trace_flags()
+    }
+    fn scope_name(&self) -> &str {
+        (**self).scope_name()
+    }
+    fn scope_version(&self) -> &str {
+        (**self).scope_version()
+    }
+    fn events(&self) -> impl Iterator<Item = impl EventView + '_> + '_ {
+        (**self).events()
+    }
     fn size_bytes(&self) -> usize {
         size_of::<Self>() + (**self).size_bytes()
     }
@@ -126,6 +318,20 @@ pub(crate) fn find_attribute<'a>(attrs: &'a [KeyValue], key: &str) -> Option<Att
         .iter()
         .find(|kv| kv.key.as_str() == key)
         .and_then(|kv| value_view(&kv.value))
+}
+
+impl EventView for Event {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn time_unix_nano(&self) -> u64 {
+        unix_nanos(self.timestamp)
+    }
+
+    fn attribute(&self, key: &str) -> Option<AttrValue<'_>> {
+        find_attribute(&self.attributes, key)
+    }
 }
 
 fn value_heap(v: &Value) -> usize {
@@ -171,6 +377,45 @@ impl SpanView for SpanData {
 
     fn trace_state(&self, key: &str) -> Option<&str> {
         self.span_context.trace_state().get(key)
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> SpanKindCode {
+        SpanKindCode::from(&self.span_kind)
+    }
+
+    fn span_id(&self) -> [u8; 8] {
+        self.span_context.span_id().to_bytes()
+    }
+
+    fn parent_span_id(&self) -> [u8; 8] {
+        self.parent_span_id.to_bytes()
+    }
+
+    fn status_message(&self) -> &str {
+        match &self.status {
+            Status::Error { description } => description,
+            _ => "",
+        }
+    }
+
+    fn trace_flags(&self) -> u8 {
+        self.span_context.trace_flags().to_u8()
+    }
+
+    fn scope_name(&self) -> &str {
+        self.instrumentation_scope.name()
+    }
+
+    fn scope_version(&self) -> &str {
+        self.instrumentation_scope.version().unwrap_or("")
+    }
+
+    fn events(&self) -> impl Iterator<Item = impl EventView + '_> + '_ {
+        self.events.events.iter()
     }
 
     fn size_bytes(&self) -> usize {
@@ -252,6 +497,53 @@ mod tests {
         let mut span = TestSpan::new(1, 1).build();
         span.annotate(&KeptDecision::new("errors".into(), 1.0));
         assert_eq!(span.trace_state("ot"), None);
+    }
+
+    #[test]
+    fn sdk_spans_should_show_every_field_ottl_reads() {
+        let span = TestSpan::new(7, 3)
+            .child_of(2)
+            .name("GET /orders")
+            .kind(SpanKind::Server)
+            .error_message("timed out")
+            .scope("orders-lib", "1.2.0")
+            .event("retry", vec![KeyValue::new("attempt", 2)])
+            .attr(KeyValue::new("route", "/orders"))
+            .build();
+        assert_eq!(span.name(), "GET /orders");
+        assert_eq!(span.kind(), SpanKindCode::Server);
+        assert_eq!(span.span_id(), 3u64.to_be_bytes());
+        assert_eq!(span.parent_span_id(), 2u64.to_be_bytes());
+        assert_eq!(span.status_message(), "timed out");
+        assert_eq!(span.trace_flags(), 1);
+        assert_eq!(TestSpan::new(7, 3).unsampled().build().trace_flags(), 0);
+        assert_eq!(
+            (span.scope_name(), span.scope_version()),
+            ("orders-lib", "1.2.0")
+        );
+        assert_eq!(
+            span.span_attribute("route"),
+            Some(AttrValue::Str("/orders"))
+        );
+        assert_eq!(span.resource_attribute("route"), None);
+        let events: Vec<_> = span.events().collect();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].name(), "retry");
+        assert_eq!(events[0].attribute("attempt"), Some(AttrValue::I64(2)));
+        assert_eq!(events[0].time_unix_nano(), 0);
+        let boxed = Box::new(span.clone());
+        assert_eq!(boxed.events().count(), 1);
+        assert_eq!(boxed.name(), "GET /orders");
+        assert_eq!(boxed.parent_span_id(), 2u64.to_be_bytes());
+    }
+
+    #[test]
+    fn span_kind_codes_should_follow_otlp_numbers() {
+        for n in 0..=5 {
+            assert_eq!(SpanKindCode::from_otlp(n) as u64, n);
+        }
+        assert_eq!(SpanKindCode::from_otlp(9), SpanKindCode::Unspecified);
+        assert_eq!(SpanKindCode::Consumer.name(), "Consumer");
     }
 
     #[test]

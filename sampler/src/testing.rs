@@ -1,14 +1,22 @@
 //! Test doubles shared by unit tests, integration tests, benches and users (feature `testing`):
-//! a builder for finished SDK spans. The manual clock is [`ManualClock`](crate::ManualClock).
+//! a builder for finished SDK spans, and [`PolicyProbe`], which runs a configuration's policies
+//! on one trace without the buffer (to measure a policy's own cost, or to see what a
+//! configuration decides). The manual clock is [`ManualClock`](crate::ManualClock).
 
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
 use opentelemetry::trace::{
-    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+    Event, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+
+use crate::config::SamplerConfig;
+use crate::error::ConfigError;
+use crate::metrics::PolicyTally;
+use crate::policy::{EvalContext, Outcome, PolicySet};
+use crate::span::SpanView;
 
 /// Builds a finished [`SpanData`] in one expression.
 ///
@@ -80,6 +88,61 @@ impl TestSpan {
         self
     }
 
+    /// Sets status Error with `message` as its description.
+    #[must_use]
+    pub fn error_message(mut self, message: &str) -> Self {
+        self.data.status = Status::error(message.to_owned());
+        self
+    }
+
+    /// Sets the span's name.
+    #[must_use]
+    pub fn name(mut self, name: &str) -> Self {
+        self.data.name = Cow::Owned(name.to_owned());
+        self
+    }
+
+    /// Sets the span's kind.
+    #[must_use]
+    pub fn kind(mut self, kind: SpanKind) -> Self {
+        self.data.span_kind = kind;
+        self
+    }
+
+    /// Adds an event at the span's start time.
+    #[must_use]
+    pub fn event(mut self, name: &str, attributes: Vec<KeyValue>) -> Self {
+        let at = self.data.start_time;
+        self.data
+            .events
+            .events
+            .push(Event::new(name.to_owned(), at, attributes, 0));
+        self
+    }
+
+    /// Sets the instrumentation scope's name and version.
+    #[must_use]
+    pub fn scope(mut self, name: &str, version: &str) -> Self {
+        self.data.instrumentation_scope = InstrumentationScope::builder(name.to_owned())
+            .with_version(version.to_owned())
+            .build();
+        self
+    }
+
+    /// Clears the sampled trace flag (a span recorded but not sampled upstream).
+    #[must_use]
+    pub fn unsampled(mut self) -> Self {
+        let cx = &self.data.span_context;
+        self.data.span_context = SpanContext::new(
+            cx.trace_id(),
+            cx.span_id(),
+            TraceFlags::default(),
+            cx.is_remote(),
+            cx.trace_state().clone(),
+        );
+        self
+    }
+
     /// Sets status Ok.
     #[must_use]
     pub fn ok(mut self) -> Self {
@@ -136,5 +199,68 @@ impl TestSpan {
     #[must_use]
     pub fn build(self) -> SpanData {
         self.data
+    }
+}
+
+/// A configuration's policies, compiled, applied to one trace at a time without buffering it.
+///
+/// What the sampler decides for a whole trace, minus everything around it: no buffer, no
+/// decision caches, no job linkage. Rate policies count every call at the clock reading given.
+///
+/// # Examples
+///
+/// ```
+/// use traceq_sampler::testing::{PolicyProbe, TestSpan};
+/// use traceq_sampler::SamplerConfig;
+///
+/// let cfg = SamplerConfig::from_yaml(
+///     "policies: [{name: errors, type: status_code, status_code: {status_codes: [ERROR]}}]",
+/// )?;
+/// let mut probe = PolicyProbe::new(&cfg)?;
+/// assert_eq!(probe.decide(&[TestSpan::new(1, 1).error().build()], 0), Some("errors"));
+/// assert_eq!(probe.decide(&[TestSpan::new(2, 1).build()], 0), None);
+/// # Ok::<(), traceq_sampler::ConfigError>(())
+/// ```
+#[derive(Debug)]
+pub struct PolicyProbe {
+    policies: PolicySet,
+    tallies: Vec<PolicyTally>,
+}
+
+impl PolicyProbe {
+    /// Compiles the policies of `config`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when the configuration is invalid.
+    pub fn new(config: &SamplerConfig) -> Result<Self, ConfigError> {
+        let policies = config.compile()?;
+        let tallies = vec![PolicyTally::default(); policies.len()];
+        Ok(Self { policies, tallies })
+    }
+
+    /// The policy credited with keeping the trace of `spans` (all of one trace, at least one),
+    /// or `None` when it is not kept; `now_nanos` is the clock reading rate policies see.
+    ///
+    /// # Panics
+    ///
+    /// When `spans` is empty.
+    pub fn decide<S: SpanView>(&mut self, spans: &[S], now_nanos: u64) -> Option<&str> {
+        assert!(!spans.is_empty(), "a trace has at least one span");
+        let cx = EvalContext {
+            trace_id: spans[0].trace_id(),
+            resource: &[],
+            // Only `bytes_limiting` reads the size; summing it costs more than most policies.
+            bytes: if self.policies.reads_bytes() {
+                spans.iter().map(SpanView::size_bytes).sum()
+            } else {
+                0
+            },
+            now_nanos,
+        };
+        match self.policies.evaluate(spans, &cx, &mut self.tallies) {
+            Outcome::Keep { index } => Some(self.policies.name(index)),
+            Outcome::NotSampled | Outcome::Dropped { .. } => None,
+        }
     }
 }

@@ -955,6 +955,11 @@ impl CollectorConfig {
                 let text = serde_yaml::to_string(&ts)
                     .map_err(|e| CollectorConfigError::Yaml(e.to_string()))?;
                 cfg.sampler = SamplerConfig::from_yaml(&text)?;
+                // The Collector's `block_on_overflow: false` evicts the oldest traces to make
+                // room: here they are decided early instead (see `service.on_buffer_full`).
+                if cfg.sampler.block_on_overflow == Some(false) {
+                    cfg.on_buffer_full = OnBufferFull::DecideEarly;
+                }
             }
             if let Some(batch) = processors.batch {
                 if let Some(n) = batch.send_batch_size {
@@ -1043,16 +1048,36 @@ impl CollectorConfig {
                 }
                 None => DEFAULT_RETRY_AFTER,
             };
-            cfg.on_buffer_full = match service.on_buffer_full.as_deref() {
-                None | Some("refuse") => OnBufferFull::Refuse { retry_after },
-                Some("decide_early") => OnBufferFull::DecideEarly,
-                Some(other) => {
+            // `block_on_overflow` (true: make senders wait, which is refusing them with a
+            // retryable error; false: decide early) picks the default, and must agree with an
+            // explicit `on_buffer_full`.
+            let block = cfg.sampler.block_on_overflow;
+            cfg.on_buffer_full = match (service.on_buffer_full.as_deref(), block) {
+                (None, Some(false)) => OnBufferFull::DecideEarly,
+                (None | Some("refuse"), _) => OnBufferFull::Refuse { retry_after },
+                (Some("decide_early"), _) => OnBufferFull::DecideEarly,
+                (Some(other), _) => {
                     return Err(field_error(
                         "service.on_buffer_full",
                         format!("`{other}` is not one of refuse, decide_early"),
                     ))
                 }
             };
+            let decides_early = cfg.on_buffer_full == OnBufferFull::DecideEarly;
+            if block.is_some_and(|block| block == decides_early) {
+                return Err(field_error(
+                    "service.on_buffer_full",
+                    format!(
+                        "`{}` contradicts processors.tail_sampling.block_on_overflow: {}",
+                        if decides_early {
+                            "decide_early"
+                        } else {
+                            "refuse"
+                        },
+                        block.unwrap_or_default()
+                    ),
+                ));
+            }
             if let Some(t) = service.shutdown_timeout {
                 cfg.shutdown_timeout = duration("service.shutdown_timeout", &t)?;
             }

@@ -15,6 +15,7 @@ use traceq_sampler::{AttrValue, KeptDecision, SpanView, StatusKind};
 
 use super::validate::{self, Invalid};
 use super::wire::{self, Fields, Value};
+use traceq_sampler::{EventView, SpanKindCode};
 
 // Field numbers of `opentelemetry.proto.trace.v1.Span` and friends.
 pub(crate) const SPAN_TRACE_ID: u32 = 1;
@@ -34,6 +35,17 @@ const ANY_INT: u32 = 3;
 const ANY_DOUBLE: u32 = 4;
 /// `Resource.attributes`.
 const RESOURCE_ATTRIBUTES: u32 = 1;
+// Fields read only when a policy (an `ottl_condition`) asks for them.
+const SPAN_NAME: u32 = 5;
+const SPAN_KIND: u32 = 6;
+const SPAN_EVENTS: u32 = 11;
+const SPAN_FLAGS: u32 = 16;
+const STATUS_MESSAGE: u32 = 2;
+const EVENT_TIME: u32 = 1;
+const EVENT_NAME: u32 = 2;
+const EVENT_ATTRIBUTES: u32 = 3;
+const SCOPE_NAME: u32 = 1;
+const SCOPE_VERSION: u32 = 2;
 
 /// Where a span came from: its resource and instrumentation scope, encoded as received, shared
 /// by every span of one `ScopeSpans`, with the resource's attributes indexed once (so a policy
@@ -366,6 +378,55 @@ impl OtlpSpan {
     }
 }
 
+/// The last occurrence of field `number` in an encoded message (a singular field repeated on
+/// the wire: the last one wins when decoded, so it is the one read).
+fn last_field<'a>(message: &'a [u8], number: u32) -> Option<Value<'a>> {
+    Fields::new(message)
+        .flatten()
+        .filter(|(n, _)| *n == number)
+        .last()
+        .map(|(_, v)| v)
+}
+
+/// The last string field `number` of an encoded message, `""` when absent.
+fn last_str(message: &[u8], number: u32) -> &str {
+    match last_field(message, number) {
+        Some(Value::Bytes(b)) => std::str::from_utf8(b).unwrap_or(""),
+        _ => "",
+    }
+}
+
+/// An 8-byte id field (`span_id`, `parent_span_id`); zeros when absent or empty.
+fn id8(message: &[u8], number: u32) -> [u8; 8] {
+    match last_field(message, number) {
+        Some(Value::Bytes(b)) => <[u8; 8]>::try_from(b).unwrap_or_default(),
+        _ => [0; 8],
+    }
+}
+
+/// One event of a received span, read in its encoded bytes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OtlpEvent<'a> {
+    bytes: &'a [u8],
+}
+
+impl EventView for OtlpEvent<'_> {
+    fn name(&self) -> &str {
+        last_str(self.bytes, EVENT_NAME)
+    }
+
+    fn time_unix_nano(&self) -> u64 {
+        match last_field(self.bytes, EVENT_TIME) {
+            Some(Value::Fixed64(t)) => t,
+            _ => 0,
+        }
+    }
+
+    fn attribute(&self, key: &str) -> Option<AttrValue<'_>> {
+        find_attribute(self.bytes, EVENT_ATTRIBUTES, key)
+    }
+}
+
 /// Looks `key` up among the `KeyValue`s (field `field`) of an encoded message.
 fn find_attribute<'a>(message: &'a [u8], field: u32, key: &str) -> Option<AttrValue<'a>> {
     for f in Fields::new(message) {
@@ -472,6 +533,75 @@ impl SpanView for OtlpSpan {
         })
     }
 
+    fn span_attribute(&self, key: &str) -> Option<AttrValue<'_>> {
+        find_attribute(&self.bytes, SPAN_ATTRIBUTES, key)
+    }
+
+    fn resource_attribute(&self, key: &str) -> Option<AttrValue<'_>> {
+        self.origin.resource_attribute(key)
+    }
+
+    fn name(&self) -> &str {
+        last_str(&self.bytes, SPAN_NAME)
+    }
+
+    fn kind(&self) -> SpanKindCode {
+        match last_field(&self.bytes, SPAN_KIND) {
+            Some(Value::Varint(k)) => SpanKindCode::from_otlp(k),
+            _ => SpanKindCode::Unspecified,
+        }
+    }
+
+    fn span_id(&self) -> [u8; 8] {
+        id8(&self.bytes, SPAN_SPAN_ID)
+    }
+
+    fn parent_span_id(&self) -> [u8; 8] {
+        id8(&self.bytes, SPAN_PARENT_SPAN_ID)
+    }
+
+    /// The message of the last `Status` field that has one (status fields merge when decoded).
+    fn status_message(&self) -> &str {
+        let mut out = "";
+        for f in Fields::new(&self.bytes).flatten() {
+            if let (SPAN_STATUS, Value::Bytes(status)) = f {
+                if let Some(Value::Bytes(m)) = last_field(status, STATUS_MESSAGE) {
+                    out = std::str::from_utf8(m).unwrap_or("");
+                }
+            }
+        }
+        out
+    }
+
+    /// The low byte of `Span.flags` (the W3C trace flags); 0 when the sender set none.
+    fn trace_flags(&self) -> u8 {
+        match last_field(&self.bytes, SPAN_FLAGS) {
+            Some(Value::Fixed32(f)) => (f & 0xff) as u8,
+            _ => 0,
+        }
+    }
+
+    fn scope_name(&self) -> &str {
+        self.origin
+            .scope
+            .as_deref()
+            .map_or("", |scope| last_str(scope, SCOPE_NAME))
+    }
+
+    fn scope_version(&self) -> &str {
+        self.origin
+            .scope
+            .as_deref()
+            .map_or("", |scope| last_str(scope, SCOPE_VERSION))
+    }
+
+    fn events(&self) -> impl Iterator<Item = impl EventView + '_> + '_ {
+        Fields::new(&self.bytes).flatten().filter_map(|f| match f {
+            (SPAN_EVENTS, Value::Bytes(bytes)) => Some(OtlpEvent { bytes }),
+            _ => None,
+        })
+    }
+
     /// The struct, the encoded bytes and the annotation; the origin is [`shared_bytes`].
     ///
     /// [`shared_bytes`]: SpanView::shared_bytes
@@ -508,5 +638,142 @@ impl SpanView for OtlpSpan {
             encoded,
             trace_state,
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{
+        any_value, AnyValue, InstrumentationScope, KeyValue,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{
+        span::{Event, SpanKind},
+        status, ResourceSpans, ScopeSpans, Span, Status,
+    };
+    use prost::Message;
+    use traceq_sampler::{AttrValue, EventView, SpanKindCode, SpanView};
+
+    use crate::otlp::decode_request;
+
+    fn kv(key: &str, value: &str) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(value.into())),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn decode(span: Span, scope: Option<InstrumentationScope>) -> super::OtlpSpan {
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![kv("service.name", "checkout")],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    scope,
+                    spans: vec![span],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        decode_request(&request.encode_to_vec()).unwrap().remove(0)
+    }
+
+    #[test]
+    fn encoded_spans_should_show_every_field_ottl_reads() {
+        let span = decode(
+            Span {
+                trace_id: vec![7; 16],
+                span_id: vec![3; 8],
+                parent_span_id: vec![2; 8],
+                name: "GET /orders".into(),
+                kind: SpanKind::Server as i32,
+                flags: 0x301,
+                start_time_unix_nano: 1_000,
+                end_time_unix_nano: 5_000,
+                attributes: vec![kv("route", "/orders")],
+                events: vec![
+                    Event {
+                        time_unix_nano: 2_000,
+                        name: "exception".into(),
+                        attributes: vec![kv("exception.type", "Timeout")],
+                        ..Default::default()
+                    },
+                    Event {
+                        name: "retry".into(),
+                        ..Default::default()
+                    },
+                ],
+                status: Some(Status {
+                    code: status::StatusCode::Error as i32,
+                    message: "timed out".into(),
+                }),
+                ..Default::default()
+            },
+            Some(InstrumentationScope {
+                name: "orders-lib".into(),
+                version: "1.2.0".into(),
+                ..Default::default()
+            }),
+        );
+        assert_eq!(span.name(), "GET /orders");
+        assert_eq!(span.kind(), SpanKindCode::Server);
+        assert_eq!(span.span_id(), [3; 8]);
+        assert_eq!(span.parent_span_id(), [2; 8]);
+        assert_eq!(span.status_message(), "timed out");
+        assert_eq!(span.trace_flags(), 0x01, "the low byte of Span.flags");
+        assert_eq!(
+            (span.scope_name(), span.scope_version()),
+            ("orders-lib", "1.2.0")
+        );
+        assert_eq!(
+            span.span_attribute("route"),
+            Some(AttrValue::Str("/orders"))
+        );
+        assert_eq!(span.span_attribute("service.name"), None);
+        assert_eq!(
+            span.resource_attribute("service.name"),
+            Some(AttrValue::Str("checkout"))
+        );
+        assert_eq!(
+            span.attribute("service.name"),
+            Some(AttrValue::Str("checkout"))
+        );
+        let events: Vec<_> = span.events().collect();
+        assert_eq!(events.len(), 2);
+        assert_eq!(
+            (events[0].name(), events[0].time_unix_nano()),
+            ("exception", 2_000)
+        );
+        assert_eq!(
+            events[0].attribute("exception.type"),
+            Some(AttrValue::Str("Timeout"))
+        );
+        assert_eq!(
+            (events[1].name(), events[1].attribute("x")),
+            ("retry", None)
+        );
+    }
+
+    #[test]
+    fn absent_fields_should_read_as_empty() {
+        let span = decode(
+            Span {
+                trace_id: vec![7; 16],
+                ..Default::default()
+            },
+            None,
+        );
+        assert_eq!((span.name(), span.kind()), ("", SpanKindCode::Unspecified));
+        assert_eq!((span.span_id(), span.parent_span_id()), ([0; 8], [0; 8]));
+        assert_eq!((span.status_message(), span.trace_flags()), ("", 0));
+        assert_eq!((span.scope_name(), span.scope_version()), ("", ""));
+        assert_eq!(span.events().count(), 0);
     }
 }

@@ -1,15 +1,18 @@
 //! The policy schema: one entry of the Collector's `tail_sampling.policies` list.
 //!
 //! A policy is `{name, type, <type>: {options}}`, exactly as in the Collector, so existing
-//! configurations carry over. `not` is a traceq extension (the Collector has no `not` policy):
-//! `not: {not_sub_policy: {name, type, ...}}` samples when its sub-policy does not.
+//! configurations carry over: every policy type of the Collector's `tail_sampling` is read and
+//! applied. `not: {not_sub_policy: {name, type, ...}}` samples when its sub-policy does not, as
+//! the Collector's; ours also accepts `and`, `not` and `ottl_condition` sub-policies in it.
 
 use serde::Deserialize;
 
 use super::attribute::{
     BooleanAttributeConfig, NumericAttributeConfig, StringAttributeConfig, TraceStateConfig,
 };
+use super::composite::CompositeConfig;
 use super::latency::LatencyConfig;
+use super::ottl::OttlConditionConfig;
 use super::probabilistic::ProbabilisticConfig;
 use super::rate::{BytesLimitingConfig, RateLimitingConfig};
 use super::span_count::SpanCountConfig;
@@ -45,15 +48,15 @@ pub enum PolicyType {
     SpanCount,
     /// Sample when all sub-policies sample.
     And,
-    /// Sample when the sub-policy does not (traceq extension).
+    /// Sample when the sub-policy does not.
     Not,
     /// Drop when all sub-policies sample; a drop beats every sampling policy.
     Drop,
-    /// Collector OTTL conditions: recognised, not supported.
+    /// Sample when an OTTL condition holds for a span or a span event.
     OttlCondition,
-    /// Collector composite rate allocation: recognised, not supported.
+    /// Sub-policies in order, each with a share of a spans-per-second budget.
     Composite,
-    /// Collector sampled-flag policy: recognised, not supported.
+    /// Sample when any span has the W3C `sampled` trace flag set (no options section).
     TraceFlags,
 }
 
@@ -91,7 +94,7 @@ pub struct AndConfig {
     pub and_sub_policy: Vec<PolicyConfig>,
 }
 
-/// `not: {not_sub_policy: {...}}` (traceq extension).
+/// `not: {not_sub_policy: {...}}`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NotConfig {
@@ -166,12 +169,12 @@ pub struct PolicyConfig {
     /// Options for `drop`.
     #[serde(default)]
     pub drop: Option<DropConfig>,
-    /// Accepted so Collector files parse; the type is refused when the policy is built.
+    /// Options for `ottl_condition`.
     #[serde(default)]
-    pub ottl_condition: Option<serde_yaml::Value>,
-    /// Accepted so Collector files parse; the type is refused when the policy is built.
+    pub ottl_condition: Option<OttlConditionConfig>,
+    /// Options for `composite`.
     #[serde(default)]
-    pub composite: Option<serde_yaml::Value>,
+    pub composite: Option<CompositeConfig>,
 }
 
 impl PolicyConfig {

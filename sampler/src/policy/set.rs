@@ -15,8 +15,10 @@ use opentelemetry::KeyValue;
 use super::attribute::{
     BooleanAttributePolicy, NumericAttributePolicy, StringAttributePolicy, TraceStatePolicy,
 };
+use super::composite::CompositeBudget;
 use super::config::{PolicyConfig, PolicyType};
 use super::latency::LatencyPolicy;
+use super::ottl::{OttlConditionPolicy, Vote};
 use super::probabilistic::ProbabilisticPolicy;
 use super::rate::{BytesLimitingPolicy, RateLimitingPolicy};
 use super::span_count::SpanCountPolicy;
@@ -28,6 +30,9 @@ use crate::span::SpanView;
 
 /// Deepest nesting of `and` / `not` / `drop` accepted, so a hostile file cannot blow the stack.
 const MAX_DEPTH: usize = 8;
+
+/// The W3C `sampled` bit of the trace flags.
+const SAMPLED_FLAG: u8 = 0x01;
 
 /// What the evaluator knows about the trace besides its spans.
 #[derive(Debug, Clone, Copy)]
@@ -48,12 +53,22 @@ enum Rule {
     Num(NumericAttributePolicy),
     Bool(BooleanAttributePolicy),
     TraceState(TraceStatePolicy),
+    TraceFlags,
     Prob(ProbabilisticPolicy),
     Rate(RateLimitingPolicy),
     Bytes(BytesLimitingPolicy),
     SpanCount(SpanCountPolicy),
+    Ottl(Box<OttlConditionPolicy>),
     And(Vec<Rule>),
     Not(Box<Rule>),
+    Composite(Box<Composite>),
+}
+
+/// A compiled `composite`: its sub-policies in list order, and their budgets.
+#[derive(Debug)]
+struct Composite {
+    subs: Vec<Rule>,
+    budget: CompositeBudget,
 }
 
 fn section<'a, T>(cfg: &'a PolicyConfig, s: &'a Option<T>) -> Result<&'a T, ConfigError> {
@@ -77,14 +92,14 @@ fn subs(
     }
     list.iter()
         .map(|sub| {
-            if sub.kind == PolicyType::Drop {
-                return Err(ConfigError::field(
-                    &cfg.name,
-                    field,
-                    "must not contain a drop policy",
-                ));
-            }
-            Rule::compile(sub, depth + 1)
+            let refused = match sub.kind {
+                PolicyType::Drop => "must not contain a drop policy",
+                PolicyType::Composite => {
+                    "must not contain a composite policy (a composite is a top-level policy)"
+                }
+                _ => return Rule::compile(sub, depth + 1),
+            };
+            Err(ConfigError::field(&cfg.name, field, refused))
         })
         .collect()
 }
@@ -124,6 +139,7 @@ impl Rule {
                 name,
                 section(cfg, &cfg.trace_state)?,
             )?),
+            PolicyType::TraceFlags => Rule::TraceFlags,
             PolicyType::Probabilistic => Rule::Prob(ProbabilisticPolicy::new(
                 name,
                 section(cfg, &cfg.probabilistic)?,
@@ -139,6 +155,10 @@ impl Rule {
             PolicyType::SpanCount => {
                 Rule::SpanCount(SpanCountPolicy::new(name, section(cfg, &cfg.span_count)?)?)
             }
+            PolicyType::OttlCondition => Rule::Ottl(Box::new(OttlConditionPolicy::new(
+                name,
+                section(cfg, &cfg.ottl_condition)?,
+            )?)),
             PolicyType::And => Rule::And(subs(
                 cfg,
                 "and_sub_policy",
@@ -161,13 +181,39 @@ impl Rule {
                 )?;
                 Rule::Not(Box::new(rules.remove(0)))
             }
-            PolicyType::OttlCondition | PolicyType::Composite | PolicyType::TraceFlags => {
-                return Err(ConfigError::Unsupported {
-                    policy: cfg.name.clone(),
-                    kind: cfg.kind.as_str().to_owned(),
-                })
+            PolicyType::Composite => {
+                if depth > 0 {
+                    return Err(ConfigError::field(
+                        name,
+                        "type",
+                        "`composite` is a top-level policy; it cannot be a sub-policy",
+                    ));
+                }
+                let c = section(cfg, &cfg.composite)?;
+                let subs = subs(cfg, "composite_sub_policy", &c.composite_sub_policy, depth)?;
+                let names: Vec<&str> = c
+                    .composite_sub_policy
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect();
+                Rule::Composite(Box::new(Composite {
+                    budget: CompositeBudget::new(name, c, &names)?,
+                    subs,
+                }))
             }
         })
+    }
+
+    /// Whether the rule reads the trace's size in bytes.
+    #[cfg(any(test, feature = "testing"))]
+    fn reads_bytes(&self) -> bool {
+        match self {
+            Rule::Bytes(_) => true,
+            Rule::And(rules) => rules.iter().any(Rule::reads_bytes),
+            Rule::Not(rule) => rule.reads_bytes(),
+            Rule::Composite(c) => c.subs.iter().any(Rule::reads_bytes),
+            _ => false,
+        }
     }
 
     /// The probability `evaluate` reports when the rule samples (fixed by configuration).
@@ -179,25 +225,57 @@ impl Rule {
         }
     }
 
-    /// `Some(probability)` when the rule samples the trace.
-    fn evaluate<S: SpanView>(&self, spans: &[S], cx: &EvalContext) -> Option<f64> {
-        let hit = |b: bool| b.then_some(1.0);
+    /// What the rule finds for the trace. `errors` counts evaluation errors that did not make
+    /// the rule fail (an `ottl_condition` in `ignore` mode).
+    fn evaluate<S: SpanView>(&self, spans: &[S], cx: &EvalContext, errors: &mut u64) -> Vote {
+        let hit = |b: bool| if b { Vote::Sample(1.0) } else { Vote::Pass };
         match self {
-            Rule::Always => Some(1.0),
+            Rule::Always => Vote::Sample(1.0),
             Rule::Status(p) => hit(p.matches(spans)),
             Rule::Latency(p) => hit(p.matches(spans)),
             Rule::Str(p) => hit(p.matches(spans, cx.resource)),
             Rule::Num(p) => hit(p.matches(spans, cx.resource)),
             Rule::Bool(p) => hit(p.matches(spans, cx.resource)),
             Rule::TraceState(p) => hit(p.matches(spans)),
-            Rule::Prob(p) => p.keeps(cx.trace_id).then(|| p.probability()),
+            Rule::TraceFlags => hit(spans.iter().any(|s| s.trace_flags() & SAMPLED_FLAG != 0)),
+            Rule::Prob(p) => {
+                if p.keeps(cx.trace_id) {
+                    Vote::Sample(p.probability())
+                } else {
+                    Vote::Pass
+                }
+            }
             Rule::Rate(p) => hit(p.admits(spans.len(), cx.now_nanos)),
             Rule::Bytes(p) => hit(p.admits(cx.bytes, cx.now_nanos)),
             Rule::SpanCount(p) => hit(p.matches(spans.len())),
-            Rule::And(rules) => rules
-                .iter()
-                .try_fold(1.0, |acc, r| r.evaluate(spans, cx).map(|p| acc * p)),
-            Rule::Not(rule) => hit(rule.evaluate(spans, cx).is_none()),
+            Rule::Ottl(p) => p.vote(spans, cx.resource, errors),
+            Rule::And(rules) => {
+                let mut probability = 1.0;
+                for r in rules {
+                    match r.evaluate(spans, cx, errors) {
+                        Vote::Sample(p) => probability *= p,
+                        other => return other,
+                    }
+                }
+                Vote::Sample(probability)
+            }
+            Rule::Not(rule) => match rule.evaluate(spans, cx, errors) {
+                Vote::Sample(_) => Vote::Pass,
+                Vote::Pass => Vote::Sample(1.0),
+                Vote::Error => Vote::Error,
+            },
+            Rule::Composite(c) => {
+                for &i in &c.budget.order {
+                    match c.subs[i].evaluate(spans, cx, errors) {
+                        Vote::Sample(_) if c.budget.admit(i, spans.len(), cx.now_nanos) => {
+                            return Vote::Sample(1.0)
+                        }
+                        Vote::Error => return Vote::Error,
+                        Vote::Sample(_) | Vote::Pass => {}
+                    }
+                }
+                Vote::Pass
+            }
         }
     }
 }
@@ -268,6 +346,12 @@ impl PolicySet {
         self.policies.len()
     }
 
+    /// Whether any policy reads the trace's size in bytes (`bytes_limiting`).
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn reads_bytes(&self) -> bool {
+        self.policies.iter().any(|p| p.rule.reads_bytes())
+    }
+
     pub(crate) fn decision(&self, index: usize) -> &Arc<KeptDecision> {
         &self.policies[index].decision
     }
@@ -285,16 +369,22 @@ impl PolicySet {
         counters: &mut [PolicyTally],
     ) -> Outcome {
         for (i, p) in self.policies.iter().enumerate().filter(|(_, p)| p.drop) {
-            if p.rule.evaluate(spans, cx).is_some() {
-                counters[i].dropped += 1;
-                return Outcome::Dropped { index: i };
+            match p.rule.evaluate(spans, cx, &mut counters[i].errors) {
+                Vote::Sample(_) => {
+                    counters[i].dropped += 1;
+                    return Outcome::Dropped { index: i };
+                }
+                Vote::Pass => counters[i].not_sampled += 1,
+                Vote::Error => {
+                    counters[i].errors += 1;
+                    counters[i].not_sampled += 1;
+                }
             }
-            counters[i].not_sampled += 1;
         }
         let mut best: Option<(usize, f64)> = None;
         for (i, p) in self.policies.iter().enumerate().filter(|(_, p)| !p.drop) {
-            match p.rule.evaluate(spans, cx) {
-                Some(prob) => {
+            match p.rule.evaluate(spans, cx, &mut counters[i].errors) {
+                Vote::Sample(prob) => {
                     counters[i].sampled += 1;
                     if best.is_none_or(|(_, b)| prob > b) {
                         best = Some((i, prob));
@@ -303,7 +393,11 @@ impl PolicySet {
                         break;
                     }
                 }
-                None => counters[i].not_sampled += 1,
+                Vote::Pass => counters[i].not_sampled += 1,
+                Vote::Error => {
+                    counters[i].errors += 1;
+                    counters[i].not_sampled += 1;
+                }
             }
         }
         match best {
@@ -415,6 +509,146 @@ mod tests {
     }
 
     #[test]
+    fn trace_flags_should_sample_a_trace_with_any_sampled_span() {
+        let set = PolicySet::compile(&[yaml("{name: f, type: trace_flags}")], false).unwrap();
+        let mut c = counters(1);
+        let some = [
+            TestSpan::new(1, 1).unsampled().build(),
+            TestSpan::new(1, 2).build(),
+        ];
+        let none = [TestSpan::new(1, 1).unsampled().build()];
+        assert_eq!(
+            set.evaluate(&some, &cx(1), &mut c),
+            Outcome::Keep { index: 0 }
+        );
+        assert_eq!(set.evaluate(&none, &cx(1), &mut c), Outcome::NotSampled);
+    }
+
+    fn composite() -> PolicySet {
+        PolicySet::compile(
+            &[yaml(
+                "{name: comp, type: composite, composite: {max_total_spans_per_second: 10, \
+                 policy_order: [by-key, by-route, rest], composite_sub_policy: [\
+                 {name: rest, type: always_sample}, \
+                 {name: by-key, type: numeric_attribute, numeric_attribute: {key: key1, min_value: 50}}, \
+                 {name: by-route, type: string_attribute, string_attribute: {key: route, values: [/a]}}], \
+                 rate_allocation: [{policy: by-key, percent: 50}, {policy: by-route, percent: 40}]}}",
+            )],
+            false,
+        )
+        .unwrap()
+    }
+
+    fn trace(spans: usize, kv: Option<KeyValue>) -> Vec<opentelemetry_sdk::trace::SpanData> {
+        (1..=spans as u64)
+            .map(|i| {
+                let s = TestSpan::new(1, i);
+                match &kv {
+                    Some(kv) if i == 1 => s.attr(kv.clone()).build(),
+                    _ => s.build(),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn composite_should_keep_within_each_share_in_policy_order_and_fall_through() {
+        let set = composite();
+        let mut c = counters(1);
+        let keyed = || Some(KeyValue::new("key1", 75));
+        let now = |second: u64| EvalContext {
+            now_nanos: second * 1_000_000_000,
+            ..cx(1)
+        };
+        let keep = Outcome::Keep { index: 0 };
+        // by-key has 5 spans a second, by-route 4, rest (an equal share) 10 / 3 = 3; the total
+        // of 10 binds before the shares (12) do.
+        assert_eq!(set.evaluate(&trace(4, keyed()), &now(0), &mut c), keep);
+        // by-key's share is spent: the trace falls through to `rest`, which has room for 3.
+        assert_eq!(set.evaluate(&trace(3, keyed()), &now(0), &mut c), keep);
+        assert_eq!(
+            set.evaluate(&trace(1, keyed()), &now(0), &mut c),
+            keep,
+            "by-key: 5 of 5"
+        );
+        assert_eq!(
+            set.evaluate(&trace(1, keyed()), &now(0), &mut c),
+            Outcome::NotSampled
+        );
+        let route = || Some(KeyValue::new("route", "/a"));
+        assert_eq!(
+            set.evaluate(&trace(2, route()), &now(0), &mut c),
+            keep,
+            "total: 10 of 10"
+        );
+        assert_eq!(
+            set.evaluate(&trace(1, route()), &now(0), &mut c),
+            Outcome::NotSampled,
+            "by-route has room, the total has not"
+        );
+        // A new second, new budgets.
+        assert_eq!(set.evaluate(&trace(2, route()), &now(1), &mut c), keep);
+        assert_eq!(
+            set.evaluate(&trace(3, route()), &now(1), &mut c),
+            keep,
+            "by-route full: rest"
+        );
+        assert_eq!(
+            set.evaluate(&trace(1, None), &now(1), &mut c),
+            Outcome::NotSampled,
+            "rest: 3 of 3"
+        );
+    }
+
+    #[test]
+    fn composite_should_be_refused_below_the_top_level_and_with_bad_sub_policies() {
+        let nested = PolicySet::compile(&[yaml("{name: a, type: and, and: {and_sub_policy: [{name: c, type: composite, composite: {max_total_spans_per_second: 1, composite_sub_policy: [{name: x, type: always_sample}]}}]}}")], false).unwrap_err();
+        assert_eq!(
+            nested.to_string(),
+            "policy `a`: field `and_sub_policy` must not contain a composite policy (a composite is a top-level policy)"
+        );
+        let bad_sub = PolicySet::compile(&[yaml("{name: c, type: composite, composite: {max_total_spans_per_second: 1, composite_sub_policy: [{name: x, type: latency}]}}")], false).unwrap_err();
+        assert_eq!(
+            bad_sub.to_string(),
+            "policy `x`: field `latency` section is required for this type"
+        );
+        let empty = PolicySet::compile(&[yaml("{name: c, type: composite, composite: {max_total_spans_per_second: 1, composite_sub_policy: []}}")], false).unwrap_err();
+        assert_eq!(
+            empty.to_string(),
+            "policy `c`: field `composite_sub_policy` must not be empty"
+        );
+    }
+
+    #[test]
+    fn an_evaluation_error_should_fail_the_policy_through_and_not_and_composite() {
+        let failing = "{name: o, type: ottl_condition, ottl_condition: {span: ['Len(attributes[\"x\"]) > 0']}}";
+        let set = PolicySet::compile(
+            &[
+                yaml(failing),
+                yaml(&format!("{{name: n, type: not, not: {{not_sub_policy: {failing}}}}}")),
+                yaml(&format!("{{name: a, type: and, and: {{and_sub_policy: [{{name: all, type: always_sample}}, {failing}]}}}}")),
+                yaml(&format!("{{name: c, type: composite, composite: {{max_total_spans_per_second: 100, composite_sub_policy: [{failing}, {{name: all, type: always_sample}}]}}}}")),
+            ],
+            false,
+        )
+        .unwrap();
+        let mut c = counters(4);
+        let outcome = set.evaluate(&[TestSpan::new(1, 1).build()], &cx(1), &mut c);
+        assert_eq!(
+            outcome,
+            Outcome::NotSampled,
+            "no policy may sample on an error"
+        );
+        for (i, t) in c.iter().enumerate() {
+            assert_eq!(
+                (t.errors, t.not_sampled, t.sampled),
+                (1, 1, 0),
+                "policy {i}"
+            );
+        }
+    }
+
+    #[test]
     fn compile_should_refuse_bad_sets_with_named_errors() {
         assert!(matches!(
             PolicySet::compile(&[], false),
@@ -436,14 +670,15 @@ mod tests {
         );
         let ottl = PolicySet::compile(
             &[yaml(
-                "{name: o, type: ottl_condition, ottl_condition: {span: [x]}}",
+                "{name: o, type: ottl_condition, ottl_condition: {span: ['attributes[\"k\"] ==']}}",
             )],
             false,
         )
         .unwrap_err();
         assert_eq!(
             ottl.to_string(),
-            "policy `o`: policy type `ottl_condition` is not supported"
+            "policy `o`: ottl_condition.span[0] `attributes[\"k\"] ==`: at character 19: \
+             expected a value, found the end of the condition"
         );
         let nested_drop = PolicySet::compile(&[yaml("{name: a, type: and, and: {and_sub_policy: [{name: d, type: drop, drop: {drop_sub_policy: [{name: x, type: always_sample}]}}]}}")], false).unwrap_err();
         assert!(nested_drop

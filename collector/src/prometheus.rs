@@ -439,6 +439,15 @@ fn render_sampler(out: &mut PrometheusText, m: &SamplerMetrics) {
             out.sample(&votes, &[("policy", &p.policy), ("decision", decision)], v);
         }
     }
+    let errors = "traceq_policy_evaluation_errors_total";
+    out.family(
+        errors,
+        Counter,
+        "Policy evaluations that failed (an ottl_condition error, counted under error_mode: ignore or propagate).",
+    );
+    for p in &m.policies {
+        out.sample(errors, &[("policy", &p.policy)], p.evaluation_errors);
+    }
     for (n, help, v) in [
         (
             name("sampling_traces_on_memory"),
@@ -480,6 +489,7 @@ fn render_sampler(out: &mut PrometheusText, m: &SamplerMetrics) {
         ("max_spans", m.traces_decided_on_max_spans),
         ("early_under_pressure", m.traces_decided_early),
         ("flush", m.traces_decided_on_flush),
+        ("maximum_trace_size_bytes", m.traces_decided_on_max_bytes),
     ] {
         out.sample("traceq_traces_decided_total", &[("trigger", trigger)], v);
     }

@@ -276,8 +276,8 @@ fn collector_names(doc: &mut serde_yaml::Value) -> Result<bool, ConfigError> {
     if map.contains_key("tail_storage") {
         return Err(refuse(
             "tail_storage",
-            "is not supported: traceq holds pending traces in memory, bounded by `num_traces` \
-             and `max_buffer_bytes`",
+            "is not supported: pending traces are buffered in memory; to keep them across a \
+             crash, name a `file_storage` extension in `storage` (traceq collector)",
         ));
     }
     let Some(wait) = map.remove("decision_wait_after_root_received") else {
@@ -735,8 +735,9 @@ mod tests {
             cfg("tail_storage: pebble_tail_storage")
                 .unwrap_err()
                 .to_string(),
-            "field `tail_storage`: is not supported: traceq holds pending traces in memory, \
-             bounded by `num_traces` and `max_buffer_bytes`"
+            "field `tail_storage`: is not supported: pending traces are buffered in memory; to \
+             keep them across a crash, name a `file_storage` extension in `storage` (traceq \
+             collector)"
         );
     }
 

@@ -350,19 +350,9 @@ fn bench(c: &mut Criterion) {
     let spans = rt.block_on(send_all(&to_holding, &mem_bodies));
     std::thread::sleep(Duration::from_millis(300));
     let rss = holding.rss_bytes() - rss0;
-    let accounted = holding.admin.and_then(|admin| {
-        rt.block_on(async {
-            let text = reqwest::get(format!("http://{admin}/metrics"))
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
-            text.lines()
-                .find_map(|l| l.strip_prefix("traceq_bytes_buffered "))
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-    });
+    let accounted = holding
+        .metric(&rt, "traceq_bytes_buffered")
+        .map(|v| v as u64);
     println!(
         "collector memory: {spans} buffered spans of {:.0} encoded bytes each: resident +{:.0} bytes per span (accounted {} bytes per span)",
         encoded as f64 / spans as f64,

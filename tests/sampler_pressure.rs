@@ -30,7 +30,9 @@ const WINDOW: usize = 8;
 /// Trace `t`: 10 spans with a 100-byte attribute, children first; every 7th trace has an error
 /// in a random-looking position.
 fn trace(t: u128) -> Vec<SpanData> {
-    let error_at = t.is_multiple_of(7).then_some((t % SPANS_PER_TRACE as u128) as u64 + 1);
+    let error_at = t
+        .is_multiple_of(7)
+        .then_some((t % SPANS_PER_TRACE as u128) as u64 + 1);
     (1..=SPANS_PER_TRACE)
         .rev()
         .map(|id| {

@@ -61,6 +61,12 @@ processors:
       sampled_cache_size: {sampled}
       non_sampled_cache_size: {non_sampled}
     job_id_key: {job_key}
+    # Also read, with the Collector's meaning (README: tail_sampling parity):
+    # decision_wait_after_root_received, maximum_trace_size_bytes, block_on_overflow,
+    # sample_on_first_match, drop_pending_traces_on_shutdown, storage: file_storage
+    # Every policy type: always_sample, latency, status_code, numeric_attribute,
+    # string_attribute, boolean_attribute, probabilistic, rate_limiting, bytes_limiting,
+    # span_count, trace_state, trace_flags, ottl_condition, and, not, drop, composite
     policies:
       - name: errors
         type: status_code

@@ -1,8 +1,8 @@
 //! OTLP/HTTP: protobuf `POST` of the encoded request to `…/v1/traces`.
 //!
 //! Retryable, per the OTLP specification: 429, 502, 503 and 504, and connection errors and
-//! timeouts; a `Retry-After` in seconds is honoured when longer than the backoff (the HTTP-date
-//! form is not parsed and falls back to the backoff). Every other non-2xx status is permanent.
+//! timeouts; a `Retry-After`, in seconds or as an HTTP date, is honoured when longer than the
+//! backoff. TLS to an OTLP/HTTP downstream is not supported yet (refused at setup). Every other non-2xx status is permanent.
 //! Redirects are not followed (a `POST` turned into a `GET` would lose the body), so a 3xx is
 //! permanent too. Proxies from the environment are not used: a collector's downstream is
 //! configured, not discovered.

@@ -432,3 +432,67 @@ fn the_storage_flag_should_cover_the_sampler_and_every_exporter() {
         vec!["file".to_owned(), "otlp".to_owned()]
     );
 }
+
+#[test]
+fn exporter_tls_should_read_the_collector_keys() {
+    use traceq_exporter::client::ClientTlsConfig;
+    let cfg = CollectorConfig::from_yaml(
+        "exporters:\n  otlp/secure:\n    endpoint: tempo:4317\n    tls:\n      ca_file: ca.pem\n      cert_file: client.pem\n      key_file: client.key\n      server_name_override: tempo.internal\n  otlp/skip: {endpoint: 'https://tempo:4317', tls: {insecure_skip_verify: true}}\n  otlp/plain: {endpoint: 'tempo:4317', tls: {insecure: true}}\n  otlp/none: {endpoint: 'tempo:4317'}\n",
+    )
+    .unwrap();
+    let tls = |name: &str| {
+        cfg.exporters
+            .iter()
+            .find(|e| e.name == name)
+            .unwrap()
+            .tls
+            .clone()
+    };
+    assert_eq!(
+        tls("otlp/secure"),
+        Some(
+            ClientTlsConfig::default()
+                .with_ca_file("ca.pem")
+                .with_client_cert("client.pem", "client.key")
+                .with_server_name_override("tempo.internal")
+        )
+    );
+    assert_eq!(
+        tls("otlp/skip"),
+        Some(ClientTlsConfig::default().with_insecure_skip_verify(true))
+    );
+    assert_eq!(
+        tls("otlp/plain"),
+        Some(ClientTlsConfig::default().with_insecure(true))
+    );
+    assert_eq!(tls("otlp/none"), None);
+}
+
+#[test]
+fn exporter_tls_errors_should_name_the_field() {
+    for (tls, field, reason) in [
+        (
+            "{ca_file: ca.pem, cert_file: c.pem}",
+            "tls.key_file",
+            "is required with cert_file",
+        ),
+        (
+            "{ca_file: ca.pem, key_file: c.key}",
+            "tls.cert_file",
+            "is required with key_file",
+        ),
+        ("{}", "tls.ca_file", "no CA roots are built in"),
+        ("{ca_file: ''}", "tls.ca_file", "must not be empty"),
+        (
+            "{ca_file: ca.pem, verify: true}",
+            "otlp/x",
+            "unknown field `verify`",
+        ),
+    ] {
+        let doc = format!("exporters:\n  otlp/x: {{endpoint: 'h:1', tls: {tls}}}\n");
+        let err = CollectorConfig::from_yaml(&doc).unwrap_err().to_string();
+        assert!(err.contains("exporters.otlp/x"), "{tls}: {err}");
+        assert!(err.contains(field), "{tls}: {err}");
+        assert!(err.contains(reason), "{tls}: {err}");
+    }
+}

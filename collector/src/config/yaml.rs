@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
-use traceq_exporter::client::{Compression, RetryConfig};
+use traceq_exporter::client::{ClientTlsConfig, Compression, RetryConfig};
 use traceq_exporter::export::{
     file_retry, ExportTarget, ExporterConfig, DEFAULT_EXPORT_TIMEOUT, DEFAULT_FSYNC_INTERVAL,
     DEFAULT_MAX_EXPORT_BYTES, DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_SIZE,
@@ -177,10 +177,18 @@ struct RawOtlpExporter {
     tls: Option<RawClientTls>,
 }
 
-#[derive(Debug, Deserialize)]
+/// The Collector's client `tls` block of an exporter.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawClientTls {
+    #[serde(default)]
     insecure: bool,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    #[serde(default)]
+    insecure_skip_verify: bool,
+    server_name_override: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -617,6 +625,46 @@ fn retry_from(
     Ok(cfg)
 }
 
+/// An exporter's `tls` block: the shape is checked here, the files when the exporter starts.
+fn client_tls(
+    f: &dyn Fn(&str) -> String,
+    raw: RawClientTls,
+) -> Result<ClientTlsConfig, CollectorConfigError> {
+    match (&raw.cert_file, &raw.key_file) {
+        (Some(_), None) => {
+            return Err(field_error(f("tls.key_file"), "is required with cert_file"))
+        }
+        (None, Some(_)) => {
+            return Err(field_error(f("tls.cert_file"), "is required with key_file"))
+        }
+        _ => {}
+    }
+    for (name, path) in [
+        ("tls.ca_file", &raw.ca_file),
+        ("tls.cert_file", &raw.cert_file),
+        ("tls.key_file", &raw.key_file),
+    ] {
+        if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(field_error(f(name), "must not be empty"));
+        }
+    }
+    if !raw.insecure && !raw.insecure_skip_verify && raw.ca_file.is_none() {
+        return Err(field_error(
+            f("tls.ca_file"),
+            "is required for TLS (no CA roots are built in; the system bundle, e.g. \
+             /etc/ssl/certs/ca-certificates.crt, will do), or set insecure: true for plain text",
+        ));
+    }
+    Ok(ClientTlsConfig {
+        insecure: raw.insecure,
+        ca_file: raw.ca_file,
+        cert_file: raw.cert_file,
+        key_file: raw.key_file,
+        insecure_skip_verify: raw.insecure_skip_verify,
+        server_name_override: raw.server_name_override,
+    })
+}
+
 fn exporter(key: &str, value: serde_yaml::Value) -> Result<ExporterConfig, CollectorConfigError> {
     exporter_as(key.split('/').next().unwrap_or(key), key, value)
 }
@@ -638,12 +686,7 @@ fn exporter_as(
     match kind {
         "otlp" | "otlphttp" => {
             let raw: RawOtlpExporter = serde_yaml::from_value(value).map_err(yaml)?;
-            if raw.tls.is_some_and(|t| !t.insecure) {
-                return Err(field_error(
-                    f("tls.insecure"),
-                    "TLS to the downstream is not supported; set `insecure: true` for plain text",
-                ));
-            }
+            let tls = raw.tls.map(|t| client_tls(&f, t)).transpose()?;
             let endpoint = raw
                 .endpoint
                 .filter(|e| !e.trim().is_empty())
@@ -679,8 +722,9 @@ fn exporter_as(
                     headers,
                 }
             };
-            let config = ExporterConfig::new(key, target)
+            let mut config = ExporterConfig::new(key, target)
                 .with_retry(retry(&f("retry_on_failure"), raw.retry_on_failure)?);
+            config.tls = tls;
             bounds(config, f, raw.max_export_bytes, raw.sending_queue)
         }
         "file" => {

@@ -25,6 +25,7 @@ use tonic::{Code, Status};
 
 use super::error::{with_causes, Accepted, SendError};
 use super::retry::grpc_retry_info;
+use super::tls::{self, Scheme, TlsConnector};
 use super::{ClientConfig, Compression, USER_AGENT};
 use crate::export::ExportSetupError;
 use crate::otlp::grpc::{EncodedRequestCodec, EXPORT_PATH};
@@ -55,22 +56,36 @@ impl fmt::Debug for GrpcTransport {
 }
 
 impl GrpcTransport {
-    /// Validates the endpoint and headers and makes a lazy channel (no connection yet).
+    /// Validates the endpoint, headers and TLS files and makes a lazy channel (no connection
+    /// yet).
     pub(crate) fn new(name: &str, config: &ClientConfig) -> Result<Self, ExportSetupError> {
         let (endpoint, timeout) = (config.endpoint.as_str(), config.timeout);
-        let uri = endpoint_uri(name, endpoint)?;
+        let (uri, scheme) = endpoint_uri(name, endpoint)?;
         let invalid = |reason: String| ExportSetupError::InvalidEndpoint {
             exporter: name.to_owned(),
             endpoint: endpoint.to_owned(),
             reason,
         };
-        let channel = Endpoint::from(uri)
+        let connector = match config.tls.as_ref() {
+            tls_config if tls::wants_tls(name, endpoint, scheme, tls_config)? => {
+                let tls_config = tls_config.cloned().unwrap_or_default();
+                Some(TlsConnector::new(
+                    tls::client_config(name, &tls_config, &[b"h2"])?,
+                    tls::server_name_override(name, &tls_config)?,
+                ))
+            }
+            _ => None,
+        };
+        let endpoint = Endpoint::from(uri)
             .user_agent(USER_AGENT)
             .map_err(|e| invalid(e.to_string()))?
             .timeout(timeout)
             .connect_timeout(timeout)
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .tcp_nodelay(true);
+        let channel = match connector {
+            Some(connector) => endpoint.connect_with_connector_lazy(connector),
+            None => endpoint.connect_lazy(),
+        };
         let mut client = Grpc::new(channel).accept_compressed(CompressionEncoding::Gzip);
         if config.compression == Compression::Gzip {
             client = client.send_compressed(CompressionEncoding::Gzip);
@@ -105,30 +120,44 @@ impl GrpcTransport {
     }
 }
 
-/// `host:port` or `http://host:port` as a URI; `https` is refused with a clear error.
-fn endpoint_uri(name: &str, endpoint: &str) -> Result<Uri, ExportSetupError> {
+/// `host:port`, `http://host:port` or `https://host:port` as a URI, and how it was written.
+///
+/// The URI handed to tonic is always `http://`, with the port made explicit (443 for
+/// `https://` without one): TLS is the connector's business, and tonic, when built with its
+/// own TLS, would refuse an `https` URI it has no TLS configuration for.
+fn endpoint_uri(name: &str, endpoint: &str) -> Result<(Uri, Scheme), ExportSetupError> {
     let invalid = |reason: &str| ExportSetupError::InvalidEndpoint {
         exporter: name.to_owned(),
         endpoint: endpoint.to_owned(),
         reason: reason.to_owned(),
     };
+    let written = if endpoint.trim().contains("://") {
+        None
+    } else {
+        Some(Scheme::None)
+    };
     let uri: Uri = super::with_scheme(endpoint)
         .parse()
         .map_err(|e: tonic::codegen::http::uri::InvalidUri| invalid(&e.to_string()))?;
-    match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(ExportSetupError::TlsUnsupported {
-                exporter: name.to_owned(),
-                endpoint: endpoint.to_owned(),
-            })
+    let scheme = match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
+        Some("http") => written.unwrap_or(Scheme::Http),
+        Some("https") => Scheme::Https,
+        _ => {
+            return Err(invalid(
+                "the scheme must be http or https (or none: `host:port`)",
+            ))
         }
-        _ => return Err(invalid("the scheme must be http (or none: `host:port`)")),
-    }
-    if uri.host().is_none_or(str::is_empty) {
+    };
+    let Some(host) = uri.host().filter(|h| !h.is_empty()) else {
         return Err(invalid("no host"));
-    }
-    Ok(uri)
+    };
+    let port = uri
+        .port_u16()
+        .unwrap_or(if scheme == Scheme::Https { 443 } else { 80 });
+    let plain: Uri = format!("http://{host}:{port}")
+        .parse()
+        .map_err(|e: tonic::codegen::http::uri::InvalidUri| invalid(&e.to_string()))?;
+    Ok((plain, scheme))
 }
 
 /// The configured headers as gRPC metadata (ASCII values; names lower-cased).

@@ -19,6 +19,7 @@ mod error;
 mod grpc;
 mod http;
 mod retry;
+mod tls;
 
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ pub use retry::{
     RetryConfig, RetryLimits, SendOutcome, DEFAULT_RETRY_INITIAL, DEFAULT_RETRY_MAX_ELAPSED,
     DEFAULT_RETRY_MAX_INTERVAL, MAX_RETRY_AFTER,
 };
+pub use tls::ClientTlsConfig;
 
 use crate::export::ExportSetupError;
 use grpc::GrpcTransport;
@@ -80,6 +82,9 @@ pub struct ClientConfig {
     pub timeout: Duration,
     /// Extra request headers (gRPC metadata), e.g. `authorization`.
     pub headers: Vec<(String, String)>,
+    /// The `tls` block, if any: with an `https://` endpoint, or with a bare `host:port` unless
+    /// it says `insecure`, the client speaks TLS (see [`ClientTlsConfig`]).
+    pub tls: Option<ClientTlsConfig>,
 }
 
 impl ClientConfig {
@@ -92,6 +97,7 @@ impl ClientConfig {
             compression: Compression::None,
             timeout: DEFAULT_TIMEOUT,
             headers: Vec::new(),
+            tls: None,
         }
     }
 
@@ -113,6 +119,13 @@ impl ClientConfig {
     #[must_use]
     pub fn with_headers(mut self, headers: Vec<(String, String)>) -> Self {
         self.headers = headers;
+        self
+    }
+
+    /// Sets [`tls`](Self::tls).
+    #[must_use]
+    pub fn with_tls(mut self, tls: ClientTlsConfig) -> Self {
+        self.tls = Some(tls);
         self
     }
 }
@@ -156,8 +169,9 @@ impl OtlpClient {
     ///
     /// # Errors
     ///
-    /// [`ExportSetupError`] for an invalid endpoint or header, an `https` endpoint (TLS to the
-    /// downstream is not supported yet), no tokio runtime (gRPC), or an HTTP client that cannot
+    /// [`ExportSetupError`] for an invalid endpoint or header, TLS settings that contradict the
+    /// endpoint or each other, a TLS file that cannot be read or parsed, TLS to an OTLP/HTTP
+    /// downstream (not supported yet), no tokio runtime (gRPC), or an HTTP client that cannot
     /// be built.
     pub fn new(name: &str, config: &ClientConfig) -> Result<Self, ExportSetupError> {
         let transport = match config.protocol {

@@ -266,10 +266,21 @@ pub(crate) fn http_status_is_retryable(status: u16) -> bool {
     matches!(status, 429 | 502 | 503 | 504)
 }
 
-/// `Retry-After: <seconds>`; the HTTP-date form and garbage read as absent.
+/// `Retry-After`, as seconds or as an HTTP date (RFC 9110, e.g. `Wed, 21 Oct 2015 07:28:00
+/// GMT`); a date already past reads as zero (retry after the backoff alone); garbage reads as
+/// absent.
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let text = headers.get(RETRY_AFTER)?.to_str().ok()?;
-    text.trim().parse::<u64>().ok().map(Duration::from_secs)
+    retry_after_at(headers, std::time::SystemTime::now())
+}
+
+/// [`retry_after`] with the wall clock at `now`.
+fn retry_after_at(headers: &HeaderMap, now: std::time::SystemTime) -> Option<Duration> {
+    let text = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(text).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 #[cfg(test)]
@@ -359,6 +370,34 @@ mod tests {
         .await;
         assert_eq!(outcome.retries, 1);
         assert_eq!(start.elapsed(), MAX_RETRY_AFTER);
+    }
+
+    #[test]
+    fn retry_after_should_read_an_http_date_as_the_wait_until_then() {
+        let headers = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(RETRY_AFTER, v.parse().unwrap());
+            h
+        };
+        let date = headers("Wed, 21 Oct 2015 07:28:00 GMT");
+        let then = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
+        let before = then - Duration::from_secs(90);
+        assert_eq!(retry_after_at(&date, before), Some(Duration::from_secs(90)));
+        // a date in the past: retry at once (after the backoff)
+        let after = then + Duration::from_secs(5);
+        assert_eq!(retry_after_at(&date, after), Some(Duration::ZERO));
+        // the obsolete RFC 850 and asctime forms, which RFC 9110 still asks recipients to read
+        assert_eq!(
+            retry_after_at(&headers("Wednesday, 21-Oct-15 07:28:00 GMT"), before),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            retry_after_at(&headers("Wed Oct 21 07:28:00 2015"), before),
+            Some(Duration::from_secs(90))
+        );
+        for garbage in ["Wed, 32 Oct 2015 07:28:00 GMT", "soon", "1.5", ""] {
+            assert_eq!(retry_after_at(&headers(garbage), before), None, "{garbage}");
+        }
     }
 
     /// An encoded `google.rpc.Status` with the given details.

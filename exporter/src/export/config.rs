@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::client::{Compression, RetryConfig};
+use crate::client::{ClientTlsConfig, Compression, RetryConfig};
 
 /// Default bound on spans queued per exporter (about 300 MB of 300-byte spans at most).
 pub const DEFAULT_QUEUE_SIZE: usize = 1_000_000;
@@ -93,6 +93,11 @@ pub struct ExporterConfig {
     pub max_export_bytes: usize,
     /// Retries of retryable failures (for the `file` exporter: failed writes).
     pub retry: RetryConfig,
+    /// TLS to an OTLP downstream (the `tls` block); `None`: plain text unless the endpoint is
+    /// `https://`. Kept here rather than in [`ExportTarget`] so that a target re-pointed at
+    /// another endpoint (the load-balancing exporter's backends) keeps it. Ignored by the
+    /// `file` and stdout targets.
+    pub tls: Option<ClientTlsConfig>,
 }
 
 impl ExporterConfig {
@@ -117,6 +122,7 @@ impl ExporterConfig {
             queue_bytes: DEFAULT_QUEUE_BYTES,
             max_export_bytes: DEFAULT_MAX_EXPORT_BYTES,
             retry,
+            tls: None,
         }
     }
 
@@ -145,6 +151,13 @@ impl ExporterConfig {
     #[must_use]
     pub fn with_retry(mut self, retry: RetryConfig) -> Self {
         self.retry = retry;
+        self
+    }
+
+    /// Sets [`tls`](Self::tls).
+    #[must_use]
+    pub fn with_tls(mut self, tls: ClientTlsConfig) -> Self {
+        self.tls = Some(tls);
         self
     }
 }

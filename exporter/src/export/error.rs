@@ -20,16 +20,39 @@ pub enum ExportSetupError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The endpoint asks for TLS (`https://`), which exporters do not speak.
-    #[error(
-        "exporter `{exporter}`: endpoint `{endpoint}` uses https, but TLS to the downstream is \
-         not supported; use a plain-text `http://` endpoint (e.g. through a local TLS proxy)"
-    )]
-    TlsUnsupported {
+    /// The TLS settings are contradictory or unusable (e.g. `cert_file` without `key_file`, no
+    /// `ca_file`, an `https://` endpoint with `insecure`).
+    #[error("exporter `{exporter}`: {reason}")]
+    Tls {
         /// The exporter's name.
         exporter: String,
-        /// The endpoint as configured.
-        endpoint: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A TLS file (`tls.ca_file`, `tls.cert_file`, `tls.key_file`) cannot be read.
+    #[error("exporter `{exporter}`: cannot read {field} `{}`", path.display())]
+    TlsFile {
+        /// The exporter's name.
+        exporter: String,
+        /// The setting naming the file, e.g. `tls.ca_file`.
+        field: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A TLS file is not the PEM it should be.
+    #[error("exporter `{exporter}`: {field} `{}`: {reason}", path.display())]
+    TlsPem {
+        /// The exporter's name.
+        exporter: String,
+        /// The setting naming the file, e.g. `tls.ca_file`.
+        field: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
     },
     /// A configured header is not a valid HTTP header or gRPC metadata entry.
     #[error("exporter `{exporter}`: header `{header}` is invalid: {reason}")]
@@ -83,15 +106,16 @@ mod tests {
 
     #[test]
     fn messages_should_name_the_exporter_and_say_what_is_wrong() {
-        let tls = ExportSetupError::TlsUnsupported {
+        let tls = ExportSetupError::TlsFile {
             exporter: "otlp/tempo".into(),
-            endpoint: "https://tempo:4317".into(),
+            field: "tls.ca_file",
+            path: "ca.pem".into(),
+            source: std::io::Error::other("nope"),
         }
         .to_string();
-        assert!(tls.contains("otlp/tempo"), "{tls}");
-        assert!(
-            tls.contains("TLS to the downstream is not supported"),
-            "{tls}"
+        assert_eq!(
+            tls,
+            "exporter `otlp/tempo`: cannot read tls.ca_file `ca.pem`"
         );
         let open = ExportSetupError::OpenFile {
             exporter: "file".into(),

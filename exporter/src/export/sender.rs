@@ -36,6 +36,7 @@ impl Sender {
                 compression,
                 timeout,
                 headers: headers.clone(),
+                tls: config.tls.clone(),
             };
             OtlpClient::new(name, &client).map(|c| Self::Otlp(Box::new(c)))
         };

@@ -87,6 +87,7 @@ pub(crate) fn grpc_config(addr: SocketAddr, retry: RetryConfig) -> ExporterConfi
         queue_bytes: crate::export::DEFAULT_QUEUE_BYTES,
         max_export_bytes: crate::export::DEFAULT_MAX_EXPORT_BYTES,
         retry,
+        tls: None,
     }
 }
 

@@ -40,6 +40,7 @@ impl TraceSender {
             },
             timeout: config.timeout,
             headers: config.headers.clone(),
+            tls: None,
         };
         let client = OtlpClient::new("loadgen", &client).map_err(|e| match e {
             ExportSetupError::NoRuntime { .. } => LoadgenError::Setting {

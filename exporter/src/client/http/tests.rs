@@ -101,6 +101,7 @@ fn http_config(
         queue_bytes: crate::export::DEFAULT_QUEUE_BYTES,
         max_export_bytes: crate::export::DEFAULT_MAX_EXPORT_BYTES,
         retry,
+        tls: None,
     }
 }
 
@@ -226,7 +227,7 @@ async fn http_client_errors_and_other_server_errors_should_be_permanent() {
 }
 
 #[tokio::test]
-async fn http_setup_should_refuse_https_with_a_clear_error() {
+async fn http_setup_should_refuse_tls_with_a_clear_error() {
     let mut config = http_config(
         "127.0.0.1:1".parse().unwrap(),
         Compression::None,
@@ -240,11 +241,9 @@ async fn http_setup_should_refuse_https_with_a_clear_error() {
         headers: Vec::new(),
     };
     let err = ExporterQueue::start(&config, Arc::default()).unwrap_err();
-    assert!(
-        matches!(err, ExportSetupError::TlsUnsupported { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, ExportSetupError::Tls { .. }), "{err}");
     assert!(err.to_string().contains("otlphttp/test"), "{err}");
+    assert!(err.to_string().contains("not supported yet"), "{err}");
 }
 
 #[test]
@@ -267,7 +266,7 @@ fn traces_path_should_be_appended_only_when_the_url_has_no_path() {
 }
 
 #[test]
-fn retry_after_should_read_seconds_and_ignore_dates_and_garbage() {
+fn retry_after_should_read_seconds_and_dates_and_ignore_garbage() {
     let headers = |v: &str| {
         let mut h = HeaderMap::new();
         h.insert(
@@ -277,7 +276,11 @@ fn retry_after_should_read_seconds_and_ignore_dates_and_garbage() {
         h
     };
     assert_eq!(retry_after(&headers(" 7 ")), Some(Duration::from_secs(7)));
-    assert_eq!(retry_after(&headers("Wed, 21 Oct 2015 07:28:00 GMT")), None);
+    // a date long past: retry at once
+    assert_eq!(
+        retry_after(&headers("Wed, 21 Oct 2015 07:28:00 GMT")),
+        Some(Duration::ZERO)
+    );
     assert_eq!(retry_after(&headers("-1")), None);
     assert_eq!(retry_after(&HeaderMap::new()), None);
 }

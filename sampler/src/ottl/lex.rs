@@ -127,7 +127,7 @@ pub(super) fn tokens(text: &str) -> Result<Vec<Token>, CompileError> {
                     end += 1;
                 }
                 let digits: String = chars[start..end].iter().collect();
-                if digits.is_empty() || digits.len() % 2 != 0 {
+                if digits.is_empty() || !digits.len().is_multiple_of(2) {
                     return Err(CompileError::at(
                         at,
                         "a byte literal needs an even number of hex digits after `0x`",

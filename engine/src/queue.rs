@@ -61,7 +61,7 @@ use crate::rate_limit::{self, RateLimiter};
 use crossbeam_utils::{Backoff, CachePadded};
 pub(crate) use fairness::FairPlan;
 use foldhash::fast::RandomState;
-use keys::{Done, Keys, Popped};
+use keys::{Done, Keys};
 use parking_lot::Mutex;
 use spin::mutex::{SpinMutex, SpinMutexGuard};
 use std::cmp::Ordering as CmpOrdering;
@@ -685,19 +685,30 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         self.refuses_adds()
     }
 
-    /// Pops the next queued key and marks it in process; with its requeue count, priority and
-    /// (if `with_group`) group. `None` when none is queued (or every queued key's group is at its
-    /// cap), or after shutdown.
-    fn start_next(&self, core: &mut Core<K>, with_group: bool) -> Option<Popped<K>> {
+    /// Pops the next queued key and marks it in process; with its requeue count. `None` when
+    /// none is queued (or every queued key's group is at its cap), or after shutdown.
+    fn start_next(&self, core: &mut Core<K>) -> Option<(K, u32)> {
         if self.shared.state.load(Ordering::SeqCst) == SHUT_DOWN {
             return None;
         }
         if core.keys.len() == 0 {
             return None;
         }
-        let taken = core.keys.pop(self.metrics_now(), with_group)?;
+        let taken = core.keys.pop(self.metrics_now())?;
         core.processing += 1;
         Some(taken)
+    }
+
+    /// As `start_next`, with the key's priority and group: a [`Claim`] and the requeue count.
+    fn start_claim(&self, core: &mut Core<K>) -> Option<(Claim<K>, u32)> {
+        let (key, requeues) = self.start_next(core)?;
+        let (priority, group) = core.keys.handed(true);
+        let claim = Claim {
+            key,
+            priority,
+            group,
+        };
+        Some((claim, requeues))
     }
 
     /// Whether more keys are ready and a getter is parked that should take them.
@@ -705,18 +716,22 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         core.keys.len() > 0 && self.any_parked()
     }
 
-    /// Takes the next queued key (see `start_next`). The second value says whether to wake a
-    /// parked getter for the keys left.
-    fn take(&self, with_group: bool) -> Option<(Popped<K>, bool)> {
+    /// Takes the next queued key with `start` (`start_next` or `start_claim`). The second value
+    /// says whether to wake a parked getter for the keys left.
+    #[inline]
+    fn take<T>(&self, start: impl Fn(&Self, &mut Core<K>) -> Option<T>) -> Option<(T, bool)> {
         let mut core = self.lock();
-        let taken = self.start_next(&mut core, with_group)?;
+        let taken = start(self, &mut core)?;
         Some((taken, self.more_for_parked(&core)))
     }
 
     /// As [`take`](Self::take), but registers as a parked getter first, under both locks, so
     /// that an add that lands after this look sees the registration (see `any_parked`). The
     /// registration is kept only when no key was taken.
-    fn take_or_park(&self, with_group: bool) -> Result<(Popped<K>, bool), Parked<'_>> {
+    fn take_or_park<T>(
+        &self,
+        start: impl Fn(&Self, &mut Core<K>) -> Option<T>,
+    ) -> Result<(T, bool), Parked<'_>> {
         let s = &*self.shared;
         let mut core = self.lock_core();
         let parked = {
@@ -725,7 +740,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         };
         self.apply(&mut core);
         self.promote(&mut core);
-        match self.start_next(&mut core, with_group) {
+        match start(self, &mut core) {
             Some(taken) => {
                 drop(parked);
                 Ok((taken, self.more_for_parked(&core)))
@@ -737,38 +752,36 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
     /// Hands out the next queued key without waiting; `None` when none is ready or after
     /// shutdown. The caller must call [`done`](Self::done) with it.
     pub fn try_get(&self) -> Option<K> {
-        self.take(false).map(|(taken, _)| taken.key)
+        self.take(Self::start_next).map(|((key, _), _)| key)
     }
 
     /// Waits for a key and hands it out; `None` once the queue is shut down. The caller must call
     /// [`done`](Self::done) with it. Cancel-safe: a dropped `get` takes no key.
     pub async fn get(&self) -> Option<K> {
-        self.get_popped(false).await.map(|taken| taken.key)
+        self.wait_for(Self::start_next).await.map(|(key, _)| key)
     }
 
     /// As [`try_get`](Self::try_get), with the key's priority and group.
     pub fn try_claim(&self) -> Option<Claim<K>> {
-        self.take(true).map(|(taken, _)| claim_of(taken))
+        self.take(Self::start_claim).map(|((claim, _), _)| claim)
     }
 
     /// As [`get`](Self::get), with the key's priority (to requeue it at, as
     /// controller-runtime's `GetWithPriority`) and, for a fair queue, its group.
     pub async fn claim(&self) -> Option<Claim<K>> {
-        self.get_popped(true).await.map(claim_of)
+        self.claim_counted().await.map(|(claim, _)| claim)
     }
 
     /// As [`claim`](Self::claim), with the key's requeue count read under the same lock.
     pub(crate) async fn claim_counted(&self) -> Option<(Claim<K>, u32)> {
-        self.get_popped(true).await.map(|taken| {
-            let requeues = taken.requeues;
-            (claim_of(taken), requeues)
-        })
+        self.wait_for(Self::start_claim).await
     }
 
-    async fn get_popped(&self, with_group: bool) -> Option<Popped<K>> {
+    /// Waits until `start` takes a key (see `take`), or the queue is finished.
+    async fn wait_for<T>(&self, start: impl Fn(&Self, &mut Core<K>) -> Option<T>) -> Option<T> {
         let s = &*self.shared;
         loop {
-            if let Some((taken, wake)) = self.take(with_group) {
+            if let Some((taken, wake)) = self.take(&start) {
                 // More keys are ready (a batch promoted, say): wake another getter for them.
                 if wake {
                     self.wake_one();
@@ -780,7 +793,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
             }
             let mut notified = pin!(s.available.notified());
             notified.as_mut().enable();
-            let parked = match self.take_or_park(with_group) {
+            let parked = match self.take_or_park(&start) {
                 Ok((taken, wake)) => {
                     // We may have absorbed a wake-up meant for another getter: pass it on.
                     if wake {
@@ -1079,14 +1092,6 @@ fn compact<K: Eq + Hash + Clone>(core: &mut Core<K>) -> bool {
     let keys = &core.keys;
     core.heap.retain(|d| keys.is_pending(&d.key, d.seq));
     true
-}
-
-fn claim_of<K>(taken: Popped<K>) -> Claim<K> {
-    Claim {
-        key: taken.key,
-        priority: taken.priority,
-        group: taken.group,
-    }
 }
 
 fn deadline(now: Instant, delay: Duration) -> Instant {

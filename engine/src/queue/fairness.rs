@@ -169,6 +169,7 @@ where
                 weight_of: self.weight_of,
                 index: HashMap::default(),
                 by_index: Vec::new(),
+                made: None,
             }),
             max_in_process: self
                 .max_in_process
@@ -209,19 +210,18 @@ impl<K> fmt::Debug for FairPlan<K> {
     }
 }
 
-/// What [`GroupTable::intern`] found.
-pub(super) enum Interned {
-    /// The key's group has this index.
-    Known(u32),
-    /// The key's group is new, now at the index offered; its name and weight.
-    New { name: Arc<str>, weight: u32 },
-}
+/// What [`GroupTable::intern`] found, packed in a `u64` so that it comes back out of
+/// `catch_unwind` in a register: the group's index, and [`NEW`] when it is new.
+pub(super) const NEW: u64 = 1 << 32;
 
 /// Maps keys to group indexes, hiding the group type.
 pub(super) trait GroupTable<K>: Send + Sync {
     /// The group of `key`: its index, or, when no key of its group is held, a new entry at index
-    /// `next`. May panic (user code); the table is left as it was then.
-    fn intern(&mut self, key: &K, next: u32) -> Interned;
+    /// `next` (with [`NEW`] set; its name and weight are then in [`take_new`](Self::take_new)).
+    /// May panic (user code); the table is left as it was then.
+    fn intern(&mut self, key: &K, next: u32) -> u64;
+    /// The name and weight of the group `intern` just made.
+    fn take_new(&mut self) -> (Arc<str>, u32);
     /// Forgets the group at `index`: its last key left.
     fn remove(&mut self, index: u32);
 }
@@ -232,6 +232,8 @@ struct Table<K, G> {
     index: HashMap<G, u32, RandomState>,
     /// The group at each index, to remove it by index.
     by_index: Vec<Option<G>>,
+    /// The name and weight of the group `intern` made last.
+    made: Option<(Arc<str>, u32)>,
 }
 
 impl<K, G> GroupTable<K> for Table<K, G>
@@ -239,20 +241,19 @@ where
     K: 'static,
     G: Hash + Eq + Clone + fmt::Display + Send + Sync + 'static,
 {
-    fn intern(&mut self, key: &K, next: u32) -> Interned {
+    #[inline]
+    fn intern(&mut self, key: &K, next: u32) -> u64 {
         let group = (self.group_of)(key);
         if let Some(&at) = self.index.get(&group) {
-            return Interned::Known(at);
+            return u64::from(at);
         }
-        let weight = self.weight_of.as_ref().map_or(1, |w| w(&group)).max(1);
-        let name: Arc<str> = group.to_string().into();
-        let at = next as usize;
-        if self.by_index.len() <= at {
-            self.by_index.resize_with(at + 1, || None);
-        }
-        self.by_index[at] = Some(group.clone());
-        self.index.insert(group, next);
-        Interned::New { name, weight }
+        self.insert(group, next)
+    }
+
+    fn take_new(&mut self) -> (Arc<str>, u32) {
+        self.made
+            .take()
+            .unwrap_or_else(|| (PANICKED_GROUP.into(), 1))
     }
 
     fn remove(&mut self, index: u32) {
@@ -262,12 +263,37 @@ where
     }
 }
 
-/// Runs `intern`, catching a panic of the user's code in it.
+impl<K, G> Table<K, G>
+where
+    G: Hash + Eq + Clone + fmt::Display,
+{
+    /// Records a new group at index `next`.
+    #[inline(never)]
+    fn insert(&mut self, group: G, next: u32) -> u64 {
+        let weight = self.weight_of.as_ref().map_or(1, |w| w(&group)).max(1);
+        let name: Arc<str> = group.to_string().into();
+        let at = next as usize;
+        if self.by_index.len() <= at {
+            self.by_index.resize_with(at + 1, || None);
+        }
+        self.by_index[at] = Some(group.clone());
+        self.index.insert(group, next);
+        self.made = Some((name, weight));
+        u64::from(next) | NEW
+    }
+}
+
+/// Runs `intern`, catching a panic of the user's code in it: the packed result, or the panic's
+/// message.
+#[inline]
 pub(super) fn intern_caught<K>(
     table: &mut dyn GroupTable<K>,
     key: &K,
     next: u32,
-) -> Result<Interned, String> {
-    std::panic::catch_unwind(AssertUnwindSafe(|| table.intern(key, next)))
-        .map_err(|panic| crate::engine::panic_message(&*panic))
+) -> Result<u64, String> {
+    let mut found = 0;
+    match std::panic::catch_unwind(AssertUnwindSafe(|| found = table.intern(key, next))) {
+        Ok(()) => Ok(found),
+        Err(panic) => Err(crate::engine::panic_message(&*panic)),
+    }
 }

@@ -67,16 +67,6 @@ enum Slot<K> {
 /// End of the free list, and of a FIFO or lane.
 pub(super) const NO_SLOT: u32 = u32::MAX;
 
-/// A key handed out.
-#[derive(Debug)]
-pub(super) struct Popped<K> {
-    pub(super) key: K,
-    pub(super) requeues: u32,
-    pub(super) priority: i32,
-    /// Its group's name, when asked for and the queue is fair.
-    pub(super) group: Option<Arc<str>>,
-}
-
 /// What `done` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Done {
@@ -116,6 +106,8 @@ pub(super) struct Keys<K> {
     /// The order of queued keys once the queue has priorities or is fair; `None` while the
     /// FIFO above is the order.
     ranked: Option<Box<Ranked<K>>>,
+    /// The slot of the key `pop` last handed out, once ranked (see `handed`).
+    last: u32,
 }
 
 impl<K> Keys<K> {
@@ -139,6 +131,7 @@ impl<K> Keys<K> {
             queue_duration: Histogram::default(),
             work_duration: Histogram::default(),
             ranked: fair.map(|plan| Box::new(Ranked::new(Some(plan)))),
+            last: NO_SLOT,
         }
     }
 
@@ -146,6 +139,27 @@ impl<K> Keys<K> {
     pub(super) fn times_handlers(&self) -> bool {
         self.ranked.as_ref().is_some_and(|r| r.times_handlers())
     }
+}
+
+/// `done`'s work on the ranked order for the key in process at `at`, handed out at `since`: its
+/// group's counts. Whether a group at its cap can go on.
+#[inline(never)]
+fn settle_ranked<K>(
+    ranked: &mut Ranked<K>,
+    at: u32,
+    dirty: bool,
+    now: Option<Instant>,
+    since: &[Option<Instant>],
+) -> bool {
+    let worked = if ranked.times_handlers() {
+        match (now, since.get(at as usize).copied().flatten()) {
+            (Some(now), Some(t)) => Some(now.saturating_duration_since(t)),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    ranked.settle(at, dirty, worked)
 }
 
 /// Whether the slot at `at` holds `key`.
@@ -162,6 +176,7 @@ fn hash_at<K: Hash>(hasher: &RandomState, slots: &[Slot<K>], at: u32) -> u64 {
 }
 
 /// Puts `used` in the first free slot, or a new one; its position.
+#[inline(always)]
 fn alloc<K>(slots: &mut Vec<Slot<K>>, free: &mut u32, used: Slot<K>) -> u32 {
     if *free == NO_SLOT {
         let at = u32::try_from(slots.len())
@@ -216,7 +231,7 @@ impl<K: Eq + Hash + Clone> Keys<K> {
     }
 
     /// Puts `key`, not held yet, in a slot of its own and in the index; its position.
-    #[inline]
+    #[inline(always)]
     fn hold(&mut self, hash: u64, key: K) -> u32 {
         let (state, next) = (State::Queued, NO_SLOT);
         let at = alloc(
@@ -231,7 +246,7 @@ impl<K: Eq + Hash + Clone> Keys<K> {
     }
 
     /// Counts the add that queued the key at `at`.
-    #[inline]
+    #[inline(always)]
     fn added(&mut self, at: u32, now: Option<Instant>) {
         self.adds_total += 1;
         if now.is_some() {
@@ -248,24 +263,30 @@ impl<K: Eq + Hash + Clone> Keys<K> {
             self.mark_dirty_at(at, prio);
             return false;
         }
-        let at = self.hold(hash, key);
         let Some(ranked) = self.ranked.as_deref_mut() else {
             unreachable!("upgraded above")
         };
-        let Slot::Used { key, .. } = &self.slots[at as usize] else {
-            unreachable!("just held")
-        };
-        ranked.enter(key, at, prio);
-        self.push_queued(at);
+        let group = ranked.group_of(&key);
+        let at = self.hold(hash, key);
+        if let Some(ranked) = self.ranked.as_deref_mut() {
+            ranked.enter(at, group, prio);
+        }
+        self.queued += 1;
         self.added(at, now);
         true
     }
 
     /// Hands the order over from the FIFO to `ranked`, if it has not been already.
+    #[inline(always)]
     fn upgrade(&mut self) {
-        if self.ranked.is_some() {
-            return;
+        if self.ranked.is_none() {
+            self.upgrade_now();
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn upgrade_now(&mut self) {
         let mut ranked = Ranked::new(None);
         let slots = &self.slots;
         let mut at = self.head;
@@ -289,6 +310,7 @@ impl<K: Eq + Hash + Clone> Keys<K> {
     /// Applies an add of priority `prio` to every pending instance of `key` (queued, dirty,
     /// waiting): each takes the highest priority among them and `prio` (see the module docs).
     /// That priority, and the key's slot if it holds one. The queue is ranked.
+    #[inline(always)]
     fn share_priority(&mut self, hash: u64, key: &K, prio: i32) -> (i32, Option<u32>) {
         let Some(ranked) = self.ranked.as_deref_mut() else {
             unreachable!("ranked queues only")
@@ -378,8 +400,8 @@ impl<K: Eq + Hash + Clone> Keys<K> {
     #[inline]
     fn push_queued(&mut self, at: u32) {
         self.queued += 1;
-        if let Some(ranked) = self.ranked.as_deref_mut() {
-            return ranked.push(at);
+        if self.ranked.is_some() {
+            return self.push_ranked(at);
         }
         if let Slot::Used { next, .. } = &mut self.slots[at as usize] {
             *next = NO_SLOT;
@@ -390,6 +412,13 @@ impl<K: Eq + Hash + Clone> Keys<K> {
             *next = at;
         }
         self.tail = at;
+    }
+
+    #[inline(never)]
+    fn push_ranked(&mut self, at: u32) {
+        if let Some(ranked) = self.ranked.as_deref_mut() {
+            ranked.push(at);
+        }
     }
 
     /// Takes the first key's position off the FIFO.
@@ -411,48 +440,14 @@ impl<K: Eq + Hash + Clone> Keys<K> {
     }
 
     /// Hands out the next queued key: marks it in process and returns it with its requeue
-    /// count, its priority, and (if `with_group`) its group's name.
+    /// count. Its priority and group are then given by [`handed`](Self::handed).
     #[inline]
-    pub(super) fn pop(&mut self, now: Option<Instant>, with_group: bool) -> Option<Popped<K>> {
-        if self.ranked.is_some() {
-            return self.pop_ranked(now, with_group);
-        }
-        let at = self.pop_fifo()?;
-        let key = self.start(at, now);
-        let requeues = self.num_requeues(&key);
-        Some(Popped {
-            key,
-            requeues,
-            priority: DEFAULT_PRIORITY,
-            group: None,
-        })
-    }
-
-    /// `pop` once ranked.
-    #[inline(never)]
-    fn pop_ranked(&mut self, now: Option<Instant>, with_group: bool) -> Option<Popped<K>> {
-        let ranked = self.ranked.as_deref_mut()?;
-        let at = ranked.pop()?;
-        let priority = ranked.prio(at);
-        let group = if with_group {
-            ranked.group(at).1.cloned()
+    pub(super) fn pop(&mut self, now: Option<Instant>) -> Option<(K, u32)> {
+        let at = if self.ranked.is_some() {
+            self.pop_ranked()?
         } else {
-            None
+            self.pop_fifo()?
         };
-        self.queued -= 1;
-        let key = self.start(at, now);
-        let requeues = self.num_requeues(&key);
-        Some(Popped {
-            key,
-            requeues,
-            priority,
-            group,
-        })
-    }
-
-    /// Marks the key at `at`, just taken off the order, in process; a copy of it.
-    #[inline]
-    fn start(&mut self, at: u32, now: Option<Instant>) -> K {
         let Slot::Used { key, state, .. } = &mut self.slots[at as usize] else {
             unreachable!("the FIFO links used slots only");
         };
@@ -465,7 +460,33 @@ impl<K: Eq + Hash + Clone> Keys<K> {
             }
             self.set_since(at, Some(now));
         }
-        key
+        let requeues = self.num_requeues(&key);
+        Some((key, requeues))
+    }
+
+    /// `pop`'s choice once ranked: the slot of the next key in the ranked order.
+    #[inline(never)]
+    fn pop_ranked(&mut self) -> Option<u32> {
+        let at = self.ranked.as_deref_mut()?.pop()?;
+        self.queued -= 1;
+        self.last = at;
+        Some(at)
+    }
+
+    /// The priority of the key `pop` last handed out and, if `with_group` and the queue is fair,
+    /// its group's name. Called under the same lock as that `pop`.
+    pub(super) fn handed(&self, with_group: bool) -> (i32, Option<Arc<str>>) {
+        match &self.ranked {
+            None => (DEFAULT_PRIORITY, None),
+            Some(ranked) => {
+                let group = if with_group {
+                    ranked.group_name(self.last).cloned()
+                } else {
+                    None
+                };
+                (ranked.prio(self.last), group)
+            }
+        }
     }
 
     /// Marks `key` done, queued again if it was dirty. `None` when it was not in process.
@@ -483,17 +504,10 @@ impl<K: Eq + Hash + Clone> Keys<K> {
         let State::Processing { dirty } = *state else {
             return None;
         };
-        let mut unblocked = false;
-        if let Some(ranked) = self.ranked.as_deref_mut() {
-            let worked = match (now, self.since.get(at as usize).copied().flatten()) {
-                (Some(now), Some(t)) => Some(now.saturating_duration_since(t)),
-                _ => None,
-            };
-            unblocked = ranked.settle(at, worked);
-            if !dirty {
-                ranked.leave(at);
-            }
-        }
+        let unblocked = match self.ranked.as_deref_mut() {
+            Some(ranked) if ranked.is_fair() => settle_ranked(ranked, at, dirty, now, &self.since),
+            _ => false,
+        };
         if dirty {
             if let Slot::Used { state, .. } = &mut self.slots[at as usize] {
                 *state = State::Queued;
@@ -674,7 +688,7 @@ mod tests {
 
     /// The next key and its requeue count.
     fn pop(keys: &mut Keys<u32>, now: Option<Instant>) -> Option<(u32, u32)> {
-        keys.pop(now, false).map(|p| (p.key, p.requeues))
+        keys.pop(now)
     }
 
     #[test]

@@ -538,13 +538,26 @@ where
     H: Handler<K>,
 {
     let mut requeue = RequeueCell::new();
-    while let Some((claim, requeues)) = inner.queue.claim_counted().await {
-        let Claim {
-            key,
-            priority,
-            group,
-            ..
-        } = claim;
+    let fair = inner.queue.is_fair();
+    loop {
+        // Without fairness there is no group: the smaller hand-out is cheaper to pass up.
+        let (key, requeues, priority, group) = if fair {
+            let Some((claim, requeues)) = inner.queue.claim_counted().await else {
+                break;
+            };
+            let Claim {
+                key,
+                priority,
+                group,
+                ..
+            } = claim;
+            (key, requeues, priority, group)
+        } else {
+            let Some((key, requeues, priority)) = inner.queue.get_ranked().await else {
+                break;
+            };
+            (key, requeues, priority, None)
+        };
         let number = requeues + 1;
         let started = inner.outcome_hook.as_ref().map(|_| Instant::now());
         // `None` without a tracer (or under a no-op one): the attempt runs untraced.

@@ -249,6 +249,8 @@ struct Shared<K> {
     dropped_adds_total: AtomicU64,
     exhausted_total: AtomicU64,
     metrics_on: bool,
+    /// Whether the queue was built fair across groups.
+    fair: bool,
     limiter: Arc<dyn RateLimiter<K>>,
     clock: Arc<dyn Clock>,
     /// Parked getters wait here.
@@ -318,6 +320,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
     pub fn with_config(config: QueueConfig<K>) -> Self {
         let epoch = config.clock.now();
         let hasher = RandomState::default();
+        let fair = config.fairness.is_some();
         let keys = Keys::new(hasher.clone(), config.fairness);
         // Sharing handler time measures what the time metrics measure.
         let metrics_on = config.metrics || keys.times_handlers();
@@ -343,6 +346,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
                 dropped_adds_total: AtomicU64::new(0),
                 exhausted_total: AtomicU64::new(0),
                 metrics_on,
+                fair,
                 limiter: config.rate_limiter,
                 clock: config.clock,
                 available: Notify::new(),
@@ -775,6 +779,22 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
     /// As [`claim`](Self::claim), with the key's requeue count read under the same lock.
     pub(crate) async fn claim_counted(&self) -> Option<(Claim<K>, u32)> {
         self.wait_for(Self::start_claim).await
+    }
+
+    /// As [`claim_counted`](Self::claim_counted) without the group, for a queue that is not fair:
+    /// the key, its requeue count and its priority. Smaller than a claim, so cheaper to pass up
+    /// through the awaits of the engine's workers.
+    pub(crate) async fn get_ranked(&self) -> Option<(K, u32, i32)> {
+        self.wait_for(|q: &Self, core: &mut Core<K>| {
+            let (key, requeues) = q.start_next(core)?;
+            Some((key, requeues, core.keys.handed(false).0))
+        })
+        .await
+    }
+
+    /// Whether the queue is fair across groups (fixed at construction).
+    pub(crate) fn is_fair(&self) -> bool {
+        self.shared.fair
     }
 
     /// Waits until `start` takes a key (see `take`), or the queue is finished.

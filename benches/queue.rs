@@ -5,13 +5,32 @@
 //! Groups:
 //! - `cycle_single_thread`: add 1,000 distinct keys, then get + done each (traceq), beside
 //!   crossbeam-channel and tokio mpsc send 1,000 + recv 1,000 on the same thread. Also with time
-//!   metrics on, and with scattered keys (see below).
+//!   metrics on, with scattered keys (see below), with each key at one of four priorities
+//!   (`traceq_queue_priorities`), and on a queue fair across ten groups (`traceq_queue_fair`).
+//! - `add_get_done_1000`: controller-runtime's priority-queue benchmark (`BenchmarkAddGetDone`):
+//!   the same 1,000 keys added, then each taken with a waiting `get` and marked done, for the
+//!   plain, priority and fair queues, beside tokio mpsc with a waiting `recv`.
 //! - `cycle_two_threads`: the same cycle run by two threads at once on one shared queue/channel.
 //! - `producer_consumer`: one thread adds 100,000 distinct keys, another gets + dones them.
 //! - `engine_noop_handler`: 100,000 keys through an `Engine` with 4 workers and a no-op handler,
 //!   beside 4 tokio tasks sharing one mpsc receiver.
 //!
-//! Last measured 2026-11-23 after the spin lock, the 16-byte slots, the linked FIFO and the
+//! Last measured after priorities and fairness, same machine, `--warm-up-time 1
+//! --measurement-time 3`, two runs alternating the build before them and this one; ratios are
+//! to the plain queue of the same run.
+//!   cycle_single_thread   traceq 33.9, 34.1 us / 1,000 (before: 34.3, 34.3 us: 0.99x)
+//!                         priorities 40.7, 43.5 us (1.20x, 1.28x); fair 47.3, 48.6 us (1.40x,
+//!                         1.42x); crossbeam 29.7, 30.6 us
+//!   add_get_done_1000     traceq 39.7, 41.2 us; priorities 45.1, 46.8 us (1.13x, 1.14x); fair
+//!                         52.7, 54.8 us (1.33x, 1.33x); tokio mpsc 43.3, 43.5 us
+//!                         (controller-runtime reports 0.3 to 1.0 ms for this cycle, PR #3471)
+//!   engine_noop_handler   57.8, 53.6, 57.0 ms against 52.3, 53.8, 53.1 ms before (+7%: each
+//!                         attempt carries its priority, group and requeue ticket)
+//!   cycle_two_threads     42.3, 40.0, 40.3 ms against 40.2, 40.8, 42.2 ms before
+//! Per add + get + done cycle (valgrind, a driver's loop included): plain 438 instructions (465
+//! before), with priorities 646, fair 760.
+//!
+//! Measured 2026-11-23 after the spin lock, the 16-byte slots, the linked FIFO and the
 //! index clear (engine/src/queue.rs, engine/src/queue/keys.rs), 2-vCPU x86_64 VM (AMD EPYC).
 //! Six runs alternating the build before those changes and this one (`--warm-up-time 1
 //! --measurement-time 3`); each figure is the median of criterion's medians over the six, with
@@ -52,15 +71,42 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use traceq_engine::rate_limit::NoDelay;
-use traceq_engine::{Attempt, Engine, Queue, QueueConfig};
+use traceq_engine::{AddOptions, Attempt, Engine, Queue, QueueConfig};
 
 const BATCH: u64 = 1_000;
 const STREAM: u64 = 100_000;
 /// An odd constant (2^64 / golden ratio): multiplying by it permutes the `u64`s.
 const SCATTER: u64 = 0x9e37_79b9_7f4a_7c15;
 
+/// Priorities in the priority-mode cases: keys cycle through this many levels.
+const LEVELS: u64 = 4;
+/// Groups in the fair cases: key k is in group k % GROUPS.
+const GROUPS: u64 = 10;
+
 fn queue() -> Queue<u64> {
     Queue::with_config(QueueConfig::default().with_rate_limiter(NoDelay))
+}
+
+fn fair_queue() -> Queue<u64> {
+    Queue::with_config(
+        QueueConfig::default()
+            .with_rate_limiter(NoDelay)
+            .with_fairness(|k: &u64| k % GROUPS),
+    )
+}
+
+fn level(k: u64) -> AddOptions {
+    AddOptions::new().with_priority((k % LEVELS) as i32)
+}
+
+/// The plain cycle, each key at one of `LEVELS` priorities.
+fn priority_cycle(q: &Queue<u64>, base: u64) {
+    for k in base..base + BATCH {
+        q.add_with(k, level(k));
+    }
+    while let Some(k) = q.try_get() {
+        q.done(black_box(&k));
+    }
 }
 
 fn traceq_cycle(q: &Queue<u64>, base: u64) {
@@ -109,6 +155,20 @@ fn cycle_single_thread(c: &mut Criterion) {
             base += BATCH;
         })
     });
+    let qp = queue();
+    g.bench_function("traceq_queue_priorities", |b| {
+        b.iter(|| {
+            priority_cycle(&qp, base);
+            base += BATCH;
+        })
+    });
+    let qf = fair_queue();
+    g.bench_function("traceq_queue_fair", |b| {
+        b.iter(|| {
+            traceq_cycle(&qf, base);
+            base += BATCH;
+        })
+    });
     let (tx, rx) = crossbeam_channel::unbounded::<u64>();
     g.bench_function("crossbeam_channel", |b| {
         b.iter(|| {
@@ -129,6 +189,51 @@ fn cycle_single_thread(c: &mut Criterion) {
             while let Ok(k) = trx.try_recv() {
                 black_box(k);
             }
+        })
+    });
+    g.finish();
+}
+
+/// controller-runtime's priority-queue benchmark (`BenchmarkAddGetDone`): the same 1,000 keys
+/// added, then each taken with a waiting `get` and marked done, on one queue for the whole run.
+fn add_get_done(c: &mut Criterion) {
+    let mut g = c.benchmark_group("add_get_done_1000");
+    g.throughput(Throughput::Elements(BATCH));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let cases: [(&str, Queue<u64>, fn(u64) -> AddOptions); 3] = [
+        ("traceq_queue", queue(), |_| AddOptions::new()),
+        ("traceq_queue_priorities", queue(), level),
+        ("traceq_queue_fair", fair_queue(), |_| AddOptions::new()),
+    ];
+    for (name, q, options) in cases {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                for k in 0..BATCH {
+                    q.add_with(k, options(k));
+                }
+                rt.block_on(async {
+                    for _ in 0..BATCH {
+                        let k = q.get().await.unwrap();
+                        q.done(black_box(&k));
+                    }
+                });
+            })
+        });
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    g.bench_function("tokio_mpsc", |b| {
+        b.iter(|| {
+            for k in 0..BATCH {
+                tx.send(k).unwrap();
+            }
+            rt.block_on(async {
+                for _ in 0..BATCH {
+                    black_box(rx.recv().await.unwrap());
+                }
+            });
         })
     });
     g.finish();
@@ -333,6 +438,7 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = cycle_single_thread, cycle_two_threads, producer_consumer, engine_noop_handler
+    targets = cycle_single_thread, add_get_done, cycle_two_threads, producer_consumer,
+        engine_noop_handler
 }
 criterion_main!(benches);

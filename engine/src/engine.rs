@@ -11,6 +11,11 @@
 //! worker and leave its key in process for ever, so that `shutdown_with_drain` never returns.
 //! Instead the attempt fails with an [`AttemptError`] naming what panicked (or, for the hook, the
 //! panic is reported and the outcome stands), and the worker goes on.
+//!
+//! Priorities and groups: each attempt is told the priority its key was handed out with and, for
+//! an engine built [`with_fairness`](EngineBuilder::with_fairness), its group; both are recorded
+//! on the attempt span (`traceq.priority`, `traceq.group`). A failed attempt's key is requeued at
+//! its priority unless the handler asked for another ([`Attempt::set_requeue_priority`]).
 
 mod attempt;
 mod handle;
@@ -19,16 +24,16 @@ pub use attempt::{Attempt, AttemptError, Handler, Outcome, OutcomeKind};
 pub use handle::{EngineHandle, QueueView};
 
 use crate::clock::{Clock, TokioClock};
-use crate::queue::{Failure, Queue, QueueConfig};
+use crate::queue::{Claim, Failure, FairPlan, Fairness, Queue, QueueConfig};
 use crate::rate_limit::{
     self, ExponentialBackoff, MaxOf, RateLimitError, RateLimiter, TokenBucket,
 };
 use crate::trace::{
-    interned, ErasedTracer, Item, ItemTraces, JobContext, KeyFormat, TraceConfig,
+    interned, ErasedTracer, Item, ItemTraces, JobContext, KeyFormat, Ranking, TraceConfig,
     DEFAULT_MAX_SPANS_PER_SEGMENT, DEFAULT_MAX_TRACE_AGE,
 };
 pub(crate) use attempt::panic_message;
-use attempt::run_attempt;
+use attempt::{run_attempt, RequeueCell};
 use opentelemetry::trace::Tracer;
 use std::fmt;
 use std::hash::Hash;
@@ -118,6 +123,7 @@ pub struct EngineBuilder<K> {
     max_spans_per_segment: u32,
     job_id_of: Option<JobIdOf<K>>,
     trace_clock: Arc<dyn Clock>,
+    fairness: Option<FairPlan<K>>,
 }
 
 impl<K> fmt::Debug for EngineBuilder<K> {
@@ -130,6 +136,7 @@ impl<K> fmt::Debug for EngineBuilder<K> {
             .field("traced", &self.tracing.is_some())
             .field("max_trace_age", &self.max_trace_age)
             .field("max_spans_per_segment", &self.max_spans_per_segment)
+            .field("fairness", &self.fairness)
             .finish_non_exhaustive()
     }
 }
@@ -149,6 +156,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Default for EngineBuilder<K> 
             max_spans_per_segment: DEFAULT_MAX_SPANS_PER_SEGMENT,
             job_id_of: None,
             trace_clock: Arc::new(TokioClock),
+            fairness: None,
         }
     }
 }
@@ -340,6 +348,19 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> EngineBuilder<K> {
         self
     }
 
+    /// Makes the engine's queue fair across groups of keys (a namespace, a tenant): see
+    /// [`QueueConfig::with_fairness`](crate::QueueConfig::with_fairness) and [`Fairness`].
+    /// Handlers see each key's group in [`Attempt::group`], and attempt spans carry it as
+    /// `traceq.group`. Default: not fair.
+    #[must_use]
+    pub fn with_fairness<G>(mut self, fairness: impl Into<Fairness<K, G>>) -> Self
+    where
+        G: Hash + Eq + Clone + fmt::Display + Send + Sync + 'static,
+    {
+        self.fairness = Some(fairness.into().plan());
+        self
+    }
+
     /// Checks the configuration and builds the engine.
     ///
     /// # Errors
@@ -394,7 +415,8 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> EngineBuilder<K> {
             QueueConfig::default()
                 .with_name(self.name)
                 .with_metrics(self.metrics)
-                .with_rate_limiter(limiter),
+                .with_rate_limiter(limiter)
+                .with_fair_plan(self.fairness),
         );
         Ok(Engine {
             inner: Arc::new(Inner {
@@ -515,7 +537,27 @@ where
     K: Eq + Hash + Clone + Send + Sync + 'static,
     H: Handler<K>,
 {
-    while let Some((key, requeues)) = inner.queue.get_counted().await {
+    let mut requeue = RequeueCell::new();
+    let fair = inner.queue.is_fair();
+    loop {
+        // Without fairness there is no group: the smaller hand-out is cheaper to pass up.
+        let (key, requeues, priority, group) = if fair {
+            let Some((claim, requeues)) = inner.queue.claim_counted().await else {
+                break;
+            };
+            let Claim {
+                key,
+                priority,
+                group,
+                ..
+            } = claim;
+            (key, requeues, priority, group)
+        } else {
+            let Some((key, requeues, priority)) = inner.queue.get_ranked().await else {
+                break;
+            };
+            (key, requeues, priority, None)
+        };
         let number = requeues + 1;
         let started = inner.outcome_hook.as_ref().map(|_| Instant::now());
         // `None` without a tracer (or under a no-op one): the attempt runs untraced.
@@ -524,33 +566,47 @@ where
             inner: &inner,
             key: Some(key),
             item: None,
+            priority,
         };
-        let begun = inner.traces.as_ref().map(|t| t.begin(flight.key(), number));
+        let begun = inner.traces.as_ref().map(|t| {
+            let ranking = Ranking {
+                priority,
+                group: group.clone(),
+            };
+            t.begin(flight.key(), number, ranking)
+        });
+        let ticket = requeue.next();
         let result = match begun {
             // Formatting the key for its trace panicked: the attempt fails without running, and
             // the key, which has no trace, is settled as an untraced one.
             Some(Err(error)) => Err(error),
             Some(Ok(Some((item, job)))) => {
                 flight.item = Some(item);
-                let attempt = Attempt::new(flight.key().clone(), number, job);
+                let key = flight.key().clone();
+                let attempt = Attempt::new(key, number, priority, group.clone(), job, ticket);
                 run_attempt(&*handler, attempt, inner.attempt_timeout).await
             }
             None | Some(Ok(None)) => {
-                let attempt = Attempt::new(flight.key().clone(), number, JobContext::default());
+                let key = flight.key().clone();
+                let job = JobContext::default();
+                let attempt = Attempt::new(key, number, priority, group.clone(), job, ticket);
                 run_attempt(&*handler, attempt, inner.attempt_timeout).await
             }
         };
+        let requeue_at = requeue.asked().unwrap_or(priority);
         let (key, item) = flight.disarm();
         let kind = match (&inner.traces, item) {
             (Some(traces), Some(item)) => {
-                traces.settle(&key, &item, || settle(&inner, &key, result))
+                traces.settle(&key, &item, || settle(&inner, &key, result, requeue_at))
             }
-            _ => settle(&inner, &key, result),
+            _ => settle(&inner, &key, result, requeue_at),
         };
         if let (Some(hook), Some(started)) = (&inner.outcome_hook, started) {
             let outcome = Outcome {
                 key,
                 attempt: number,
+                priority,
+                group,
                 duration: started.elapsed(),
                 kind,
             };
@@ -579,6 +635,8 @@ struct InFlight<'a, K: Eq + Hash + Clone + Send + Sync + 'static> {
     key: Option<K>,
     /// The key's trace, once its attempt span started.
     item: Option<Arc<Item>>,
+    /// The priority the key was handed out with, to queue it again at.
+    priority: i32,
 }
 
 impl<K: Eq + Hash + Clone + Send + Sync + 'static> InFlight<'_, K> {
@@ -595,33 +653,35 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> InFlight<'_, K> {
 impl<K: Eq + Hash + Clone + Send + Sync + 'static> Drop for InFlight<'_, K> {
     fn drop(&mut self) {
         let Some(key) = self.key.take() else { return };
-        let inner = self.inner;
+        let (inner, priority) = (self.inner, self.priority);
         let item = self.item.take();
         // The queue and trace operations run user code (the key's `Hash` and `Eq`, the tracer);
         // a panic must not leave this drop, which may run while the task unwinds.
         let _ = std::panic::catch_unwind(AssertUnwindSafe(|| match (&inner.traces, item) {
             (Some(traces), Some(item)) => {
-                traces.abandon(&key, &item, || inner.queue.abandon(&key));
+                traces.abandon(&key, &item, || inner.queue.abandon(&key, priority));
             }
             _ => {
-                inner.queue.abandon(&key);
+                inner.queue.abandon(&key, priority);
             }
         }));
     }
 }
 
-/// Applies a finished attempt's result to the queue: forget on success, else requeue or forget.
+/// Applies a finished attempt's result to the queue: forget on success, else requeue (at
+/// `requeue_at`) or forget.
 fn settle<K: Eq + Hash + Clone + Send + Sync + 'static>(
     inner: &Inner<K>,
     key: &K,
     result: Result<(), AttemptError>,
+    requeue_at: i32,
 ) -> OutcomeKind {
     match result {
         Ok(()) => {
             inner.queue.succeed(key);
             OutcomeKind::Succeeded
         }
-        Err(error) => match inner.queue.fail(key, inner.max_retries) {
+        Err(error) => match inner.queue.fail(key, inner.max_retries, requeue_at) {
             Failure::Requeued { delay, .. } => OutcomeKind::Requeued { delay, error },
             Failure::Exhausted { .. } => OutcomeKind::Exhausted { error },
             Failure::Dropped => OutcomeKind::DroppedAtShutdown { error },

@@ -11,7 +11,9 @@
 //! ```
 //!
 //! [`Queue`] is the data structure (usable on its own, like client-go's `workqueue`);
-//! [`Engine`] runs workers over it and applies the retry policy.
+//! [`Engine`] runs workers over it and applies the retry policy. Keys can carry a priority
+//! ([`Queue::add_with`], [`AddOptions`]), and a queue can be fair across groups of keys
+//! ([`QueueConfig::with_fairness`], [`Fairness`]).
 
 pub mod clock;
 mod engine;
@@ -24,7 +26,10 @@ pub use engine::{
     Attempt, AttemptError, BuildError, Engine, EngineBuilder, EngineHandle, Handler, Outcome,
     OutcomeKind, QueueView, DEFAULT_MAX_RETRIES, DEFAULT_WORKERS,
 };
-pub use metrics::QueueMetrics;
-pub use queue::{Queue, QueueConfig, DEFAULT_NAME, INBOX_BOUND, MAX_DELAY};
+pub use metrics::{PriorityLabel, QueueMetrics};
+pub use queue::{
+    AddOptions, Claim, Fairness, Queue, QueueConfig, DEFAULT_NAME, DEFAULT_PRIORITY, INBOX_BOUND,
+    LOW_PRIORITY, MAX_DELAY, MAX_PRIORITY_LABELS, MAX_QUANTUM, MIN_QUANTUM, PANICKED_GROUP,
+};
 pub use rate_limit::RateLimiter;
 pub use trace::JobContext;

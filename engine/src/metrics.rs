@@ -4,6 +4,14 @@
 //! already holds, so they cost no extra synchronisation. Time-based metrics (queue latency, work
 //! duration, unfinished work) read the clock on add, get and done; a queue built without metrics
 //! never reads the clock on its hot path.
+//!
+//! `workqueue_depth` carries a `priority` label, as controller-runtime's priority queue has it, so
+//! that a backlog of low-priority resyncs can be told from fresh work. Why a cap on its values:
+//! a program that uses ever-new priorities (a counter, for LIFO order) would otherwise create a
+//! series per priority without end (controller-runtime#3396). The first
+//! [`MAX_PRIORITY_LABELS`](crate::MAX_PRIORITY_LABELS) distinct priorities a queue sees get their
+//! own series, kept for the queue's life; keys of any other priority are counted under
+//! `priority="other"`.
 
 use std::time::Duration;
 
@@ -73,14 +81,39 @@ impl Histogram {
     }
 }
 
+/// The `priority` label of one `workqueue_depth` series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PriorityLabel {
+    /// Keys queued at this priority.
+    Priority(i32),
+    /// Keys queued at the priorities seen after the cap on labels was reached.
+    Other,
+}
+
+impl std::fmt::Display for PriorityLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Priority(p) => write!(f, "{p}"),
+            Self::Other => f.write_str("other"),
+        }
+    }
+}
+
 /// A point-in-time copy of a queue's metrics.
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct QueueMetrics {
     /// The queue's name (the `name` label).
     pub name: String,
-    /// `workqueue_depth`: keys queued and ready to be handed out.
+    /// Keys queued and ready to be handed out: the sum of [`depth_by_priority`](Self::depth_by_priority).
     pub depth: u64,
+    /// `workqueue_depth{priority}`: keys queued and ready, per priority label, highest first
+    /// (see the module docs for the cap on labels). A queue that never saw a priority other than
+    /// the default has the one series `priority="0"`.
+    pub depth_by_priority: Vec<(PriorityLabel, u64)>,
+    /// `traceq_workqueue_groups`: groups with keys queued or in process (fair queues; 0
+    /// otherwise).
+    pub groups: u64,
     /// `traceq_workqueue_waiting`: keys waiting out a delay or backoff (not in `depth`).
     pub waiting: u64,
     /// `traceq_workqueue_processing`: keys being processed.
@@ -108,8 +141,28 @@ impl QueueMetrics {
     pub fn to_prometheus(&self) -> String {
         let mut out = PrometheusText::new();
         let name = self.name.as_str();
+        out.family("workqueue_depth", MetricKind::Gauge, "");
+        if self.depth_by_priority.is_empty() {
+            out.sample(
+                "workqueue_depth",
+                &[("name", name), ("priority", "0")],
+                self.depth as f64,
+            );
+        }
+        for (label, depth) in &self.depth_by_priority {
+            let priority = label.to_string();
+            out.sample(
+                "workqueue_depth",
+                &[("name", name), ("priority", &priority)],
+                *depth as f64,
+            );
+        }
         let gauges = [
-            ("workqueue_depth", MetricKind::Gauge, self.depth as f64),
+            (
+                "traceq_workqueue_groups",
+                MetricKind::Gauge,
+                self.groups as f64,
+            ),
             (
                 "traceq_workqueue_waiting",
                 MetricKind::Gauge,
@@ -190,8 +243,27 @@ mod tests {
             ..Default::default()
         };
         let text = m.to_prometheus();
-        assert!(text.contains("workqueue_depth{name=\"q\"} 3"));
+        assert!(text.contains("workqueue_depth{name=\"q\",priority=\"0\"} 3"));
         assert!(text.contains("workqueue_queue_duration_seconds_count{name=\"q\"} 0"));
         assert!(text.contains("workqueue_work_duration_seconds_bucket{name=\"q\",le=\"+Inf\"} 0"));
+    }
+
+    #[test]
+    fn prometheus_text_should_label_depth_by_priority_and_other() {
+        let m = QueueMetrics {
+            name: "q".into(),
+            depth: 6,
+            depth_by_priority: vec![
+                (PriorityLabel::Priority(10), 1),
+                (PriorityLabel::Priority(0), 0),
+                (PriorityLabel::Other, 5),
+            ],
+            ..Default::default()
+        };
+        let text = m.to_prometheus();
+        assert!(text.contains("workqueue_depth{name=\"q\",priority=\"10\"} 1"));
+        assert!(text.contains("workqueue_depth{name=\"q\",priority=\"0\"} 0"));
+        assert!(text.contains("workqueue_depth{name=\"q\",priority=\"other\"} 5"));
+        assert_eq!(text.matches("# TYPE workqueue_depth gauge").count(), 1);
     }
 }

@@ -38,15 +38,30 @@
 //! made the key ready with, whether a getter is parked, and wakes one only then. A getter
 //! registers as parked under both locks before its last look (`take_or_park`), so the two cannot
 //! miss each other, and the fast path pays no fence for it.
+//!
+//! Priorities and fairness ([`Queue::add_with`], [`QueueConfig::with_fairness`]) change only the
+//! order in which queued keys are handed out, never which keys are: dedup, dirty marking, delays,
+//! rate limiting and drains are the same in every mode. Priority bands are strict (a key of a
+//! higher priority is handed out before any of a lower one); fairness takes turns between groups
+//! within a band. See `ranked` for how, and why the plain FIFO pays nothing for them until a key
+//! with another priority arrives.
 
+mod fairness;
 mod keys;
+mod options;
+mod ranked;
+
+pub use fairness::{Fairness, MAX_QUANTUM, MIN_QUANTUM, PANICKED_GROUP};
+pub use options::{AddOptions, Claim};
+pub use ranked::{DEFAULT_PRIORITY, LOW_PRIORITY, MAX_PRIORITY_LABELS};
 
 use crate::clock::{Clock, TokioClock};
 use crate::metrics::QueueMetrics;
 use crate::rate_limit::{self, RateLimiter};
 use crossbeam_utils::{Backoff, CachePadded};
+pub(crate) use fairness::FairPlan;
 use foldhash::fast::RandomState;
-use keys::Keys;
+use keys::{Done, Keys};
 use parking_lot::Mutex;
 use spin::mutex::{SpinMutex, SpinMutexGuard};
 use std::cmp::Ordering as CmpOrdering;
@@ -72,6 +87,7 @@ pub struct QueueConfig<K> {
     metrics: bool,
     rate_limiter: Arc<dyn RateLimiter<K>>,
     clock: Arc<dyn Clock>,
+    fairness: Option<FairPlan<K>>,
 }
 
 impl<K> fmt::Debug for QueueConfig<K> {
@@ -80,6 +96,7 @@ impl<K> fmt::Debug for QueueConfig<K> {
             .field("name", &self.name)
             .field("metrics", &self.metrics)
             .field("rate_limiter", &self.rate_limiter)
+            .field("fairness", &self.fairness)
             .finish()
     }
 }
@@ -91,6 +108,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Default for QueueConfig<K> {
             metrics: false,
             rate_limiter: Arc::new(rate_limit::default_controller()),
             clock: Arc::new(TokioClock),
+            fairness: None,
         }
     }
 }
@@ -125,6 +143,28 @@ impl<K> QueueConfig<K> {
     #[must_use]
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Makes the queue fair across groups of keys: ready keys are handed out round-robin across
+    /// the groups that have keys ready, FIFO within a group, so that one group's burst cannot
+    /// starve another's single key. Takes a function from a key to its group (`|key| group`), or
+    /// a [`Fairness`] with weights, a cap on keys in process per group, or sharing by handler
+    /// time. Priorities stay strict: groups take turns within the highest priority that has keys
+    /// ready. Default: not fair (one FIFO per priority).
+    #[must_use]
+    pub fn with_fairness<G>(mut self, fairness: impl Into<Fairness<K, G>>) -> Self
+    where
+        K: 'static,
+        G: Hash + Eq + Clone + fmt::Display + Send + Sync + 'static,
+    {
+        self.fairness = Some(fairness.into().plan());
+        self
+    }
+
+    /// The erased fairness plan, for the engine's builder to pass on.
+    pub(crate) fn with_fair_plan(mut self, plan: Option<FairPlan<K>>) -> Self {
+        self.fairness = plan;
         self
     }
 }
@@ -167,9 +207,9 @@ impl<K> Ord for Delayed<K> {
     }
 }
 
-/// A plain add not yet applied: the key's hash, the key, and the time of the add when metrics
-/// are on.
-type Pending<K> = (u64, K, Option<Instant>);
+/// An add with no delay not yet applied: the key's hash, the key, the time of the add when
+/// metrics are on, and its priority.
+type Pending<K> = (u64, K, Option<Instant>, i32);
 
 /// Everything behind the lock.
 struct Core<K> {
@@ -209,6 +249,8 @@ struct Shared<K> {
     dropped_adds_total: AtomicU64,
     exhausted_total: AtomicU64,
     metrics_on: bool,
+    /// Whether the queue was built fair across groups.
+    fair: bool,
     limiter: Arc<dyn RateLimiter<K>>,
     clock: Arc<dyn Clock>,
     /// Parked getters wait here.
@@ -278,6 +320,10 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
     pub fn with_config(config: QueueConfig<K>) -> Self {
         let epoch = config.clock.now();
         let hasher = RandomState::default();
+        let fair = config.fairness.is_some();
+        let keys = Keys::new(hasher.clone(), config.fairness);
+        // Sharing handler time measures what the time metrics measure.
+        let metrics_on = config.metrics || keys.times_handlers();
         Self {
             shared: Arc::new(Shared {
                 name: config.name,
@@ -287,7 +333,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
                     len: AtomicUsize::new(0),
                 }),
                 core: CachePadded::new(SpinMutex::new(Core {
-                    keys: Keys::new(hasher),
+                    keys,
                     heap: BinaryHeap::new(),
                     next_seq: 0,
                     processing: 0,
@@ -299,7 +345,8 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
                 getters: AtomicUsize::new(0),
                 dropped_adds_total: AtomicU64::new(0),
                 exhausted_total: AtomicU64::new(0),
-                metrics_on: config.metrics,
+                metrics_on,
+                fair,
                 limiter: config.rate_limiter,
                 clock: config.clock,
                 available: Notify::new(),
@@ -387,8 +434,8 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
             std::mem::swap(&mut *adds, &mut batch);
             inbox.len.store(0, Ordering::Relaxed);
         }
-        for (hash, key, added_at) in batch.drain(..) {
-            core.keys.add(hash, key, added_at);
+        for (hash, key, added_at, prio) in batch.drain(..) {
+            core.keys.add(hash, key, added_at, prio);
         }
         core.spare = batch;
     }
@@ -411,8 +458,8 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         let metrics_now = s.metrics_on.then_some(now);
         while core.heap.peek().is_some_and(|top| top.at <= now) {
             let Some(d) = core.heap.pop() else { break };
-            if core.keys.take_due(&d.key, d.seq) {
-                core.keys.add(d.hash, d.key, metrics_now);
+            if let Some(prio) = core.keys.take_due(&d.key, d.seq) {
+                core.keys.add(d.hash, d.key, metrics_now, prio);
             }
         }
         // The entries that fired were live: the stale ones left may now outnumber the rest.
@@ -450,8 +497,44 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
     }
 
     /// Queues `key` unless it is queued already; marks it dirty if it is being processed.
-    /// Ignored (and counted in `dropped_adds_total`) after shutdown.
+    /// Ignored (and counted in `dropped_adds_total`) after shutdown. The same as
+    /// [`add_with`](Self::add_with) with the default [`AddOptions`].
     pub fn add(&self, key: K) {
+        self.add_now(key, DEFAULT_PRIORITY);
+    }
+
+    /// Adds `key` as `options` say: at its priority, now, after a delay, or after the rate
+    /// limiter's delay. Higher priorities are handed out first, FIFO within a priority.
+    ///
+    /// A key already queued (or waiting out a delay, or in process and dirty) takes the higher of
+    /// its priority and the add's, and the earlier ready time: a queued key raised to a higher
+    /// priority joins the end of its new level. Every pending add of a key shares that priority;
+    /// it is the key's until it is handed out. Otherwise an add with options does what
+    /// [`add`](Self::add), [`add_after`](Self::add_after) and
+    /// [`add_rate_limited`](Self::add_rate_limited) do; a rate-limited add that coalesces takes
+    /// no token and counts no requeue, but still raises the key's priority.
+    ///
+    /// The first add of a priority other than [`DEFAULT_PRIORITY`] switches the queue from its
+    /// plain FIFO to the order by priority, for good; a queue that never sees one pays nothing
+    /// for priorities.
+    pub fn add_with(&self, key: K, options: AddOptions) {
+        let AddOptions {
+            priority,
+            delay,
+            rate_limited,
+        } = options;
+        if rate_limited {
+            self.add_rate_limited_at(key, delay, priority);
+        } else if delay.is_zero() {
+            self.add_now(key, priority);
+        } else {
+            self.add_after_at(key, delay, priority);
+        }
+    }
+
+    /// An add with no delay, at `prio`.
+    #[inline]
+    fn add_now(&self, key: K, prio: i32) {
         let s = &*self.shared;
         if self.deadline_due() {
             drop(self.lock());
@@ -464,7 +547,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         if let Some(mut core) = s.core.try_lock() {
             // Uncontended: apply it now, after the adds that found the lock taken.
             self.apply(&mut core);
-            let wake = core.keys.add(hash, key, now) && self.any_parked();
+            let wake = core.keys.add(hash, key, now, prio) && self.any_parked();
             drop(core);
             if wake {
                 self.wake_one();
@@ -473,7 +556,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         }
         let (wake, full) = {
             let mut adds = s.inbox.adds.lock();
-            adds.push((hash, key, now));
+            adds.push((hash, key, now, prio));
             s.inbox.len.store(adds.len(), Ordering::Release);
             (self.any_parked(), adds.len() > INBOX_BOUND)
         };
@@ -488,8 +571,12 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
     /// Queues `key` after `delay` (clamped to [`MAX_DELAY`]); a zero delay is a plain add. If the
     /// key already waits with an earlier deadline, that one stands; a later one moves earlier.
     pub fn add_after(&self, key: K, delay: Duration) {
+        self.add_after_at(key, delay, DEFAULT_PRIORITY);
+    }
+
+    fn add_after_at(&self, key: K, delay: Duration, prio: i32) {
         if delay.is_zero() {
-            return self.add(key);
+            return self.add_now(key, prio);
         }
         let mut core = self.lock();
         if self.refuses_adds() {
@@ -497,13 +584,13 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         }
         let hash = self.hash(&key);
         let at = deadline(self.shared.clock.now(), delay);
-        self.schedule(&mut core, hash, key, at);
+        self.schedule(&mut core, hash, key, at, prio);
     }
 
     /// Records a delayed add under the lock; wakes a parked getter if it is the new earliest.
-    fn schedule(&self, core: &mut Locked<'_, K>, hash: u64, key: K, at: Instant) {
+    fn schedule(&self, core: &mut Locked<'_, K>, hash: u64, key: K, at: Instant, prio: i32) {
         let seq = core.next_seq;
-        if !core.keys.schedule(&key, at, seq) {
+        if !core.keys.schedule(hash, &key, at, seq, prio) {
             return;
         }
         core.next_seq += 1;
@@ -526,6 +613,11 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
     /// a no-op: it takes no token from the limiter and counts no failure. So spurious re-adds of a
     /// failing key never make its backoff grow faster than once per failed attempt.
     pub fn add_rate_limited(&self, key: K) {
+        self.add_rate_limited_at(key, Duration::ZERO, DEFAULT_PRIORITY);
+    }
+
+    /// A rate-limited add at `prio`; a non-zero `cap` is a delay not to exceed.
+    fn add_rate_limited_at(&self, key: K, cap: Duration, prio: i32) {
         let s = &*self.shared;
         let mut core = self.lock();
         if self.refuses_adds() {
@@ -533,20 +625,24 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         }
         let hash = self.hash(&key);
         if core.keys.rate_limited_add_coalesces(hash, &key) {
+            core.keys.raise(hash, &key, prio);
             return;
         }
         core.keys.count_requeue(&key);
-        let delay = s.limiter.when(&key);
+        let mut delay = s.limiter.when(&key);
+        if !cap.is_zero() {
+            delay = delay.min(cap);
+        }
         if delay.is_zero() {
             let now = self.metrics_now();
-            if core.keys.add(hash, key, now) && self.any_parked() {
+            if core.keys.add(hash, key, now, prio) && self.any_parked() {
                 drop(core);
                 self.wake_one();
             }
             return;
         }
         let at = deadline(s.clock.now(), delay);
-        self.schedule(&mut core, hash, key, at);
+        self.schedule(&mut core, hash, key, at, prio);
     }
 
     /// Clears `key`'s failure history, in the queue and in the rate limiter.
@@ -593,8 +689,8 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         self.refuses_adds()
     }
 
-    /// Pops the first queued key and marks it in process; with its requeue count. `None` when
-    /// none is queued, or after shutdown.
+    /// Pops the next queued key and marks it in process; with its requeue count. `None` when
+    /// none is queued (or every queued key's group is at its cap), or after shutdown.
     fn start_next(&self, core: &mut Core<K>) -> Option<(K, u32)> {
         if self.shared.state.load(Ordering::SeqCst) == SHUT_DOWN {
             return None;
@@ -607,23 +703,39 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         Some(taken)
     }
 
+    /// As `start_next`, with the key's priority and group: a [`Claim`] and the requeue count.
+    fn start_claim(&self, core: &mut Core<K>) -> Option<(Claim<K>, u32)> {
+        let (key, requeues) = self.start_next(core)?;
+        let (priority, group) = core.keys.handed(true);
+        let claim = Claim {
+            key,
+            priority,
+            group,
+        };
+        Some((claim, requeues))
+    }
+
     /// Whether more keys are ready and a getter is parked that should take them.
     fn more_for_parked(&self, core: &Core<K>) -> bool {
         core.keys.len() > 0 && self.any_parked()
     }
 
-    /// Takes the first queued key (see `start_next`). The second value says whether to wake a
-    /// parked getter for the keys left.
-    fn take(&self) -> Option<((K, u32), bool)> {
+    /// Takes the next queued key with `start` (`start_next` or `start_claim`). The second value
+    /// says whether to wake a parked getter for the keys left.
+    #[inline]
+    fn take<T>(&self, start: impl Fn(&Self, &mut Core<K>) -> Option<T>) -> Option<(T, bool)> {
         let mut core = self.lock();
-        let taken = self.start_next(&mut core)?;
+        let taken = start(self, &mut core)?;
         Some((taken, self.more_for_parked(&core)))
     }
 
     /// As [`take`](Self::take), but registers as a parked getter first, under both locks, so
     /// that an add that lands after this look sees the registration (see `any_parked`). The
     /// registration is kept only when no key was taken.
-    fn take_or_park(&self) -> Result<((K, u32), bool), Parked<'_>> {
+    fn take_or_park<T>(
+        &self,
+        start: impl Fn(&Self, &mut Core<K>) -> Option<T>,
+    ) -> Result<(T, bool), Parked<'_>> {
         let s = &*self.shared;
         let mut core = self.lock_core();
         let parked = {
@@ -632,7 +744,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         };
         self.apply(&mut core);
         self.promote(&mut core);
-        match self.start_next(&mut core) {
+        match start(self, &mut core) {
             Some(taken) => {
                 drop(parked);
                 Ok((taken, self.more_for_parked(&core)))
@@ -641,23 +753,55 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         }
     }
 
-    /// Hands out the first queued key without waiting; `None` when none is ready or after
+    /// Hands out the next queued key without waiting; `None` when none is ready or after
     /// shutdown. The caller must call [`done`](Self::done) with it.
     pub fn try_get(&self) -> Option<K> {
-        self.take().map(|((key, _), _)| key)
+        self.take(Self::start_next).map(|((key, _), _)| key)
     }
 
     /// Waits for a key and hands it out; `None` once the queue is shut down. The caller must call
     /// [`done`](Self::done) with it. Cancel-safe: a dropped `get` takes no key.
     pub async fn get(&self) -> Option<K> {
-        self.get_counted().await.map(|(key, _)| key)
+        self.wait_for(Self::start_next).await.map(|(key, _)| key)
     }
 
-    /// As [`get`](Self::get), with the key's requeue count read under the same lock.
-    pub(crate) async fn get_counted(&self) -> Option<(K, u32)> {
+    /// As [`try_get`](Self::try_get), with the key's priority and group.
+    pub fn try_claim(&self) -> Option<Claim<K>> {
+        self.take(Self::start_claim).map(|((claim, _), _)| claim)
+    }
+
+    /// As [`get`](Self::get), with the key's priority (to requeue it at, as
+    /// controller-runtime's `GetWithPriority`) and, for a fair queue, its group.
+    pub async fn claim(&self) -> Option<Claim<K>> {
+        self.claim_counted().await.map(|(claim, _)| claim)
+    }
+
+    /// As [`claim`](Self::claim), with the key's requeue count read under the same lock.
+    pub(crate) async fn claim_counted(&self) -> Option<(Claim<K>, u32)> {
+        self.wait_for(Self::start_claim).await
+    }
+
+    /// As [`claim_counted`](Self::claim_counted) without the group, for a queue that is not fair:
+    /// the key, its requeue count and its priority. Smaller than a claim, so cheaper to pass up
+    /// through the awaits of the engine's workers.
+    pub(crate) async fn get_ranked(&self) -> Option<(K, u32, i32)> {
+        self.wait_for(|q: &Self, core: &mut Core<K>| {
+            let (key, requeues) = q.start_next(core)?;
+            Some((key, requeues, core.keys.handed(false).0))
+        })
+        .await
+    }
+
+    /// Whether the queue is fair across groups (fixed at construction).
+    pub(crate) fn is_fair(&self) -> bool {
+        self.shared.fair
+    }
+
+    /// Waits until `start` takes a key (see `take`), or the queue is finished.
+    async fn wait_for<T>(&self, start: impl Fn(&Self, &mut Core<K>) -> Option<T>) -> Option<T> {
         let s = &*self.shared;
         loop {
-            if let Some((taken, wake)) = self.take() {
+            if let Some((taken, wake)) = self.take(&start) {
                 // More keys are ready (a batch promoted, say): wake another getter for them.
                 if wake {
                     self.wake_one();
@@ -669,7 +813,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
             }
             let mut notified = pin!(s.available.notified());
             notified.as_mut().enable();
-            let parked = match self.take_or_park() {
+            let parked = match self.take_or_park(&start) {
                 Ok((taken, wake)) => {
                     // We may have absorbed a wake-up meant for another getter: pass it on.
                     if wake {
@@ -727,18 +871,25 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
     pub fn done(&self, key: &K) {
         let hash = self.hash(key);
         let mut core = self.lock();
-        let requeued = core.keys.done(hash, key, self.metrics_now());
-        self.after_done(core, requeued);
+        let settled = core.keys.done(hash, key, self.metrics_now());
+        self.after_done(core, settled);
     }
 
-    fn after_done(&self, mut core: Locked<'_, K>, requeued: Option<bool>) {
+    fn after_done(&self, mut core: Locked<'_, K>, settled: Option<Done>) {
         let s = &*self.shared;
-        let Some(requeued) = requeued else { return };
+        let Some(Done {
+            requeued,
+            unblocked,
+        }) = settled
+        else {
+            return;
+        };
         core.processing -= 1;
         let idle = core.processing == 0;
         let empty = core.keys.len() == 0;
         let settled = idle && empty && core.keys.waiting_len() == 0;
-        let wake = requeued && self.any_parked();
+        // A requeued key, or the keys of a group that was at its cap, can be handed out.
+        let wake = (requeued || unblocked) && self.any_parked();
         drop(core);
         if settled {
             s.idle.notify_waiters();
@@ -850,6 +1001,8 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         QueueMetrics {
             name: s.name.clone(),
             depth: core.keys.len() as u64,
+            depth_by_priority: core.keys.depth_by_priority(),
+            groups: core.keys.groups_len() as u64,
             waiting: core.keys.waiting_len() as u64,
             processing: core.processing as u64,
             adds_total: core.keys.adds_total,
@@ -863,11 +1016,11 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         }
     }
 
-    /// Engine path for a failed attempt: counts the failure and re-queues `key` after the limiter's
-    /// delay while it has had fewer than `max_retries` requeues, else forgets it. Then marks it done.
-    /// Unlike [`add_rate_limited`](Self::add_rate_limited) this always counts: it is a failed
-    /// attempt, not an add.
-    pub(crate) fn fail(&self, key: &K, max_retries: u32) -> Failure {
+    /// Engine path for a failed attempt: counts the failure and re-queues `key` at `prio` after
+    /// the limiter's delay while it has had fewer than `max_retries` requeues, else forgets it.
+    /// Then marks it done. Unlike [`add_rate_limited`](Self::add_rate_limited) this always
+    /// counts: it is a failed attempt, not an add.
+    pub(crate) fn fail(&self, key: &K, max_retries: u32, prio: i32) -> Failure {
         let s = &*self.shared;
         let hash = self.hash(key);
         let mut core = self.lock();
@@ -880,10 +1033,10 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
             let delay = s.limiter.when(key).min(MAX_DELAY);
             if delay.is_zero() {
                 // Still in process: dirty, so `done` below queues it again.
-                core.keys.mark_dirty(hash, key);
+                core.keys.mark_dirty(hash, key, prio);
             } else {
                 let at = deadline(s.clock.now(), delay);
-                self.schedule(&mut core, hash, key.clone(), at);
+                self.schedule(&mut core, hash, key.clone(), at, prio);
             }
             Failure::Requeued {
                 attempt: requeues + 1,
@@ -894,8 +1047,8 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
             s.exhausted_total.fetch_add(1, Ordering::Relaxed);
             Failure::Exhausted { requeues }
         };
-        let requeued = core.keys.done(hash, key, self.metrics_now());
-        self.after_done(core, requeued);
+        let settled = core.keys.done(hash, key, self.metrics_now());
+        self.after_done(core, settled);
         if matches!(failure, Failure::Exhausted { .. } | Failure::Dropped) {
             s.limiter.forget(key);
         }
@@ -903,17 +1056,17 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
     }
 
     /// Engine path for an attempt that never finished, its worker dropped (the engine's `run`
-    /// future was): marks `key` done, queued again unless the queue is shutting down, so the
-    /// interrupted work is handed out again. Whether it was queued again.
-    pub(crate) fn abandon(&self, key: &K) -> bool {
+    /// future was): marks `key` done, queued again at `prio` unless the queue is shutting down,
+    /// so the interrupted work is handed out again. Whether it was queued again.
+    pub(crate) fn abandon(&self, key: &K, prio: i32) -> bool {
         let hash = self.hash(key);
         let mut core = self.lock();
         if !self.refuses_adds() {
-            core.keys.mark_dirty(hash, key);
+            core.keys.mark_dirty(hash, key, prio);
         }
-        let requeued = core.keys.done(hash, key, self.metrics_now());
-        self.after_done(core, requeued);
-        requeued == Some(true)
+        let settled = core.keys.done(hash, key, self.metrics_now());
+        self.after_done(core, settled);
+        settled.is_some_and(|d| d.requeued)
     }
 
     /// Engine path for a successful attempt: forgets `key`'s history and marks it done, under one
@@ -922,8 +1075,8 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Queue<K> {
         let hash = self.hash(key);
         let mut core = self.lock();
         let had_history = core.keys.forget(key);
-        let requeued = core.keys.done(hash, key, self.metrics_now());
-        self.after_done(core, requeued);
+        let settled = core.keys.done(hash, key, self.metrics_now());
+        self.after_done(core, settled);
         if had_history {
             self.shared.limiter.forget(key);
         }

@@ -7,7 +7,7 @@
 //! the workers. So the handle offers the adds and the shutdowns, and the view only reads.
 
 use crate::metrics::QueueMetrics;
-use crate::queue::Queue;
+use crate::queue::{AddOptions, Queue};
 use crate::trace::ItemTraces;
 use opentelemetry::Context;
 use std::fmt;
@@ -57,6 +57,23 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> EngineHandle<K> {
         match &self.traces {
             None => self.queue.add(key),
             Some(t) => t.add(&self.queue, key, Some(cx), |q, k| q.add(k)),
+        }
+    }
+
+    /// See [`Queue::add_with`]: an add at a priority, after a delay, or rate limited.
+    pub fn add_with(&self, key: K, options: AddOptions) {
+        match &self.traces {
+            None => self.queue.add_with(key, options),
+            Some(t) => t.add(&self.queue, key, None, |q, k| q.add_with(k, options)),
+        }
+    }
+
+    /// As [`add_with`](Self::add_with), continuing a producer's trace as
+    /// [`add_with_context`](Self::add_with_context) does.
+    pub fn add_with_context_and_options(&self, key: K, cx: &Context, options: AddOptions) {
+        match &self.traces {
+            None => self.queue.add_with(key, options),
+            Some(t) => t.add(&self.queue, key, Some(cx), |q, k| q.add_with(k, options)),
         }
     }
 

@@ -281,3 +281,191 @@ async fn engine_should_never_run_one_key_on_two_workers() {
     let m = handle.metrics();
     assert_eq!(m.depth + m.processing, 0);
 }
+
+/// The order keys are handed to a one-worker engine's handler, with each attempt's priority;
+/// the handler fails `key`'s first attempt, asking for `requeue_at` if given.
+async fn order_with_one_failure(key: u32, requeue_at: Option<i32>) -> Vec<(u32, u32, i32)> {
+    let engine = Engine::<u32>::builder()
+        .with_workers(1)
+        .with_rate_limiter(rate_limit::none())
+        .build()
+        .unwrap();
+    let handle = engine.handle();
+    handle.add_with(key, crate::AddOptions::new().with_priority(5));
+    handle.add_with(2, crate::AddOptions::new().with_priority(3));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    run_until_drained(engine, move |a: Attempt<u32>| {
+        let log = Arc::clone(&log);
+        async move {
+            log.lock().push((a.key, a.number, a.priority));
+            if a.key == key && a.number == 1 {
+                if let Some(p) = requeue_at {
+                    a.set_requeue_priority(p);
+                }
+                return Err("first attempt fails");
+            }
+            Ok(())
+        }
+    })
+    .await;
+    let seen = seen.lock().clone();
+    seen
+}
+
+#[tokio::test(start_paused = true)]
+async fn engine_should_requeue_a_failed_key_at_the_priority_it_was_handed_out_with() {
+    // Key 1 (priority 5) fails and is requeued at 5: still ahead of key 2 (priority 3).
+    assert_eq!(
+        order_with_one_failure(1, None).await,
+        [(1, 1, 5), (1, 2, 5), (2, 1, 3)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn engine_should_requeue_a_failed_key_at_the_priority_its_handler_asks_for() {
+    assert_eq!(
+        order_with_one_failure(1, Some(crate::LOW_PRIORITY)).await,
+        [(1, 1, 5), (2, 1, 3), (1, 2, crate::LOW_PRIORITY)]
+    );
+}
+
+/// A tracer that records each span's name and attributes (given at start and set later).
+#[derive(Clone, Default)]
+struct Recorder {
+    spans: Arc<Mutex<Vec<(String, Vec<opentelemetry::KeyValue>)>>>,
+}
+
+struct RecordedSpan {
+    cx: opentelemetry::trace::SpanContext,
+    at: usize,
+    spans: Arc<Mutex<Vec<(String, Vec<opentelemetry::KeyValue>)>>>,
+}
+
+impl Tracer for Recorder {
+    type Span = RecordedSpan;
+
+    fn build_with_context(
+        &self,
+        builder: opentelemetry::trace::SpanBuilder,
+        _parent: &opentelemetry::Context,
+    ) -> RecordedSpan {
+        use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+        let mut spans = self.spans.lock();
+        let at = spans.len();
+        spans.push((
+            builder.name.to_string(),
+            builder.attributes.unwrap_or_default(),
+        ));
+        let id = at as u64 + 1;
+        // A valid context: the engine takes a tracer whose spans have none for a no-op one.
+        let cx = SpanContext::new(
+            TraceId::from(u128::from(id)),
+            SpanId::from(id),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        );
+        RecordedSpan {
+            cx,
+            at,
+            spans: Arc::clone(&self.spans),
+        }
+    }
+}
+
+impl opentelemetry::trace::Span for RecordedSpan {
+    fn add_event_with_timestamp<T>(
+        &mut self,
+        _name: T,
+        _timestamp: std::time::SystemTime,
+        _attributes: Vec<opentelemetry::KeyValue>,
+    ) where
+        T: Into<std::borrow::Cow<'static, str>>,
+    {
+    }
+
+    fn span_context(&self) -> &opentelemetry::trace::SpanContext {
+        &self.cx
+    }
+
+    fn is_recording(&self) -> bool {
+        true
+    }
+
+    fn set_attribute(&mut self, attribute: opentelemetry::KeyValue) {
+        self.spans.lock()[self.at].1.push(attribute);
+    }
+
+    fn set_status(&mut self, _status: opentelemetry::trace::Status) {}
+
+    fn update_name<T>(&mut self, _new_name: T)
+    where
+        T: Into<std::borrow::Cow<'static, str>>,
+    {
+    }
+
+    fn add_link(
+        &mut self,
+        _span_context: opentelemetry::trace::SpanContext,
+        _attributes: Vec<opentelemetry::KeyValue>,
+    ) {
+    }
+
+    fn end_with_timestamp(&mut self, _timestamp: std::time::SystemTime) {}
+}
+
+#[tokio::test(start_paused = true)]
+async fn engine_should_record_priority_and_group_on_attempt_spans() {
+    let recorder = Recorder::default();
+    let engine = Engine::<u32>::builder()
+        .with_name("fair")
+        .with_tracer(recorder.clone())
+        .with_fairness(|key: &u32| key % 2)
+        .build()
+        .unwrap();
+    let handle = engine.handle();
+    handle.add_with(3, crate::AddOptions::new().with_priority(7));
+    handle.add(4);
+    let groups = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&groups);
+    run_until_drained(engine, move |a: Attempt<u32>| {
+        let seen = Arc::clone(&seen);
+        async move {
+            seen.lock()
+                .push((a.key, a.group.as_deref().map(str::to_owned)));
+            Ok::<(), std::io::Error>(())
+        }
+    })
+    .await;
+    assert_eq!(
+        *groups.lock(),
+        [(3, Some("1".to_owned())), (4, Some("0".to_owned()))]
+    );
+    let spans = recorder.spans.lock();
+    let attempts: Vec<_> = spans
+        .iter()
+        .filter(|(name, _)| name == "process fair")
+        .map(|(_, attrs)| {
+            let get = |key: &str| {
+                attrs
+                    .iter()
+                    .find(|kv| kv.key.as_str() == key)
+                    .map(|kv| kv.value.to_string())
+            };
+            (
+                get("traceq.item.key"),
+                get("traceq.priority"),
+                get("traceq.group"),
+            )
+        })
+        .collect();
+    let text = |s: &str| Some(s.to_owned());
+    assert_eq!(
+        attempts,
+        [
+            (text("3"), text("7"), text("1")),
+            (text("4"), text("0"), text("0"))
+        ]
+    );
+}

@@ -18,12 +18,26 @@
 //! removals leave and that would otherwise make it grow. So the keys in flight and their index
 //! stay small enough for an add → get → done cycle over a backlog to run from the first-level
 //! cache (`benches/queue.rs` has the figures).
+//!
+//! Priorities and fairness: the FIFO above holds keys of the default priority only. The first
+//! key of another priority (or, for a fair queue, construction) hands the order over to `ranked`,
+//! for good; each path below pays one branch on `ranked` until then and nothing else.
+//!
+//! Priorities across a key's pending adds: a key can be queued (or in process and dirty) and wait
+//! out a delay at once, as in client-go. All of them share one priority, the highest that any
+//! add since the key was last handed out gave it: an add raises every pending instance of the key
+//! (a queued key joins the end of its new level), and a new instance starts at that shared
+//! priority. So a re-add takes the higher priority and the earlier ready time, as in
+//! controller-runtime's priority queue.
 
-use crate::metrics::Histogram;
+use super::fairness::FairPlan;
+use super::ranked::{Ranked, DEFAULT_PRIORITY};
+use crate::metrics::{Histogram, PriorityLabel};
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Where a key the queue holds stands.
@@ -50,8 +64,17 @@ enum Slot<K> {
     },
 }
 
-/// End of the free list.
-const NO_SLOT: u32 = u32::MAX;
+/// End of the free list, and of a FIFO or lane.
+pub(super) const NO_SLOT: u32 = u32::MAX;
+
+/// What `done` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Done {
+    /// The key was dirty and is queued again.
+    pub(super) requeued: bool,
+    /// Keys of a group that was at its cap can be handed out again.
+    pub(super) unblocked: bool,
+}
 
 #[derive(Debug)]
 pub(super) struct Keys<K> {
@@ -72,18 +95,25 @@ pub(super) struct Keys<K> {
     head: u32,
     tail: u32,
     queued: usize,
-    /// Pending delayed add of a key: its deadline and the sequence number of its heap entry.
-    waiting: HashMap<K, (Instant, u64), RandomState>,
+    /// Pending delayed add of a key: its deadline, the sequence number of its heap entry and
+    /// its priority.
+    waiting: HashMap<K, (Instant, u64, i32), RandomState>,
     requeues: HashMap<K, u32, RandomState>,
     pub(super) adds_total: u64,
     pub(super) retries_total: u64,
     pub(super) queue_duration: Histogram,
     pub(super) work_duration: Histogram,
+    /// The order of queued keys once the queue has priorities or is fair; `None` while the
+    /// FIFO above is the order.
+    ranked: Option<Box<Ranked<K>>>,
+    /// The slot of the key `pop` last handed out, once ranked (see `handed`).
+    last: u32,
 }
 
 impl<K> Keys<K> {
-    /// No keys; `hasher` is the one the queue hashes keys with.
-    pub(super) fn new(hasher: RandomState) -> Self {
+    /// No keys; `hasher` is the one the queue hashes keys with; fair across groups when `fair`
+    /// is given.
+    pub(super) fn new(hasher: RandomState, fair: Option<FairPlan<K>>) -> Self {
         Self {
             hasher,
             index: HashTable::new(),
@@ -100,8 +130,36 @@ impl<K> Keys<K> {
             retries_total: 0,
             queue_duration: Histogram::default(),
             work_duration: Histogram::default(),
+            ranked: fair.map(|plan| Box::new(Ranked::new(Some(plan)))),
+            last: NO_SLOT,
         }
     }
+
+    /// Whether `done` must be given the time (fair by handler time).
+    pub(super) fn times_handlers(&self) -> bool {
+        self.ranked.as_ref().is_some_and(|r| r.times_handlers())
+    }
+}
+
+/// `done`'s work on the ranked order for the key in process at `at`, handed out at `since`: its
+/// group's counts. Whether a group at its cap can go on.
+#[inline]
+fn settle_ranked<K>(
+    ranked: &mut Ranked<K>,
+    at: u32,
+    dirty: bool,
+    now: Option<Instant>,
+    since: &[Option<Instant>],
+) -> bool {
+    let worked = if ranked.times_handlers() {
+        match (now, since.get(at as usize).copied().flatten()) {
+            (Some(now), Some(t)) => Some(now.saturating_duration_since(t)),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    ranked.settle(at, dirty, worked)
 }
 
 /// Whether the slot at `at` holds `key`.
@@ -118,6 +176,7 @@ fn hash_at<K: Hash>(hasher: &RandomState, slots: &[Slot<K>], at: u32) -> u64 {
 }
 
 /// Puts `used` in the first free slot, or a new one; its position.
+#[inline(always)]
 fn alloc<K>(slots: &mut Vec<Slot<K>>, free: &mut u32, used: Slot<K>) -> u32 {
     if *free == NO_SLOT {
         let at = u32::try_from(slots.len())
@@ -147,10 +206,13 @@ impl<K: Eq + Hash + Clone> Keys<K> {
         }
     }
 
-    /// A plain add, the shutdown check already done. Queues `key` unless the queue holds it
-    /// already; marks it dirty if it is in process. Whether it was queued.
+    /// An add with no delay, the shutdown check already done. Queues `key` at `prio` unless the
+    /// queue holds it already; marks it dirty if it is in process. Whether it was queued.
     #[inline]
-    pub(super) fn add(&mut self, hash: u64, key: K, now: Option<Instant>) -> bool {
+    pub(super) fn add(&mut self, hash: u64, key: K, now: Option<Instant>, prio: i32) -> bool {
+        if self.ranked.is_some() || prio != DEFAULT_PRIORITY {
+            return self.add_ranked(hash, key, now, prio);
+        }
         let slots = &self.slots;
         if let Some(&at) = self.index.find(hash, |&at| holds(slots, at, &key)) {
             if let Slot::Used {
@@ -162,6 +224,15 @@ impl<K: Eq + Hash + Clone> Keys<K> {
             }
             return false;
         }
+        let at = self.hold(hash, key);
+        self.push_queued(at);
+        self.added(at, now);
+        true
+    }
+
+    /// Puts `key`, not held yet, in a slot of its own and in the index; its position.
+    #[inline(always)]
+    fn hold(&mut self, hash: u64, key: K) -> u32 {
         let (state, next) = (State::Queued, NO_SLOT);
         let at = alloc(
             &mut self.slots,
@@ -171,12 +242,141 @@ impl<K: Eq + Hash + Clone> Keys<K> {
         let (slots, hasher) = (&self.slots, &self.hasher);
         self.index
             .insert_unique(hash, at, |&at| hash_at(hasher, slots, at));
-        self.push_queued(at);
+        at
+    }
+
+    /// Counts the add that queued the key at `at`.
+    #[inline(always)]
+    fn added(&mut self, at: u32, now: Option<Instant>) {
         self.adds_total += 1;
         if now.is_some() {
             self.set_since(at, now);
         }
+    }
+
+    /// `add` once the queue is ranked (or is to be). Inlined, as `pop`'s and `done`'s ranked
+    /// parts are: out of line, each cost a fair cycle a tenth more in saved registers, and
+    /// inlined they leave the plain path's code as it was (`benches/queue.rs`).
+    #[inline]
+    fn add_ranked(&mut self, hash: u64, key: K, now: Option<Instant>, prio: i32) -> bool {
+        self.upgrade();
+        let (prio, found) = self.share_priority(hash, &key, prio);
+        if let Some(at) = found {
+            self.mark_dirty_at(at, prio);
+            return false;
+        }
+        let Some(ranked) = self.ranked.as_deref_mut() else {
+            unreachable!("upgraded above")
+        };
+        let group = ranked.group_of(&key);
+        let at = self.hold(hash, key);
+        if let Some(ranked) = self.ranked.as_deref_mut() {
+            ranked.enter(at, group, prio);
+        }
+        self.queued += 1;
+        self.added(at, now);
         true
+    }
+
+    /// Hands the order over from the FIFO to `ranked`, if it has not been already.
+    #[inline(always)]
+    fn upgrade(&mut self) {
+        if self.ranked.is_none() {
+            self.upgrade_now();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn upgrade_now(&mut self) {
+        let mut ranked = Ranked::new(None);
+        let slots = &self.slots;
+        let mut at = self.head;
+        let fifo = std::iter::from_fn(|| {
+            let this = at;
+            if this == NO_SLOT {
+                return None;
+            }
+            let Slot::Used { next, .. } = &slots[this as usize] else {
+                unreachable!("the FIFO links used slots only");
+            };
+            at = *next;
+            Some(this)
+        });
+        ranked.adopt(slots.len(), fifo);
+        self.head = NO_SLOT;
+        self.tail = NO_SLOT;
+        self.ranked = Some(Box::new(ranked));
+    }
+
+    /// Applies an add of priority `prio` to every pending instance of `key` (queued, dirty,
+    /// waiting): each takes the highest priority among them and `prio` (see the module docs).
+    /// That priority, and the key's slot if it holds one. The queue is ranked.
+    #[inline(always)]
+    fn share_priority(&mut self, hash: u64, key: &K, prio: i32) -> (i32, Option<u32>) {
+        let Some(ranked) = self.ranked.as_deref_mut() else {
+            unreachable!("ranked queues only")
+        };
+        let mut waiting = if self.waiting.is_empty() {
+            None
+        } else {
+            self.waiting.get_mut(key)
+        };
+        let slots = &self.slots;
+        let found = self.index.find(hash, |&at| holds(slots, at, key)).copied();
+        // The slot's own instance: queued, or in process and dirty.
+        let held = found.filter(|&at| {
+            !matches!(
+                &slots[at as usize],
+                Slot::Used {
+                    state: State::Processing { dirty: false },
+                    ..
+                }
+            )
+        });
+        let mut shared = prio;
+        if let Some((_, _, p)) = waiting.as_deref() {
+            shared = shared.max(*p);
+        }
+        if let Some(at) = held {
+            shared = shared.max(ranked.prio(at));
+        }
+        if let Some((_, _, p)) = waiting.as_deref_mut() {
+            *p = shared;
+        }
+        if let Some(at) = held {
+            match &slots[at as usize] {
+                Slot::Used {
+                    state: State::Queued,
+                    ..
+                } => ranked.raise(at, shared),
+                _ => ranked.set_dirty_prio(at, shared),
+            }
+        }
+        (shared, found)
+    }
+
+    /// Marks the key at `at` dirty, to be queued again at `prio`, if it is in process.
+    fn mark_dirty_at(&mut self, at: u32, prio: i32) {
+        if let Slot::Used {
+            state: State::Processing { dirty },
+            ..
+        } = &mut self.slots[at as usize]
+        {
+            *dirty = true;
+            if let Some(ranked) = self.ranked.as_deref_mut() {
+                ranked.set_dirty_prio(at, prio);
+            }
+        }
+    }
+
+    /// An add of priority `prio` that queues nothing (a rate-limited add that coalesced): raises
+    /// the key's pending instances to it.
+    pub(super) fn raise(&mut self, hash: u64, key: &K, prio: i32) {
+        if self.ranked.is_some() || prio != DEFAULT_PRIORITY {
+            self.upgrade();
+            self.share_priority(hash, key, prio);
+        }
     }
 
     /// Records when the key at `at` was queued or handed out (metrics on).
@@ -198,9 +398,13 @@ impl<K: Eq + Hash + Clone> Keys<K> {
         self.queued
     }
 
-    /// Appends the key at `at` to the FIFO.
+    /// Queues the key at `at`: appends it to the FIFO, or to its lane once ranked.
     #[inline]
     fn push_queued(&mut self, at: u32) {
+        self.queued += 1;
+        if self.ranked.is_some() {
+            return self.push_ranked(at);
+        }
         if let Slot::Used { next, .. } = &mut self.slots[at as usize] {
             *next = NO_SLOT;
         }
@@ -210,12 +414,18 @@ impl<K: Eq + Hash + Clone> Keys<K> {
             *next = at;
         }
         self.tail = at;
-        self.queued += 1;
+    }
+
+    #[inline(never)]
+    fn push_ranked(&mut self, at: u32) {
+        if let Some(ranked) = self.ranked.as_deref_mut() {
+            ranked.push(at);
+        }
     }
 
     /// Takes the first key's position off the FIFO.
     #[inline]
-    fn pop_queued(&mut self) -> Option<u32> {
+    fn pop_fifo(&mut self) -> Option<u32> {
         let at = self.head;
         if at == NO_SLOT {
             return None;
@@ -231,11 +441,15 @@ impl<K: Eq + Hash + Clone> Keys<K> {
         Some(at)
     }
 
-    /// Hands out the first queued key: marks it in process and returns it with its requeue
-    /// count.
+    /// Hands out the next queued key: marks it in process and returns it with its requeue
+    /// count. Its priority and group are then given by [`handed`](Self::handed).
     #[inline]
     pub(super) fn pop(&mut self, now: Option<Instant>) -> Option<(K, u32)> {
-        let at = self.pop_queued()?;
+        let at = if self.ranked.is_some() {
+            self.pop_ranked()?
+        } else {
+            self.pop_fifo()?
+        };
         let Slot::Used { key, state, .. } = &mut self.slots[at as usize] else {
             unreachable!("the FIFO links used slots only");
         };
@@ -252,10 +466,34 @@ impl<K: Eq + Hash + Clone> Keys<K> {
         Some((key, requeues))
     }
 
-    /// Marks `key` done. `None` when it was not in process; `Some(true)` when it was dirty and
-    /// is queued again.
+    /// `pop`'s choice once ranked: the slot of the next key in the ranked order.
     #[inline]
-    pub(super) fn done(&mut self, hash: u64, key: &K, now: Option<Instant>) -> Option<bool> {
+    fn pop_ranked(&mut self) -> Option<u32> {
+        let at = self.ranked.as_deref_mut()?.pop()?;
+        self.queued -= 1;
+        self.last = at;
+        Some(at)
+    }
+
+    /// The priority of the key `pop` last handed out and, if `with_group` and the queue is fair,
+    /// its group's name. Called under the same lock as that `pop`.
+    pub(super) fn handed(&self, with_group: bool) -> (i32, Option<Arc<str>>) {
+        match &self.ranked {
+            None => (DEFAULT_PRIORITY, None),
+            Some(ranked) => {
+                let group = if with_group {
+                    ranked.group_name(self.last).cloned()
+                } else {
+                    None
+                };
+                (ranked.prio(self.last), group)
+            }
+        }
+    }
+
+    /// Marks `key` done, queued again if it was dirty. `None` when it was not in process.
+    #[inline]
+    pub(super) fn done(&mut self, hash: u64, key: &K, now: Option<Instant>) -> Option<Done> {
         let (held, buckets) = (self.index.len(), self.index.num_buckets());
         let slots = &self.slots;
         let Ok(entry) = self.index.find_entry(hash, |&at| holds(slots, at, key)) else {
@@ -268,8 +506,14 @@ impl<K: Eq + Hash + Clone> Keys<K> {
         let State::Processing { dirty } = *state else {
             return None;
         };
+        let unblocked = match self.ranked.as_deref_mut() {
+            Some(ranked) if ranked.is_fair() => settle_ranked(ranked, at, dirty, now, &self.since),
+            _ => false,
+        };
         if dirty {
-            *state = State::Queued;
+            if let Slot::Used { state, .. } = &mut self.slots[at as usize] {
+                *state = State::Queued;
+            }
             self.push_queued(at);
         } else {
             self.removed += 1;
@@ -295,41 +539,63 @@ impl<K: Eq + Hash + Clone> Keys<K> {
                 self.set_since(at, Some(now));
             }
         }
-        Some(dirty)
+        Some(Done {
+            requeued: dirty,
+            unblocked,
+        })
     }
 
-    /// Marks `key` dirty if it is in process (a retry with no delay).
-    pub(super) fn mark_dirty(&mut self, hash: u64, key: &K) {
-        if let Some(State::Processing { dirty }) = self.state_mut(hash, key) {
+    /// Marks `key` dirty if it is in process (a retry with no delay), to be queued again at
+    /// `prio` (or higher, see the module docs).
+    pub(super) fn mark_dirty(&mut self, hash: u64, key: &K, prio: i32) {
+        if self.ranked.is_some() || prio != DEFAULT_PRIORITY {
+            self.upgrade();
+            if let (prio, Some(at)) = self.share_priority(hash, key, prio) {
+                self.mark_dirty_at(at, prio);
+            }
+        } else if let Some(State::Processing { dirty }) = self.state_mut(hash, key) {
             *dirty = true;
         }
     }
 
-    /// Records `seq` as `key`'s pending delayed add at `at`, unless an earlier one is pending.
-    /// Returns whether a heap entry must be pushed.
-    pub(super) fn schedule(&mut self, key: &K, at: Instant, seq: u64) -> bool {
-        if let Some(&(existing, _)) = self.waiting.get(key) {
+    /// Records `seq` as `key`'s pending delayed add at `at`, of priority `prio`, unless an
+    /// earlier one is pending (whose priority is raised to `prio` if that is higher). Returns
+    /// whether a heap entry must be pushed.
+    pub(super) fn schedule(
+        &mut self,
+        hash: u64,
+        key: &K,
+        at: Instant,
+        seq: u64,
+        prio: i32,
+    ) -> bool {
+        let prio = if self.ranked.is_some() || prio != DEFAULT_PRIORITY {
+            self.upgrade();
+            self.share_priority(hash, key, prio).0
+        } else {
+            prio
+        };
+        if let Some(&(existing, _, _)) = self.waiting.get(key) {
             if existing <= at {
                 return false;
             }
         }
-        self.waiting.insert(key.clone(), (at, seq));
+        self.waiting.insert(key.clone(), (at, seq, prio));
         true
     }
 
-    /// Takes `key` out of waiting if `seq` is still its pending delayed add.
-    pub(super) fn take_due(&mut self, key: &K, seq: u64) -> bool {
+    /// Takes `key` out of waiting if `seq` is still its pending delayed add; its priority.
+    pub(super) fn take_due(&mut self, key: &K, seq: u64) -> Option<i32> {
         if self.is_pending(key, seq) {
-            self.waiting.remove(key);
-            true
+            self.waiting.remove(key).map(|(_, _, prio)| prio)
         } else {
-            false
+            None
         }
     }
 
     /// Whether `seq` is `key`'s pending delayed add: its heap entry is live, not superseded.
     pub(super) fn is_pending(&self, key: &K, seq: u64) -> bool {
-        self.waiting.get(key).is_some_and(|&(_, s)| s == seq)
+        self.waiting.get(key).is_some_and(|&(_, s, _)| s == seq)
     }
 
     /// Whether a rate-limited add of `key` coalesces: it is queued, or already waits.
@@ -363,6 +629,22 @@ impl<K: Eq + Hash + Clone> Keys<K> {
         self.waiting.len()
     }
 
+    /// Keys queued per priority label (see [`PriorityLabel`]).
+    pub(super) fn depth_by_priority(&self) -> Vec<(PriorityLabel, u64)> {
+        match &self.ranked {
+            None => vec![(
+                PriorityLabel::Priority(DEFAULT_PRIORITY),
+                self.queued as u64,
+            )],
+            Some(ranked) => ranked.depth_by_priority(),
+        }
+    }
+
+    /// Groups with keys held, for a fair queue.
+    pub(super) fn groups_len(&self) -> usize {
+        self.ranked.as_ref().map_or(0, |r| r.groups_len())
+    }
+
     /// Time in process of every key in process: (sum, longest), in seconds.
     pub(super) fn in_process_seconds(&self, now: Instant) -> (f64, f64) {
         let mut sum = 0.0;
@@ -394,7 +676,7 @@ mod tests {
     }
 
     fn add_at(keys: &mut Keys<u32>, key: u32, now: Option<Instant>) -> bool {
-        keys.add(keys.hasher.hash_one(key), key, now)
+        keys.add(keys.hasher.hash_one(key), key, now, DEFAULT_PRIORITY)
     }
 
     fn done(keys: &mut Keys<u32>, key: u32) -> Option<bool> {
@@ -403,17 +685,23 @@ mod tests {
 
     fn done_at(keys: &mut Keys<u32>, key: u32, now: Option<Instant>) -> Option<bool> {
         keys.done(keys.hasher.hash_one(key), &key, now)
+            .map(|d| d.requeued)
+    }
+
+    /// The next key and its requeue count.
+    fn pop(keys: &mut Keys<u32>, now: Option<Instant>) -> Option<(u32, u32)> {
+        keys.pop(now)
     }
 
     #[test]
     fn keys_should_reuse_freed_slots_and_keep_fifo_order() {
-        let mut keys = Keys::new(RandomState::default());
+        let mut keys = Keys::new(RandomState::default(), None);
         for k in 0..4 {
             assert!(add(&mut keys, k));
         }
         assert!(!add(&mut keys, 2), "a queued key is queued once");
-        assert_eq!(keys.pop(None), Some((0, 0)));
-        assert_eq!(keys.pop(None), Some((1, 0)));
+        assert_eq!(pop(&mut keys, None), Some((0, 0)));
+        assert_eq!(pop(&mut keys, None), Some((1, 0)));
         assert!(
             !add(&mut keys, 1),
             "a key in process is marked dirty, not queued"
@@ -424,7 +712,7 @@ mod tests {
         // Slot 0 is free again and is taken by the next new key.
         assert!(add(&mut keys, 7));
         assert_eq!(keys.slots.len(), 4);
-        let order: Vec<u32> = std::iter::from_fn(|| keys.pop(None).map(|(k, _)| k)).collect();
+        let order: Vec<u32> = std::iter::from_fn(|| pop(&mut keys, None).map(|(k, _)| k)).collect();
         assert_eq!(order, [2, 3, 1, 7]);
         for k in order {
             assert_eq!(done(&mut keys, k), Some(false));
@@ -436,40 +724,40 @@ mod tests {
 
     #[test]
     fn keys_should_clear_the_index_tombstones_once_it_is_empty() {
-        let mut keys = Keys::new(RandomState::default());
+        let mut keys = Keys::new(RandomState::default(), None);
         keys.index
             .reserve(100, |_| unreachable!("the index is empty"));
         let room = keys.index.capacity();
         // Keys that hash alike fill one run of buckets, so taking them out leaves tombstones,
         // which take room (`capacity` is items plus room left) until a rehash or a clear.
         for k in 0..64u32 {
-            assert!(keys.add(0, k, None));
+            assert!(keys.add(0, k, None, DEFAULT_PRIORITY));
         }
         for _ in 0..63 {
-            let (k, _) = keys.pop(None).expect("queued");
-            assert_eq!(keys.done(0, &k, None), Some(false));
+            let (k, _) = pop(&mut keys, None).expect("queued");
+            assert_eq!(keys.done(0, &k, None).map(|d| d.requeued), Some(false));
         }
         assert!(
             keys.index.capacity() < room,
             "tombstones left while a key is held"
         );
-        let (k, _) = keys.pop(None).expect("queued");
-        assert_eq!(keys.done(0, &k, None), Some(false));
+        let (k, _) = pop(&mut keys, None).expect("queued");
+        assert_eq!(keys.done(0, &k, None).map(|d| d.requeued), Some(false));
         assert_eq!(keys.index.capacity(), room, "empty: tombstones cleared");
         assert!(add(&mut keys, 7));
-        assert_eq!(keys.pop(None), Some((7, 0)));
+        assert_eq!(pop(&mut keys, None), Some((7, 0)));
     }
 
     #[test]
     fn keys_should_find_every_key_after_the_index_grows() {
-        let mut keys = Keys::new(RandomState::default());
+        let mut keys = Keys::new(RandomState::default(), None);
         for k in 0..10_000 {
             assert!(add(&mut keys, k));
         }
         for k in 0..10_000 {
             assert!(!add(&mut keys, k), "{k} is queued already");
         }
-        let order: Vec<u32> = std::iter::from_fn(|| keys.pop(None).map(|(k, _)| k)).collect();
+        let order: Vec<u32> = std::iter::from_fn(|| pop(&mut keys, None).map(|(k, _)| k)).collect();
         assert_eq!(order, (0..10_000).collect::<Vec<_>>());
         for k in (0..10_000).rev() {
             assert_eq!(done(&mut keys, k), Some(false));
@@ -481,14 +769,14 @@ mod tests {
     fn keys_should_time_each_key_from_its_own_add_when_slots_are_reused() {
         let t0 = Instant::now();
         let at = |ms: u64| Some(t0 + std::time::Duration::from_millis(ms));
-        let mut keys = Keys::new(RandomState::default());
+        let mut keys = Keys::new(RandomState::default(), None);
         assert!(add_at(&mut keys, 1, at(0)));
-        assert_eq!(keys.pop(at(10)), Some((1, 0)));
+        assert_eq!(pop(&mut keys, at(10)), Some((1, 0)));
         assert_eq!(done_at(&mut keys, 1, at(30)), Some(false));
         // Key 2 takes key 1's freed slot: its times are its own, not key 1's.
         assert!(add_at(&mut keys, 2, at(100)));
         assert_eq!(keys.slots.len(), 1);
-        assert_eq!(keys.pop(at(101)), Some((2, 0)));
+        assert_eq!(pop(&mut keys, at(101)), Some((2, 0)));
         assert_eq!(
             keys.in_process_seconds(t0 + std::time::Duration::from_millis(105))
                 .1,

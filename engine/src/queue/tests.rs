@@ -1,5 +1,6 @@
 use super::*;
 use crate::clock::ManualClock;
+use crate::metrics::PriorityLabel;
 use crate::rate_limit::{ExponentialBackoff, NoDelay};
 use std::time::Duration;
 use tokio::time::timeout;
@@ -363,4 +364,253 @@ async fn wait_idle_should_return_once_nothing_is_queued_waiting_or_in_process() 
         .await
         .unwrap()
         .unwrap();
+}
+
+fn prio(p: i32) -> AddOptions {
+    AddOptions::new().with_priority(p)
+}
+
+fn drain(q: &Queue<u32>) -> Vec<u32> {
+    std::iter::from_fn(|| {
+        let k = q.try_get()?;
+        q.done(&k);
+        Some(k)
+    })
+    .collect()
+}
+
+#[test]
+fn queue_should_hand_out_higher_priorities_first_and_fifo_within_a_priority() {
+    let q = Queue::<u32>::new();
+    q.add(1);
+    q.add(2);
+    q.add_with(3, prio(LOW_PRIORITY));
+    q.add_with(4, prio(10));
+    q.add(5);
+    q.add_with(6, prio(10));
+    assert_eq!(q.len(), 6);
+    let claim = q.try_claim().unwrap();
+    assert_eq!((claim.key, claim.priority, claim.group), (4, 10, None));
+    q.done(&4);
+    assert_eq!(drain(&q), [6, 1, 2, 5, 3]);
+}
+
+#[test]
+fn queue_should_raise_a_queued_key_to_the_end_of_its_new_level_and_never_lower_it() {
+    let q = Queue::<u32>::new();
+    for k in 0..3 {
+        q.add(k);
+    }
+    q.add_with(9, prio(5));
+    q.add_with(0, prio(5)); // raised: behind 9
+    q.add_with(1, prio(-5)); // lower: stays where it is
+    q.add(9); // coalesced: stays at 5
+    assert_eq!(q.len(), 4);
+    assert_eq!(drain(&q), [9, 0, 1, 2]);
+}
+
+#[test]
+fn queue_should_queue_a_dirty_key_again_at_the_highest_priority_added_while_in_process() {
+    let q = Queue::<u32>::new();
+    q.add(1);
+    q.add(2);
+    assert_eq!(q.try_claim().map(|c| (c.key, c.priority)), Some((1, 0)));
+    q.add_with(1, prio(3));
+    q.add_with(1, prio(-1));
+    q.done(&1);
+    let claim = q.try_claim().unwrap();
+    assert_eq!((claim.key, claim.priority), (1, 3));
+}
+
+#[test]
+fn queue_should_give_a_re_added_key_the_higher_priority_and_the_earlier_ready_time() {
+    let clock = ManualClock::new();
+    let q = Queue::<u32>::with_config(QueueConfig::default().with_clock(Arc::new(clock.clone())));
+    q.add(0);
+    q.add_with(1, prio(7).with_delay(Duration::from_secs(10)));
+    q.add_with(1, prio(2).with_delay(Duration::from_secs(1)));
+    assert_eq!((q.len(), q.waiting_len()), (1, 1));
+    clock.advance(Duration::from_secs(1));
+    // Ready at the earlier time, at the higher priority: ahead of key 0.
+    let claim = q.try_claim().unwrap();
+    assert_eq!((claim.key, claim.priority), (1, 7));
+    q.done(&1);
+    clock.advance(Duration::from_secs(20));
+    assert_eq!(drain(&q), [0], "the later deadline was replaced");
+}
+
+#[test]
+fn queue_should_raise_a_queued_key_by_a_delayed_add_of_a_higher_priority() {
+    let clock = ManualClock::new();
+    let q = Queue::<u32>::with_config(QueueConfig::default().with_clock(Arc::new(clock.clone())));
+    q.add(0);
+    q.add(1);
+    q.add_with(1, prio(4).with_delay(Duration::from_secs(5)));
+    assert_eq!(q.try_claim().map(|c| (c.key, c.priority)), Some((1, 4)));
+    q.done(&1);
+    // As in client-go, the delayed add still fires later, at the priority it shared.
+    clock.advance(Duration::from_secs(5));
+    assert_eq!(q.try_claim().map(|c| (c.key, c.priority)), Some((1, 4)));
+}
+
+#[test]
+fn queue_should_let_a_coalesced_rate_limited_add_raise_the_priority_without_a_token() {
+    let clock = ManualClock::new();
+    let q = manual_queue(&clock);
+    q.add("a");
+    q.add("b");
+    q.add_with(
+        "b",
+        AddOptions::new().with_rate_limited(true).with_priority(2),
+    );
+    assert_eq!(q.num_requeues(&"b"), 0, "coalesced: no requeue counted");
+    assert_eq!(q.try_get(), Some("b"));
+    q.done(&"b");
+    // Not coalesced: after the limiter's delay (10 ms), or a shorter given delay.
+    q.add_with(
+        "c",
+        AddOptions::new()
+            .with_rate_limited(true)
+            .with_delay(Duration::from_millis(3)),
+    );
+    assert_eq!(q.num_requeues(&"c"), 1);
+    clock.advance(Duration::from_millis(3));
+    assert_eq!(q.waiting_len(), 0);
+    assert_eq!(q.len(), 2);
+}
+
+#[test]
+fn queue_should_keep_its_backlog_in_order_when_the_first_priority_arrives() {
+    let q = Queue::<u32>::new();
+    for k in 0..100 {
+        q.add(k);
+    }
+    let first = q.try_get().unwrap();
+    q.add(first); // dirty
+    q.add_with(1_000, prio(1));
+    q.done(&first);
+    let mut expected = vec![1_000];
+    expected.extend(1..100);
+    expected.push(first);
+    assert_eq!(drain(&q), expected);
+}
+
+#[test]
+fn queue_should_report_depth_by_priority() {
+    let q = Queue::<u32>::new();
+    assert_eq!(
+        q.metrics().depth_by_priority,
+        [(PriorityLabel::Priority(0), 0)]
+    );
+    q.add(1);
+    q.add_with(2, prio(LOW_PRIORITY));
+    q.add_with(3, prio(LOW_PRIORITY));
+    let m = q.metrics();
+    assert_eq!(m.depth, 3);
+    assert_eq!(
+        m.depth_by_priority,
+        [
+            (PriorityLabel::Priority(0), 1),
+            (PriorityLabel::Priority(LOW_PRIORITY), 2)
+        ]
+    );
+    drain(&q);
+    assert_eq!(
+        q.metrics().depth_by_priority,
+        [
+            (PriorityLabel::Priority(0), 0),
+            (PriorityLabel::Priority(LOW_PRIORITY), 0)
+        ],
+        "a priority's series stays once seen"
+    );
+}
+
+fn fair_queue(groups: u32) -> Queue<u32> {
+    Queue::with_config(QueueConfig::default().with_fairness(move |k: &u32| k % groups))
+}
+
+#[test]
+fn fair_queue_should_take_turns_between_groups() {
+    let q = fair_queue(3);
+    for k in [0, 3, 6, 9, 1, 4, 2] {
+        q.add(k);
+    }
+    let claim = q.try_claim().unwrap();
+    assert_eq!(claim.group.as_deref(), Some("0"));
+    q.done(&claim.key);
+    assert_eq!(drain(&q), [1, 2, 3, 4, 6, 9]);
+    assert_eq!(q.metrics().groups, 0);
+}
+
+#[test]
+fn fair_queue_should_keep_dedup_and_dirty_semantics() {
+    let q = fair_queue(2);
+    q.add(0);
+    q.add(0);
+    q.add(1);
+    assert_eq!(q.len(), 2);
+    let k = q.try_get().unwrap();
+    q.add(k);
+    assert_eq!(q.try_get(), Some(1));
+    assert_eq!(q.try_get(), None, "never to two workers at once");
+    q.done(&k);
+    assert_eq!(q.try_get(), Some(0));
+    assert_eq!(q.metrics().groups, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fair_queue_should_wake_a_getter_when_a_group_under_its_cap_can_go_on() {
+    let q = Queue::<u32>::with_config(QueueConfig::default().with_fairness(
+        Fairness::by(|k: &u32| k % 2).with_max_in_process(std::num::NonZeroUsize::MIN),
+    ));
+    q.add(0);
+    q.add(2);
+    let first = q.get().await.unwrap();
+    assert_eq!(first, 0);
+    assert_eq!(q.len(), 1, "key 2 is still queued");
+    let getter = tokio::spawn({
+        let q = q.clone();
+        async move { q.get().await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!getter.is_finished(), "group 0 is at its cap");
+    q.done(&first);
+    let second = timeout(Duration::from_secs(1), getter)
+        .await
+        .expect("woken by done")
+        .unwrap();
+    assert_eq!(second, Some(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn fair_drain_queued_should_hand_out_every_queued_key_despite_caps() {
+    let q = Queue::<u32>::with_config(QueueConfig::default().with_fairness(
+        Fairness::by(|k: &u32| k % 2).with_max_in_process(std::num::NonZeroUsize::MIN),
+    ));
+    for k in 0..10 {
+        q.add_with(k, prio((k % 3) as i32));
+    }
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while let Some(k) = q.get().await {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    seen.push(k);
+                    q.done(&k);
+                }
+                seen
+            })
+        })
+        .collect();
+    timeout(Duration::from_secs(5), q.shutdown_with_drain_queued())
+        .await
+        .expect("the drain ends");
+    let mut seen: Vec<u32> = Vec::new();
+    for w in workers {
+        seen.extend(w.await.unwrap());
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..10).collect::<Vec<_>>());
 }

@@ -17,6 +17,10 @@ pub const JOB_ID: &str = "traceq.job.id";
 pub const ATTEMPT: &str = "traceq.attempt";
 /// Whether the attempt retries an earlier failure.
 pub const RETRY: &str = "traceq.retry";
+/// The priority the key was handed out with (on attempt spans).
+pub const PRIORITY: &str = "traceq.priority";
+/// The key's group, for a fair engine (on attempt spans).
+pub const GROUP: &str = "traceq.group";
 /// Milliseconds the key waited (queued or backing off) before this attempt.
 pub const QUEUE_WAIT_MS: &str = "traceq.queue_wait_ms";
 /// What became of the attempt or the item.

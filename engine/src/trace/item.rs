@@ -70,6 +70,14 @@ pub(crate) struct Item {
 pub(crate) struct Running {
     cx: Context,
     number: u32,
+    ranking: Ranking,
+}
+
+/// A key's priority and group, recorded on its attempt spans.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Ranking {
+    pub(crate) priority: i32,
+    pub(crate) group: Option<Arc<str>>,
 }
 
 /// What a finished attempt's span is closed with.
@@ -134,11 +142,12 @@ fn item_builder(cfg: &TraceConfig, segment: i64, baggage: &Baggage) -> SpanBuild
 fn attempt_builder(
     cfg: &TraceConfig,
     number: u32,
+    ranking: &Ranking,
     wait: Duration,
     segment: i64,
     baggage: &Baggage,
 ) -> SpanBuilder {
-    let mut all = Vec::with_capacity(7 + baggage.len() + LATE_ATTRIBUTES);
+    let mut all = Vec::with_capacity(9 + baggage.len() + LATE_ATTRIBUTES);
     all.push(KeyValue::new(attr::MESSAGING_SYSTEM, attr::SYSTEM));
     all.push(KeyValue::new(
         attr::MESSAGING_DESTINATION_NAME,
@@ -147,6 +156,10 @@ fn attempt_builder(
     all.push(KeyValue::new(attr::MESSAGING_OPERATION_TYPE, "process"));
     all.push(KeyValue::new(attr::ATTEMPT, i64::from(number)));
     all.push(KeyValue::new(attr::RETRY, number > 1));
+    all.push(KeyValue::new(attr::PRIORITY, i64::from(ranking.priority)));
+    if let Some(group) = &ranking.group {
+        all.push(KeyValue::new(attr::GROUP, Arc::clone(group)));
+    }
     all.push(KeyValue::new(attr::QUEUE_WAIT_MS, wait.as_secs_f64() * 1e3));
     all.push(KeyValue::new(attr::SEGMENT, segment));
     push_baggage(&mut all, baggage);
@@ -228,16 +241,20 @@ impl Item {
     }
 
     /// Starts attempt `number`'s span, first cutting the segment if it is due.
-    pub(crate) fn begin_attempt(&self, cfg: &TraceConfig, number: u32) {
+    pub(crate) fn begin_attempt(&self, cfg: &TraceConfig, number: u32, ranking: Ranking) {
         let mut st = self.state.lock();
         let now = cfg.clock.now();
         st.cut_if_due(cfg, now, 1);
         st.spans += 1;
         st.attempts_total += 1;
         let wait = now.saturating_duration_since(st.queued_at);
-        let builder = attempt_builder(cfg, number, wait, st.segment, st.base.baggage());
+        let builder = attempt_builder(cfg, number, &ranking, wait, st.segment, st.base.baggage());
         let cx = cfg.tracer.start_in(builder, &st.item_cx, &st.item_cx);
-        st.attempt = Some(Running { cx, number });
+        st.attempt = Some(Running {
+            cx,
+            number,
+            ranking,
+        });
     }
 
     /// Takes the running attempt's span once its key is settled in the queue; for a re-queued
@@ -392,6 +409,7 @@ impl State {
             let builder = attempt_builder(
                 cfg,
                 running.number,
+                &running.ranking,
                 Duration::ZERO,
                 self.segment,
                 self.base.baggage(),
@@ -400,6 +418,7 @@ impl State {
             self.attempt = Some(Running {
                 cx: cfg.tracer.start_in(builder, &next_cx, &next_cx),
                 number: running.number,
+                ranking: running.ranking,
             });
             self.spans += 1;
         }

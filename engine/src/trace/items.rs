@@ -5,7 +5,7 @@
 //! their queue operation under this lock, so a key's entry never outlives it in the queue, nor an
 //! add between "forgotten" and "entry removed" lands in the ended trace.
 
-use super::item::{AttemptEnd, Item, TraceConfig};
+use super::item::{AttemptEnd, Item, Ranking, TraceConfig};
 use super::JobContext;
 use crate::engine::{panic_message, AttemptError, OutcomeKind};
 use crate::queue::Queue;
@@ -133,6 +133,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> ItemTraces<K> {
         &self,
         key: &K,
         number: u32,
+        ranking: Ranking,
     ) -> Result<Option<(Arc<Item>, JobContext)>, AttemptError> {
         if self.is_noop() {
             return Ok(None);
@@ -151,7 +152,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> ItemTraces<K> {
                 }
             }
         };
-        item.begin_attempt(&self.cfg, number);
+        item.begin_attempt(&self.cfg, number, ranking);
         let job = JobContext::bound(Arc::clone(&self.cfg), Arc::clone(&item));
         Ok(Some((item, job)))
     }

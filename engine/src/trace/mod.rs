@@ -55,7 +55,7 @@ mod items;
 pub mod propagation;
 mod tracer;
 
-pub(crate) use item::{interned, Item, TraceConfig};
+pub(crate) use item::{interned, Item, Ranking, TraceConfig};
 pub use item::{JobContext, DEFAULT_MAX_SPANS_PER_SEGMENT, DEFAULT_MAX_TRACE_AGE};
 pub(crate) use items::{ItemTraces, KeyFormat};
 pub(crate) use tracer::ErasedTracer;

@@ -26,9 +26,14 @@
 //! Raising a queued key's priority unlinks it from its lane (hence the back links) and appends it
 //! to the lane of its new band: it joins the end of its new level.
 
-use super::fairness::{intern_caught, Cost, FairPlan, NEW, PANICKED_GROUP};
+mod groups;
+mod ring;
+
+use super::fairness::{Cost, FairPlan};
 use super::keys::NO_SLOT;
 use crate::metrics::PriorityLabel;
+use groups::{Fair, Group};
+use ring::Ring;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,87 +87,6 @@ struct Lane {
     in_ring: bool,
 }
 
-/// Lanes in turn order: a ring buffer of a power-of-two size, so that the operations of every
-/// hand-out (look at the front, move it to the back) are a few instructions.
-#[derive(Debug, Default)]
-struct Ring {
-    buf: Vec<u32>,
-    head: usize,
-    len: usize,
-}
-
-impl Ring {
-    #[inline(always)]
-    fn front(&self) -> Option<u32> {
-        (self.len > 0).then(|| self.buf[self.head])
-    }
-
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    #[inline]
-    fn mask(&self) -> usize {
-        self.buf.len() - 1
-    }
-
-    #[inline]
-    fn push_back(&mut self, l: u32) {
-        if self.len == self.buf.len() {
-            self.grow();
-        }
-        let i = (self.head + self.len) & self.mask();
-        self.buf[i] = l;
-        self.len += 1;
-    }
-
-    /// Moves the front to the back.
-    #[inline(always)]
-    fn rotate(&mut self) {
-        if self.len > 0 {
-            let l = self.buf[self.head];
-            self.head = (self.head + 1) & self.mask();
-            let back = (self.head + self.len - 1) & self.mask();
-            self.buf[back] = l;
-        }
-    }
-
-    /// Takes `l` out, keeping the order of the others: at once from the front (where a lane
-    /// that was just served stands), else by a pass over the ring.
-    fn remove(&mut self, l: u32) {
-        let mask = self.mask();
-        let Some(i) = (0..self.len).find(|&i| self.buf[(self.head + i) & mask] == l) else {
-            return;
-        };
-        if i == 0 {
-            self.head = (self.head + 1) & mask;
-        } else {
-            for j in i..self.len - 1 {
-                self.buf[(self.head + j) & mask] = self.buf[(self.head + j + 1) & mask];
-            }
-        }
-        self.len -= 1;
-    }
-
-    fn iter(&self) -> impl Iterator<Item = u32> + '_ {
-        let mask = self.buf.len().wrapping_sub(1);
-        (0..self.len).map(move |i| self.buf[(self.head + i) & mask])
-    }
-
-    #[cold]
-    fn grow(&mut self) {
-        let buf: Vec<u32> = self.iter().collect();
-        let cap = (buf.len() * 2).max(4);
-        self.buf = buf;
-        self.buf.resize(cap, 0);
-        self.head = 0;
-    }
-}
-
 /// The keys queued at one priority.
 #[derive(Debug)]
 struct Band {
@@ -174,113 +98,6 @@ struct Band {
     ring: Ring,
     /// The band's one lane, without fairness.
     solo: u32,
-}
-
-/// A group with keys held; it goes once it has none queued or in process.
-#[derive(Debug)]
-struct Group {
-    /// Its keys queued or in process.
-    held: u32,
-    in_process: u32,
-    /// Hand-outs (or nanoseconds of handler time) the group may still take this turn.
-    credit: i64,
-    /// Estimated handler time per key, nanoseconds (handler-time cost only).
-    est: i64,
-    /// What a turn credits: its weight, or its weight × the time quantum.
-    quantum: i64,
-    /// The group's lanes, one per band it has keys queued in.
-    lanes: Vec<u32>,
-    /// The lane it was last queued in (`NONE` if gone): where the next key most likely goes.
-    hint: u32,
-    name: Option<Arc<str>>,
-}
-
-impl Group {
-    fn new(name: Option<Arc<str>>, quantum: i64, est: i64) -> Self {
-        Self {
-            held: 0,
-            in_process: 0,
-            credit: 0,
-            est,
-            quantum,
-            lanes: Vec::new(),
-            hint: NONE,
-            name,
-        }
-    }
-}
-
-/// Fair scheduling's state: the group table and the settings.
-struct Fair<K> {
-    plan: FairPlan<K>,
-    /// The plan's settings, unpacked: whether hand-outs cost handler time, and the cap.
-    by_time: bool,
-    cap: u32,
-    groups: Vec<Group>,
-    free_groups: Vec<u32>,
-    /// What each slot's key was charged at hand-out (handler-time cost only).
-    charged: Vec<i64>,
-    /// The group of keys whose group function panicked, while it has keys.
-    fallback: Option<u32>,
-    /// Panics of the group function, reported once.
-    panics: u64,
-}
-
-impl<K> Fair<K> {
-    fn quantum(&self, weight: u32) -> i64 {
-        match self.plan.cost {
-            Cost::HandOuts => i64::from(weight),
-            Cost::HandlerTime { quantum_ns } => quantum_ns.saturating_mul(i64::from(weight)),
-        }
-    }
-
-    fn blocked(&self, g: &Group) -> bool {
-        g.in_process >= self.cap
-    }
-
-    /// The group of a key entering the queue.
-    #[inline(always)]
-    fn intern(&mut self, key: &K) -> u32 {
-        let next = self
-            .free_groups
-            .last()
-            .copied()
-            .unwrap_or(self.groups.len() as u32);
-        match intern_caught(&mut *self.plan.table, key, next) {
-            Ok(found) if found & NEW == 0 => found as u32,
-            found => self.make(next, found.err()),
-        }
-    }
-
-    /// Makes the group at `next` that `intern` found new, or the group of keys whose group
-    /// function panicked (with the panic's message).
-    #[inline(never)]
-    fn make(&mut self, next: u32, panicked: Option<String>) -> u32 {
-        let (name, weight) = match panicked {
-            None => self.plan.table.take_new(),
-            Some(message) => {
-                self.panics += 1;
-                if self.panics == 1 {
-                    eprintln!(
-                        "traceq: fair queue: the group function panicked: {message}; such keys \
-                         join group `{PANICKED_GROUP}`"
-                    );
-                }
-                if let Some(g) = self.fallback {
-                    return g;
-                }
-                self.fallback = Some(next);
-                (PANICKED_GROUP.into(), 1)
-            }
-        };
-        let group = Group::new(Some(name), self.quantum(weight), self.quantum(1));
-        if self.free_groups.pop().is_some() {
-            self.groups[next as usize] = group;
-        } else {
-            self.groups.push(group);
-        }
-        next
-    }
 }
 
 /// Which priorities have their own label on the depth metric.

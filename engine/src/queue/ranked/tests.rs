@@ -1,5 +1,5 @@
 use super::*;
-use crate::queue::Fairness;
+use crate::queue::{Fairness, PANICKED_GROUP};
 use std::num::NonZeroUsize;
 
 /// Keys are their own slot positions here; `groups` puts key k in group k % groups.

@@ -194,6 +194,9 @@ fn cycle_single_thread(c: &mut Criterion) {
     g.finish();
 }
 
+/// A benchmark's name, its queue, and the options each key is added with.
+type Case = (&'static str, Queue<u64>, fn(u64) -> AddOptions);
+
 /// controller-runtime's priority-queue benchmark (`BenchmarkAddGetDone`): the same 1,000 keys
 /// added, then each taken with a waiting `get` and marked done, on one queue for the whole run.
 fn add_get_done(c: &mut Criterion) {
@@ -203,7 +206,7 @@ fn add_get_done(c: &mut Criterion) {
         .enable_time()
         .build()
         .unwrap();
-    let cases: [(&str, Queue<u64>, fn(u64) -> AddOptions); 3] = [
+    let cases: [Case; 3] = [
         ("traceq_queue", queue(), |_| AddOptions::new()),
         ("traceq_queue_priorities", queue(), level),
         ("traceq_queue_fair", fair_queue(), |_| AddOptions::new()),

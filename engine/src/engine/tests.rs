@@ -330,16 +330,19 @@ async fn engine_should_requeue_a_failed_key_at_the_priority_its_handler_asks_for
     );
 }
 
+/// Each recorded span's name and attributes.
+type Spans = Arc<Mutex<Vec<(String, Vec<opentelemetry::KeyValue>)>>>;
+
 /// A tracer that records each span's name and attributes (given at start and set later).
 #[derive(Clone, Default)]
 struct Recorder {
-    spans: Arc<Mutex<Vec<(String, Vec<opentelemetry::KeyValue>)>>>,
+    spans: Spans,
 }
 
 struct RecordedSpan {
     cx: opentelemetry::trace::SpanContext,
     at: usize,
-    spans: Arc<Mutex<Vec<(String, Vec<opentelemetry::KeyValue>)>>>,
+    spans: Spans,
 }
 
 impl Tracer for Recorder {

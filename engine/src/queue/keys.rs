@@ -317,7 +317,7 @@ impl<K: Eq + Hash + Clone> Keys<K> {
         let Some(ranked) = self.ranked.as_deref_mut() else {
             unreachable!("ranked queues only")
         };
-        let mut waiting = if self.waiting.is_empty() {
+        let waiting = if self.waiting.is_empty() {
             None
         } else {
             self.waiting.get_mut(key)
@@ -341,7 +341,7 @@ impl<K: Eq + Hash + Clone> Keys<K> {
         if let Some(at) = held {
             shared = shared.max(ranked.prio(at));
         }
-        if let Some((_, _, p)) = waiting.as_deref_mut() {
+        if let Some((_, _, p)) = waiting {
             *p = shared;
         }
         if let Some(at) = held {

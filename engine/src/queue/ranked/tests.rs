@@ -115,10 +115,10 @@ fn ranked_should_share_handler_time_rather_than_hand_outs() {
     // Group 0's keys take 10 ms each, group 1's 1 ms; both always have keys queued.
     let cost = |k: u32| Duration::from_millis(if k % 2 == 0 { 10 } else { 1 });
     let mut next = [0u32, 1];
-    for g in 0..2 {
+    for key in &mut next {
         for _ in 0..4 {
-            add(&mut r, next[g], 0);
-            next[g] += 2;
+            add(&mut r, *key, 0);
+            *key += 2;
         }
     }
     let mut time = [Duration::ZERO; 2];

@@ -113,7 +113,7 @@ fn ranked_should_share_handler_time_rather_than_hand_outs() {
         .plan();
     let mut r = Ranked::new(Some(plan));
     // Group 0's keys take 10 ms each, group 1's 1 ms; both always have keys queued.
-    let cost = |k: u32| Duration::from_millis(if k % 2 == 0 { 10 } else { 1 });
+    let cost = |k: u32| Duration::from_millis(if k.is_multiple_of(2) { 10 } else { 1 });
     let mut next = [0u32, 1];
     for key in &mut next {
         for _ in 0..4 {

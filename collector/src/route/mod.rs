@@ -206,7 +206,7 @@ impl Router {
         &self.config.name
     }
 
-    /// The static list, when the resolver is static.
+    /// Whether the backends come from a static list (which SIGHUP may replace).
     pub(crate) fn is_static(&self) -> bool {
         matches!(self.config.resolver, Resolver::Static(_))
     }

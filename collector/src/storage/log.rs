@@ -443,9 +443,12 @@ impl Inner {
             let stored = self.metrics.bytes.load(Relaxed) + queue.bytes;
             // A log holding nothing unsettled takes any request (refusing one larger than the
             // bound itself would have its sender retry for ever).
-            let empty = queue.records.is_empty()
-                && self.segments.lock().live.values().all(|s| s.unsettled == 0);
-            if stored + len > self.max_bytes && !empty {
+            // Checked only past the bound: the segments' lock stays off the common path.
+            let over = stored + len > self.max_bytes;
+            if over
+                && !(queue.records.is_empty()
+                    && self.segments.lock().live.values().all(|s| s.unsettled == 0))
+            {
                 self.metrics.refused_requests.fetch_add(1, Relaxed);
                 return Err(AppendError::Full);
             }

@@ -4,7 +4,8 @@
 //! and environment for the common cases (`--otlp-endpoint` / `OTEL_EXPORTER_OTLP_ENDPOINT` adds
 //! an OTLP exporter, `--file` a file exporter). On a signal it stops receiving, decides every
 //! pending trace, flushes the exporters within the shutdown timeout, prints a summary and exits
-//! 0.
+//! 0. On SIGHUP it reopens its files and reloads the configuration (policies, exporters and
+//! static backends; an invalid file changes nothing).
 //!
 //! The shutdown is bounded whatever clients and the downstream do: it ends within
 //! `service.shutdown_timeout` plus [`SHUTDOWN_GRACE`], or the process says what it leaves
@@ -17,8 +18,8 @@ use std::io::{IsTerminal, Write as _};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use traceq::collector::{
-    BackendSetter, Collector, CollectorConfig, CollectorStatus, Compression, ExportTarget,
-    ExporterConfig, FileReopener, Resolver, DEFAULT_EXPORT_TIMEOUT,
+    ClientTlsConfig, Collector, CollectorConfig, CollectorStatus, Compression, ExportTarget,
+    ExporterConfig, FileReopener, ReloadReport, Reloader, DEFAULT_EXPORT_TIMEOUT,
 };
 
 /// How long the shutdown may run past `service.shutdown_timeout` (the receivers' grace for
@@ -45,10 +46,24 @@ pub(crate) struct CollectorArgs {
     /// Print the effective default configuration and exit.
     #[arg(long)]
     print_config: bool,
-    /// Add an OTLP exporter to this downstream endpoint (`host:port` or `http://host:port` for
-    /// gRPC; a URL for http/protobuf).
+    /// Add an OTLP exporter to this downstream endpoint (`host:port`, `http://` or `https://`
+    /// for gRPC; an `http://` or `https://` URL for http/protobuf).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
     otlp_endpoint: Option<String>,
+    /// CA certificates (PEM) that the `--otlp-endpoint` server's certificate must chain to
+    /// (TLS; required for `https://`: no CA roots are built in).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_CERTIFICATE", value_name = "FILE")]
+    otlp_certificate: Option<PathBuf>,
+    /// Client certificate (PEM) presented to the `--otlp-endpoint` server (mutual TLS).
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+        value_name = "FILE"
+    )]
+    otlp_client_certificate: Option<PathBuf>,
+    /// Private key (PEM) of `--otlp-client-certificate`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_CLIENT_KEY", value_name = "FILE")]
+    otlp_client_key: Option<PathBuf>,
     /// Protocol of the `--otlp-endpoint` exporter.
     #[arg(
         long,
@@ -102,8 +117,8 @@ fn build_config(args: &CollectorArgs) -> anyhow::Result<CollectorConfig> {
                 headers: Vec::new(),
             },
             OtlpProtocol::HttpProtobuf => {
-                if !endpoint.starts_with("http://") {
-                    bail!("--otlp-endpoint: `{endpoint}` is not a URL like http://127.0.0.1:4318 (plain http only)");
+                if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                    bail!("--otlp-endpoint: `{endpoint}` is not a URL like http://127.0.0.1:4318 or https://collector:4318");
                 }
                 ExportTarget::OtlpHttp {
                     endpoint: endpoint.to_owned(),
@@ -113,9 +128,21 @@ fn build_config(args: &CollectorArgs) -> anyhow::Result<CollectorConfig> {
                 }
             }
         };
-        config
-            .exporters
-            .push(ExporterConfig::new("otlp/flag", target));
+        let mut exporter = ExporterConfig::new("otlp/flag", target);
+        let tls_files = [
+            &args.otlp_certificate,
+            &args.otlp_client_certificate,
+            &args.otlp_client_key,
+        ];
+        if tls_files.iter().any(|f| f.is_some()) {
+            exporter = exporter.with_tls(ClientTlsConfig {
+                ca_file: args.otlp_certificate.clone(),
+                cert_file: args.otlp_client_certificate.clone(),
+                key_file: args.otlp_client_key.clone(),
+                ..ClientTlsConfig::default()
+            });
+        }
+        config.exporters.push(exporter);
     }
     if let Some(path) = &args.file {
         config.exporters.push(ExporterConfig::new(
@@ -180,7 +207,7 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let mut signals = Signals::register()?;
     let collector = Collector::start(&config).await?;
-    on_sighup(collector.file_reopener(), collector.backend_setter(), args)?;
+    on_sighup(collector.file_reopener(), collector.reloader(), args)?;
     let names: Vec<&str> = config
         .exporters
         .iter()
@@ -277,14 +304,15 @@ fn signal_exit_code(signal: &str) -> i32 {
 }
 
 /// On every SIGHUP: reopens the file exporters' files (log rotation: rename the file, send
-/// SIGHUP, and new lines go to a new file at the configured path), and re-reads the
-/// configuration for the `loadbalancing` exporter's static backends (an invalid file is
-/// reported and changes nothing). Registered before the collector says it is listening, so an
+/// SIGHUP, and new lines go to a new file at the configured path), then re-reads the
+/// configuration (the same file and flags) and reloads it: policies, exporters and the
+/// `loadbalancing` static backends change for traces decided from then on. An invalid file is
+/// reported and changes nothing. Registered before the collector says it is listening, so an
 /// early SIGHUP is not taken by the default action (exit).
 #[cfg(unix)]
 fn on_sighup(
     reopener: FileReopener,
-    backends: BackendSetter,
+    reloader: Reloader,
     args: CollectorArgs,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -295,33 +323,54 @@ fn on_sighup(
                 Ok(n) => eprintln!("traceq collector: SIGHUP, reopened {n} file(s)"),
                 Err(e) => eprintln!("traceq collector: SIGHUP: {:#}", anyhow::Error::new(e)),
             }
-            let Some(Resolver::Static(list)) = (match build_config(&args) {
-                Ok(config) => config.loadbalancing.map(|lb| lb.resolver),
+            let reloaded = build_config(&args)
+                .and_then(|config| reloader.reload(&config).map_err(anyhow::Error::new));
+            match reloaded {
+                Ok(report) => report_reload(&report),
                 Err(e) => {
                     eprintln!("traceq collector: SIGHUP: keeping the running configuration: {e:#}");
-                    continue;
                 }
-            }) else {
-                continue;
-            };
-            let before = backends.backends();
-            match backends.set(&list) {
-                Ok(true) if before != backends.backends() => eprintln!(
-                    "traceq collector: SIGHUP, loadbalancing backends now {}",
-                    backends.backends().join(",")
-                ),
-                Ok(_) => {}
-                Err(e) => eprintln!("traceq collector: SIGHUP: {:#}", anyhow::Error::new(e)),
             }
         }
     });
     Ok(())
 }
 
+/// One line for what a reload changed, and one per setting it left for a restart.
+#[cfg(unix)]
+fn report_reload(report: &ReloadReport) {
+    let names = |list: &[String]| {
+        if list.is_empty() {
+            "none".to_owned()
+        } else {
+            list.join(",")
+        }
+    };
+    let policies = report
+        .policies
+        .map_or_else(|| "sampling off".to_owned(), |n| format!("{n} policies"));
+    eprintln!(
+        "traceq collector: SIGHUP, configuration reloaded: {policies}; exporters started: {}, \
+         stopped: {}, unchanged: {}",
+        names(&report.exporters_started),
+        names(&report.exporters_stopped),
+        names(&report.exporters_unchanged),
+    );
+    if let Some(backends) = &report.backends {
+        eprintln!(
+            "traceq collector: SIGHUP, loadbalancing backends now {}",
+            backends.join(",")
+        );
+    }
+    for setting in &report.needs_restart {
+        eprintln!("traceq collector: SIGHUP: {setting} changed: takes effect after a restart");
+    }
+}
+
 #[cfg(not(unix))]
 fn on_sighup(
     _reopener: FileReopener,
-    _backends: BackendSetter,
+    _reloader: Reloader,
     _args: CollectorArgs,
 ) -> anyhow::Result<()> {
     Ok(())

@@ -54,3 +54,29 @@ fn no_exporter_should_be_explained() {
     assert!(stderr.contains("no exporter"), "{stderr}");
     assert!(stderr.contains("--otlp-endpoint"), "{stderr}");
 }
+
+#[test]
+fn an_https_otlp_endpoint_should_need_a_ca_and_name_a_bad_certificate_file() {
+    let base = [
+        "collector",
+        "--otlp-protocol",
+        "http/protobuf",
+        "--otlp-endpoint",
+        "https://127.0.0.1:1",
+        "--grpc-endpoint",
+        "127.0.0.1:0",
+        "--http-endpoint",
+        "127.0.0.1:0",
+        "--metrics-endpoint",
+        "127.0.0.1:0",
+    ];
+    let (ok, _, stderr) = traceq(&base);
+    assert!(!ok);
+    assert!(stderr.contains("tls.ca_file is required"), "{stderr}");
+    let mut args = base.to_vec();
+    args.extend(["--otlp-certificate", "/nonexistent/ca.pem"]);
+    let (ok, _, stderr) = traceq(&args);
+    assert!(!ok);
+    assert!(stderr.contains("/nonexistent/ca.pem"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -57,7 +57,8 @@ pub use receiver::ReceiverError;
 pub use route::ring::{Ring, POINTS_PER_BACKEND};
 pub use route::{LoadBalancingConfig, Resolver, DEFAULT_DNS_INTERVAL, DEFAULT_DNS_TIMEOUT};
 pub use service::{
-    BackendSetter, Collector, CollectorError, CollectorStatus, FileReopener, StatusHandle,
+    BackendSetter, Collector, CollectorError, CollectorStatus, FileReopener, ReloadReport,
+    Reloader, StatusHandle,
 };
 pub(crate) use sink::{Refused, SpanSink};
 pub use storage::{
@@ -66,7 +67,7 @@ pub use storage::{
 };
 /// The exporter parts of a [`CollectorConfig`], from `traceq_exporter`.
 pub use traceq_exporter::client::{
-    Compression, RetryConfig, DEFAULT_RETRY_INITIAL, DEFAULT_RETRY_MAX_ELAPSED,
+    ClientTlsConfig, Compression, RetryConfig, DEFAULT_RETRY_INITIAL, DEFAULT_RETRY_MAX_ELAPSED,
     DEFAULT_RETRY_MAX_INTERVAL,
 };
 pub use traceq_exporter::export::{

@@ -14,7 +14,7 @@
 //! the limit can never be sent: it is dropped and counted (`traceq_spans_too_large_total`).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -26,8 +26,12 @@ use traceq_sampler::{SamplerMetrics, SpanView, TailSampler};
 use super::config::{CollectorConfig, OnBufferFull};
 use super::route::Router;
 use super::sink::{Accepted, Refused, SpanSink};
+use super::storage::StorageConfig;
 use super::storage::{self, AppendError, BatchAck, Log, ReplayReport};
-use traceq_exporter::export::{ExportBatch, ExporterQueue, RequestSize, DEFAULT_MAX_EXPORT_BYTES};
+use traceq_exporter::export::{
+    ExportBatch, ExportSetupError, ExporterConfig, ExporterMetrics, ExporterQueue, RequestSize,
+    DEFAULT_MAX_EXPORT_BYTES,
+};
 use traceq_exporter::otlp::{encode_request, OtlpSpan};
 
 /// How often pending traces are checked for a due decision.
@@ -35,6 +39,49 @@ pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Refuse new data once the buffer is this full (per mille), leaving room for shards that fill
 /// faster than the average so that refusing, not early decisions, absorbs overload.
 const REFUSE_AT_PER_MILLE: usize = 900;
+
+/// How long an exporter removed or changed by a reload may deliver what it has queued.
+const RETIRE_GRACE: Duration = Duration::from_secs(30);
+
+/// The exporters kept spans go to, replaced whole by a reload.
+#[derive(Debug, Default)]
+pub(crate) struct Outputs {
+    pub(crate) exporters: Vec<Arc<ExporterQueue>>,
+    /// Each exporter's configuration, to tell on a reload whether it changed.
+    configs: Vec<ExporterConfig>,
+    /// Per exporter: whether the log waits for its deliveries (`sending_queue.storage`).
+    stored: Vec<bool>,
+}
+
+impl Outputs {
+    fn new(
+        exporters: Vec<Arc<ExporterQueue>>,
+        configs: Vec<ExporterConfig>,
+        storage: Option<&StorageConfig>,
+    ) -> Self {
+        let stored = exporters
+            .iter()
+            .map(|e| storage.is_some_and(|s| s.exporters.iter().any(|n| n == e.name())))
+            .collect();
+        Self {
+            exporters,
+            configs,
+            stored,
+        }
+    }
+}
+
+/// What [`Pipeline::prepare_exporters`] made of a new exporter list, to apply or to drop.
+#[derive(Debug)]
+pub(crate) struct ExporterChange {
+    outputs: Outputs,
+    /// The new exporters' names (started, not reused), with their metrics.
+    pub(crate) started: Vec<(String, Arc<ExporterMetrics>)>,
+    /// Names of running exporters that stay as they are.
+    pub(crate) kept: Vec<String>,
+    /// Names of running exporters that are stopped (removed, or replaced by a changed one).
+    pub(crate) stopped: Vec<String>,
+}
 
 /// Kept spans waiting to fill a batch, and batches already cut.
 #[derive(Debug)]
@@ -99,17 +146,17 @@ pub(crate) struct Pipeline {
     refuse_bytes: usize,
     refuse_traces: usize,
     pending: Mutex<Pending>,
-    exporters: Vec<ExporterQueue>,
+    outputs: RwLock<Arc<Outputs>>,
+    /// Exporters a reload stopped, delivering what they had queued.
+    retired: Mutex<Vec<(Arc<ExporterQueue>, tokio::task::JoinHandle<()>)>>,
     /// The write-ahead log, with storage on.
     log: Option<Arc<Log>>,
-    /// Per exporter: whether the log waits for its deliveries (`sending_queue.storage`).
-    stored: Vec<bool>,
     /// The `loadbalancing` exporter, if any.
     router: Option<Arc<Router>>,
     batch_size: usize,
     batch_timeout: Duration,
     /// The smallest `max_export_bytes` of the exporters: no batch encodes past it.
-    max_export_bytes: usize,
+    max_export_bytes: AtomicUsize,
     /// Taken shared by every offer and exclusively by `close`, so no offer is half-way in when
     /// the buffer is flushed for the last time.
     closed: RwLock<bool>,
@@ -131,6 +178,7 @@ impl Pipeline {
         log: Option<Arc<Log>>,
         router: Option<Arc<Router>>,
     ) -> Result<Self, traceq_sampler::ConfigError> {
+        let exporters: Vec<_> = exporters.into_iter().map(Arc::new).collect();
         let sampler = if config.sampling {
             let sampler = TailSampler::new(config.sampler.clone())?;
             Some(match &log {
@@ -145,27 +193,13 @@ impl Pipeline {
         } else {
             None
         };
-        let stored = exporters
-            .iter()
-            .map(|e| {
-                config
-                    .storage
-                    .as_ref()
-                    .is_some_and(|s| s.exporters.iter().any(|n| n == e.name()))
-            })
-            .collect();
         let (refuse_bytes, refuse_traces) = sampler.as_ref().map_or((0, 0), |s| {
             (
                 s.byte_capacity() / 1000 * REFUSE_AT_PER_MILLE,
                 s.trace_capacity() / 1000 * REFUSE_AT_PER_MILLE,
             )
         });
-        let max_export_bytes = exporters
-            .iter()
-            .map(ExporterQueue::max_export_bytes)
-            .chain(router.iter().map(|r| r.max_export_bytes()))
-            .min()
-            .unwrap_or(DEFAULT_MAX_EXPORT_BYTES);
+        let max_export_bytes = smallest_max_export_bytes(&exporters, router.as_deref());
         Ok(Self {
             sampler,
             on_full: config.on_buffer_full,
@@ -176,13 +210,17 @@ impl Pipeline {
             refuse_bytes,
             refuse_traces: refuse_traces.max(1),
             pending: Mutex::new(Pending::new(max_export_bytes)),
-            exporters,
+            outputs: RwLock::new(Arc::new(Outputs::new(
+                exporters,
+                config.exporters.clone(),
+                config.storage.as_ref(),
+            ))),
+            retired: Mutex::new(Vec::new()),
             log,
-            stored,
             router,
             batch_size: config.send_batch_size,
             batch_timeout: config.batch_timeout,
-            max_export_bytes,
+            max_export_bytes: AtomicUsize::new(max_export_bytes),
             closed: RwLock::new(false),
             stop: Mutex::new(false),
             wake: Condvar::new(),
@@ -198,8 +236,112 @@ impl Pipeline {
         self.sampler.as_ref().map(TailSampler::metrics)
     }
 
-    pub(crate) fn exporters(&self) -> &[ExporterQueue] {
-        &self.exporters
+    /// The exporters now.
+    pub(crate) fn outputs(&self) -> Arc<Outputs> {
+        Arc::clone(&self.outputs.read())
+    }
+
+    /// The sampler, unless sampling is off.
+    pub(crate) fn sampler(&self) -> Option<&TailSampler<OtlpSpan>> {
+        self.sampler.as_ref()
+    }
+
+    /// Starts what a new exporter list needs: running exporters whose configuration did not
+    /// change are reused, the others are started (with the metrics of a running exporter of
+    /// the same name, so its counters carry on). Nothing changes until [`Self::apply`].
+    ///
+    /// # Errors
+    ///
+    /// The first exporter that cannot be set up (those started are stopped again).
+    pub(crate) fn prepare_exporters(
+        &self,
+        configs: &[ExporterConfig],
+        storage: Option<&StorageConfig>,
+        metrics_of: impl Fn(&str) -> Option<Arc<ExporterMetrics>>,
+    ) -> Result<ExporterChange, ExportSetupError> {
+        let current = self.outputs();
+        let (mut exporters, mut started, mut kept) = (Vec::new(), Vec::new(), Vec::new());
+        for config in configs {
+            let running = current
+                .configs
+                .iter()
+                .position(|c| c == config)
+                .map(|i| &current.exporters[i]);
+            match running {
+                Some(exporter) => {
+                    exporters.push(Arc::clone(exporter));
+                    kept.push(config.name.clone());
+                }
+                None => {
+                    let metrics = metrics_of(&config.name).unwrap_or_default();
+                    exporters.push(Arc::new(ExporterQueue::start(
+                        config,
+                        Arc::clone(&metrics),
+                    )?));
+                    started.push((config.name.clone(), metrics));
+                }
+            }
+        }
+        let stopped = current
+            .exporters
+            .iter()
+            .filter(|e| !exporters.iter().any(|n| Arc::ptr_eq(n, e)))
+            .map(|e| e.name().to_owned())
+            .collect();
+        let outputs = Outputs::new(
+            exporters,
+            configs.to_vec(),
+            storage.filter(|_| self.log.is_some()),
+        );
+        Ok(ExporterChange {
+            outputs,
+            started,
+            kept,
+            stopped,
+        })
+    }
+
+    /// Hands batches cut from now on to `change`'s exporters; the batch being filled is cut
+    /// for the old ones first. Exporters no longer used deliver what they have queued for up
+    /// to 30 seconds (and at most until the collector's shutdown deadline). Needs a tokio
+    /// runtime.
+    pub(crate) fn apply(&self, change: ExporterChange) {
+        // What was kept before the change goes where it would have gone.
+        self.send_if_due(true);
+        let new = Arc::new(change.outputs);
+        let limit = smallest_max_export_bytes(&new.exporters, self.router.as_deref());
+        let old = {
+            let mut pending = self.pending.lock();
+            pending.cut();
+            pending.size = RequestSize::new(limit);
+            self.max_export_bytes.store(limit, Relaxed);
+            std::mem::replace(&mut *self.outputs.write(), Arc::clone(&new))
+        };
+        self.send_if_due(true);
+        let mut retired = self.retired.lock();
+        for exporter in &old.exporters {
+            if new.exporters.iter().any(|e| Arc::ptr_eq(e, exporter)) {
+                continue;
+            }
+            let draining = Arc::clone(exporter);
+            let task = tokio::spawn(async move {
+                draining
+                    .shutdown(tokio::time::Instant::now() + RETIRE_GRACE)
+                    .await;
+            });
+            retired.push((Arc::clone(exporter), task));
+        }
+    }
+
+    /// Waits for the exporters a reload stopped, until `deadline`; those still delivering
+    /// then are stopped (what they hold is counted as dropped).
+    pub(crate) async fn shutdown_retired(&self, deadline: tokio::time::Instant) {
+        let retired: Vec<_> = std::mem::take(&mut *self.retired.lock());
+        for (exporter, task) in retired {
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                exporter.shutdown(tokio::time::Instant::now()).await;
+            }
+        }
     }
 
     /// The write-ahead log, with storage on.
@@ -215,7 +357,7 @@ impl Pipeline {
     /// Whether receivers need only route: sampling is off and the only exporter is
     /// `loadbalancing` (spans are then read for their trace id alone).
     pub(crate) fn routes_only(&self) -> bool {
-        self.sampler.is_none() && self.exporters.is_empty() && self.router.is_some()
+        self.sampler.is_none() && self.outputs.read().exporters.is_empty() && self.router.is_some()
     }
 
     /// Rebuilds what the log's `segments` hold (see [`storage::replay`]); before receivers
@@ -288,7 +430,7 @@ impl Pipeline {
                      past the smallest exporter max_export_bytes ({}) (further ones are counted \
                      in traceq_spans_too_large_total, not logged)",
                     first.received_len(),
-                    self.max_export_bytes
+                    self.max_export_bytes.load(Relaxed)
                 );
             }
         }
@@ -323,8 +465,9 @@ impl Pipeline {
 
     fn send(&self, spans: Vec<OtlpSpan>) {
         self.batches_sent.fetch_add(1, Relaxed);
-        if !self.exporters.is_empty() {
-            self.send_encoded(&spans);
+        let outputs = self.outputs();
+        if !outputs.exporters.is_empty() {
+            self.send_encoded(&outputs, &spans);
         }
         if let Some(router) = &self.router {
             router.route(spans);
@@ -332,16 +475,16 @@ impl Pipeline {
     }
 
     /// Encodes `spans` once and hands the batch to every exporter.
-    fn send_encoded(&self, spans: &[OtlpSpan]) {
+    fn send_encoded(&self, outputs: &Outputs, spans: &[OtlpSpan]) {
         let batch = ExportBatch {
             body: Bytes::from(encode_request(spans)),
             spans: spans.len(),
         };
         // With storage, the batch's records stay in the log until every exporter the log
         // waits for has settled it.
-        let owed = self.stored.iter().filter(|&&s| s).count();
+        let owed = outputs.stored.iter().filter(|&&s| s).count();
         let ack = (self.log.is_some() && owed > 0).then(|| BatchAck::new(spans, owed));
-        for (exporter, &stored) in self.exporters.iter().zip(&self.stored) {
+        for (exporter, &stored) in outputs.exporters.iter().zip(&outputs.stored) {
             match &ack {
                 Some(ack) if stored => exporter.push_with_receipt(batch.clone(), ack.receipt()),
                 _ => exporter.push(batch.clone()),
@@ -373,6 +516,16 @@ impl Pipeline {
         // have its sender retry for ever (the buffer then decides early to stay in bounds).
         traces > 0 && (bytes + incoming > self.refuse_bytes || traces >= self.refuse_traces)
     }
+}
+
+/// The smallest `max_export_bytes` of `exporters` and the router's backends.
+fn smallest_max_export_bytes(exporters: &[Arc<ExporterQueue>], router: Option<&Router>) -> usize {
+    exporters
+        .iter()
+        .map(|e| e.max_export_bytes())
+        .chain(router.map(Router::max_export_bytes))
+        .min()
+        .unwrap_or(DEFAULT_MAX_EXPORT_BYTES)
 }
 
 /// What buffering `spans` will cost, as the sampler charges it: each span's own bytes, and each

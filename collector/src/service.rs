@@ -27,6 +27,10 @@ use super::storage::{Log, StorageError};
 use traceq_exporter::export::ExporterMetrics;
 use traceq_exporter::export::{ExportSetupError, ExporterQueue};
 
+mod reload;
+
+pub use reload::{ReloadReport, Reloader};
+
 /// Most connections the admin endpoint keeps open at once (scrapers and probes are few).
 const ADMIN_MAX_CONNECTIONS: usize = 32;
 /// How long the admin endpoint's shutdown lets a scrape in flight finish.
@@ -116,11 +120,24 @@ impl StatusHandle {
     }
 }
 
+/// An exporter's counters as `/metrics` and the status line show them.
+#[derive(Debug)]
+struct ExporterEntry {
+    name: String,
+    metrics: Arc<ExporterMetrics>,
+    /// `spans_kept` and `spans_too_large` when the exporter joined (0 for those of the start;
+    /// later for one a reload added, which never saw what was kept before).
+    kept_before: u64,
+    too_large_before: u64,
+}
+
 #[derive(Debug)]
 struct Shared {
     pipeline: Arc<Pipeline>,
     receivers: Vec<(&'static str, Arc<ReceiverMetrics>)>,
-    exporters: Vec<(String, Arc<ExporterMetrics>)>,
+    exporters: parking_lot::RwLock<Vec<ExporterEntry>>,
+    /// The configuration running now (what a reload is compared with).
+    config: parking_lot::Mutex<CollectorConfig>,
     healthy: AtomicBool,
     /// The exact `authorization` value `/metrics` requires, if any.
     metrics_authorization: Option<String>,
@@ -129,12 +146,12 @@ struct Shared {
 
 impl Shared {
     fn metrics_text(&self) -> String {
+        let exporters = self.exporters.read();
         render(&Snapshot {
             receivers: self.receivers.iter().map(|(t, m)| (*t, &**m)).collect(),
-            exporters: self
-                .exporters
+            exporters: exporters
                 .iter()
-                .map(|(n, m)| (n.as_str(), &**m))
+                .map(|e| (e.name.as_str(), &*e.metrics))
                 .collect(),
             sampler: self.pipeline.sampler_metrics(),
             spans_kept: read(&self.pipeline.spans_kept),
@@ -155,13 +172,16 @@ impl Shared {
         s.spans_kept = read(&self.pipeline.spans_kept);
         let too_large = read(&self.pipeline.spans_too_large);
         s.spans_export_dropped += too_large;
-        for (_, e) in &self.exporters {
-            let (sent, dropped) = (read(&e.spans_sent), read(&e.spans_dropped));
+        for e in self.exporters.read().iter() {
+            let m = &e.metrics;
+            let (sent, dropped) = (read(&m.spans_sent), read(&m.spans_dropped));
             s.spans_exported += sent;
             s.spans_export_dropped += dropped;
-            s.spans_queued += read(&e.queue_spans);
-            // Every kept span goes to every exporter, but those too large for any.
-            s.spans_undelivered += s.spans_kept.saturating_sub(sent + dropped + too_large);
+            s.spans_queued += read(&m.queue_spans);
+            // Every kept span since the exporter joined goes to it, but those too large.
+            let owed = s.spans_kept.saturating_sub(e.kept_before);
+            let too_large = too_large.saturating_sub(e.too_large_before);
+            s.spans_undelivered += owed.saturating_sub(sent + dropped + too_large);
         }
         if let Some(router) = self.pipeline.router() {
             // Each kept span goes to one backend.
@@ -231,7 +251,7 @@ impl FileReopener {
     pub async fn reopen(&self) -> Result<usize, CollectorError> {
         let mut reopened = 0;
         let mut first_error = None;
-        for exporter in self.shared.pipeline.exporters() {
+        for exporter in &self.shared.pipeline.outputs().exporters {
             match exporter.reopen().await {
                 Ok(true) => reopened += 1,
                 Ok(false) => {}
@@ -399,7 +419,18 @@ impl Collector {
         let shared = Arc::new(Shared {
             pipeline,
             receivers: receiver_metrics,
-            exporters: exporter_metrics,
+            exporters: parking_lot::RwLock::new(
+                exporter_metrics
+                    .into_iter()
+                    .map(|(name, metrics)| ExporterEntry {
+                        name,
+                        metrics,
+                        kept_before: 0,
+                        too_large_before: 0,
+                    })
+                    .collect(),
+            ),
+            config: parking_lot::Mutex::new(config.clone()),
             healthy: AtomicBool::new(true),
             metrics_authorization: config
                 .metrics_bearer_token
@@ -528,6 +559,29 @@ impl Collector {
         }
     }
 
+    /// Applies `config` to the running collector: the `tail_sampling` policies, the exporters
+    /// and the `loadbalancing` exporter's static backends change for traces decided from now
+    /// on; buffered spans are kept. Settings that cannot change while running (receivers,
+    /// storage, the buffer's bounds, ...) are left as they are and listed in
+    /// [`ReloadReport::needs_restart`]. Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`CollectorError::Sampler`] for invalid policies, [`CollectorError::Exporter`] for an
+    /// exporter (or backend) that cannot be set up. Either way nothing changed.
+    pub fn reload(&self, config: &CollectorConfig) -> Result<ReloadReport, CollectorError> {
+        self.reloader().reload(config)
+    }
+
+    /// A handle that reloads the configuration while the collector runs (see
+    /// [`reload`](Self::reload)), e.g. from a SIGHUP handler.
+    #[must_use]
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// The Prometheus text `/metrics` serves.
     #[must_use]
     pub fn metrics_text(&self) -> String {
@@ -553,14 +607,9 @@ impl Collector {
             }
         })
         .await;
-        futures::future::join_all(
-            self.shared
-                .pipeline
-                .exporters()
-                .iter()
-                .map(|e| e.shutdown(deadline)),
-        )
-        .await;
+        let outputs = self.shared.pipeline.outputs();
+        futures::future::join_all(outputs.exporters.iter().map(|e| e.shutdown(deadline))).await;
+        self.shared.pipeline.shutdown_retired(deadline).await;
         if let Some(router) = self.shared.pipeline.router() {
             router.shutdown(deadline).await;
         }

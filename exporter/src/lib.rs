@@ -14,7 +14,7 @@
 //! ```
 //!
 //! Features: `client` (on by default) brings the OTLP client and the exporters (tonic's client,
-//! reqwest, tokio); `loadgen` adds the load generator behind `traceq loadgen`. Without them the
+//! hyper, tokio); `loadgen` adds the load generator behind `traceq loadgen`. Without them the
 //! crate is the file exporter, the reader, the waterfall and the span codec: no HTTP stack.
 //!
 //! Why OTLP/JSON lines: it is what the OpenTelemetry Collector's `file` exporter writes, so the

@@ -37,7 +37,7 @@ use opentelemetry::trace::TraceId;
 use crate::cache::{fingerprint, BoundedMap, DropFilter};
 use crate::decision::KeptDecision;
 use crate::hash::{id_state, IdState};
-use crate::metrics::{DecisionTally, Trigger};
+use crate::metrics::{DecisionTally, PolicyNames, Trigger};
 use crate::span::SpanView;
 
 /// A pending trace.
@@ -196,7 +196,7 @@ impl<S: SpanView> Shard<S> {
         kept_cache: usize,
         dropped_cache: usize,
         expected_traces: usize,
-        policies: usize,
+        policies: Arc<PolicyNames>,
     ) -> Self {
         Self {
             traces: HashMap::with_capacity_and_hasher(expected_traces, id_state()),
@@ -536,7 +536,7 @@ mod tests {
     use opentelemetry_sdk::trace::SpanData;
 
     fn shard() -> Shard<SpanData> {
-        Shard::new(10, 10, 0, 1)
+        Shard::new(10, 10, 0, Arc::default())
     }
 
     /// Buffers a span the caches know nothing about.
@@ -702,7 +702,7 @@ mod tests {
     #[test]
     fn shared_bytes_should_be_charged_once_per_run_of_one_identity() {
         type S = Box<Sharing>;
-        let mut s: Shard<S> = Shard::new(10, 10, 0, 1);
+        let mut s: Shard<S> = Shard::new(10, 10, 0, Arc::default());
         // The block of identity 7 is paid by the first span; the rest of its run does not pay,
         // nor does a span sharing nothing; a new identity, and the old one again, start runs.
         let spans = [

@@ -17,6 +17,31 @@
 //! (`sampling_trace_dropped_too_early`), traceq decides them, so error traces survive pressure.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+/// Numbers each compiled policy set, so a tally knows which set its per-policy counts follow.
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+
+/// The policy names of one compiled set, in evaluation order, and the set's generation (later
+/// sets, e.g. after a reload, have higher ones).
+#[derive(Debug, Default)]
+pub(crate) struct PolicyNames {
+    pub(crate) generation: u64,
+    pub(crate) names: Box<[Arc<str>]>,
+}
+
+impl PolicyNames {
+    pub(crate) fn new(names: Box<[Arc<str>]>) -> Self {
+        Self {
+            generation: GENERATIONS.fetch_add(1, Relaxed),
+            names,
+        }
+    }
+
+    fn position(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| &**n == name)
+    }
+}
 
 /// Per-policy vote counts (`count_traces_sampled{policy, decision}`), kept per shard under the
 /// shard's lock, so deciding touches no shared cache line.
@@ -31,6 +56,15 @@ pub(crate) struct PolicyTally {
 }
 
 impl PolicyTally {
+    fn add(&mut self, from: &Self) {
+        self.sampled += from.sampled;
+        self.not_sampled += from.not_sampled;
+        self.dropped += from.dropped;
+        self.credited_traces += from.credited_traces;
+        self.credited_spans += from.credited_spans;
+        self.errors += from.errors;
+    }
+
     pub(crate) fn add_to(&self, m: &mut PolicyMetrics) {
         m.traces_sampled += self.sampled;
         m.traces_not_sampled += self.not_sampled;
@@ -54,15 +88,34 @@ pub(crate) struct DecisionTally {
     pub(crate) latency_count: u64,
     pub(crate) latency_sum_nanos: u64,
     pub(crate) latency_max_nanos: u64,
+    /// One per policy of `names`, in its order.
     pub(crate) policies: Vec<PolicyTally>,
+    pub(crate) names: Arc<PolicyNames>,
 }
 
 impl DecisionTally {
-    pub(crate) fn new(policies: usize) -> Self {
+    pub(crate) fn new(names: Arc<PolicyNames>) -> Self {
         Self {
-            policies: vec![PolicyTally::default(); policies],
+            policies: vec![PolicyTally::default(); names.names.len()],
+            names,
             ..Self::default()
         }
+    }
+
+    /// Follows the newer policy set `names`: counts of a policy it still has (by name) carry
+    /// over, so a counter of an unchanged policy never goes back; those of a removed one go.
+    pub(crate) fn follow(&mut self, names: &Arc<PolicyNames>) {
+        if Arc::ptr_eq(&self.names, names) {
+            return;
+        }
+        let mut policies = vec![PolicyTally::default(); names.names.len()];
+        for (name, tally) in self.names.names.iter().zip(&self.policies) {
+            if let Some(i) = names.position(name) {
+                policies[i].add(tally);
+            }
+        }
+        self.policies = policies;
+        self.names = Arc::clone(names);
     }
 
     pub(crate) fn record_latency(&mut self, nanos: u64) {
@@ -87,18 +140,28 @@ impl DecisionTally {
             .latency_sum_nanos
             .saturating_add(self.latency_sum_nanos);
         into.latency_max_nanos = into.latency_max_nanos.max(self.latency_max_nanos);
-        for (to, from) in into.policies.iter_mut().zip(&self.policies) {
-            to.sampled += from.sampled;
-            to.not_sampled += from.not_sampled;
-            to.dropped += from.dropped;
-            to.credited_traces += from.credited_traces;
-            to.credited_spans += from.credited_spans;
-            to.errors += from.errors;
+        // A round decided on a newer policy set than the shard's moves the shard to it; one
+        // decided on an older set (a reload came in between) adds its counts by name.
+        if self.names.generation > into.names.generation {
+            into.follow(&self.names);
+        }
+        if Arc::ptr_eq(&into.names, &self.names) {
+            for (to, from) in into.policies.iter_mut().zip(&self.policies) {
+                to.add(from);
+            }
+        } else {
+            for (name, from) in self.names.names.iter().zip(&self.policies) {
+                if let Some(i) = into.names.position(name) {
+                    into.policies[i].add(from);
+                }
+            }
         }
         let mut policies = std::mem::take(&mut self.policies);
         policies.fill(PolicyTally::default());
+        let names = std::mem::take(&mut self.names);
         *self = Self {
             policies,
+            names,
             ..Self::default()
         };
     }

@@ -82,7 +82,8 @@ pub struct TailSampler<S> {
     shards: Box<[Mutex<Shard<S>>]>,
     shard_mask: usize,
     hasher: IdState,
-    policies: PolicySet,
+    /// Replaced whole by [`Self::set_policies`]; each decision round works on one set.
+    policies: RwLock<Arc<PolicySet>>,
     counters: Counters,
     clock: Elapsed,
     decision_wait: u64,
@@ -167,7 +168,7 @@ impl<S: SpanView> TailSampler<S> {
                     per(config.decision_cache.sampled_cache_size),
                     per(config.decision_cache.non_sampled_cache_size),
                     expected,
-                    policies.len(),
+                    Arc::clone(policies.names()),
                 ))
             })
             .collect();
@@ -175,7 +176,7 @@ impl<S: SpanView> TailSampler<S> {
             shards: shard_list,
             shard_mask: shards - 1,
             hasher: id_state(),
-            policies,
+            policies: RwLock::new(Arc::new(policies)),
             counters: Counters::default(),
             clock: Elapsed::new(clock),
             decision_wait: nanos(config.decision_wait),
@@ -205,6 +206,28 @@ impl<S: SpanView> TailSampler<S> {
     pub fn with_decision_hook(mut self, hook: DecisionHook) -> Self {
         self.decision_hook = Some(hook);
         self
+    }
+
+    /// Replaces the policies with `config.policies` (and its `sample_on_first_match`), e.g. on
+    /// a configuration reload: traces decided from now on (buffered ones included) are
+    /// decided by the new set; a round already deciding finishes with the old one. Buffered
+    /// spans, the decision caches and every other setting stay as they are. Counters of a
+    /// policy whose name is in both sets carry on; rate-limiting policies start afresh.
+    /// Returns the number of policies now.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when `config` is invalid; the running policies stay.
+    pub fn set_policies(&self, config: &SamplerConfig) -> Result<usize, ConfigError> {
+        let set = Arc::new(config.compile()?);
+        let n = set.len();
+        *self.policies.write() = set;
+        Ok(n)
+    }
+
+    /// The policy set decisions use now.
+    fn policies(&self) -> Arc<PolicySet> {
+        Arc::clone(&self.policies.read())
     }
 
     /// The clock reading stamped on spans arriving now (see [`REPLAY_HORIZON`]).
@@ -323,7 +346,7 @@ impl<S: SpanView> TailSampler<S> {
         drop(shard);
         if !taken.is_empty() {
             let resource = self.resource.read().clone();
-            let mut round = Round::new(self.policies.len());
+            let mut round = Round::new(self.policies());
             round.taken = taken;
             self.decide_round(slot, &mut round, now, &resource, kept);
         }
@@ -334,7 +357,7 @@ impl<S: SpanView> TailSampler<S> {
     pub fn poll(&self, kept: &mut Vec<S>) -> usize {
         let now = self.now();
         let resource = self.resource.read().clone();
-        let mut round = Round::new(self.policies.len());
+        let mut round = Round::new(self.policies());
         let mut decided = 0;
         for slot in self.shards.iter() {
             loop {
@@ -370,7 +393,7 @@ impl<S: SpanView> TailSampler<S> {
     pub fn flush(&self, kept: &mut Vec<S>) -> usize {
         let now = self.now();
         let resource = self.resource.read().clone();
-        let mut round = Round::new(self.policies.len());
+        let mut round = Round::new(self.policies());
         let mut decided = 0;
         for slot in self.shards.iter() {
             slot.lock().take_all(Trigger::Flush, &mut round.taken);
@@ -421,14 +444,18 @@ impl<S: SpanView> TailSampler<S> {
     /// A snapshot of every counter.
     #[must_use]
     pub fn metrics(&self) -> SamplerMetrics {
+        let policies = self.policies();
         let mut m = SamplerMetrics {
-            policies: (0..self.policies.len())
-                .map(|i| PolicyMetrics::named(self.policies.name(i)))
+            policies: (0..policies.len())
+                .map(|i| PolicyMetrics::named(policies.name(i)))
                 .collect(),
             ..SamplerMetrics::default()
         };
         for shard in self.shards.iter() {
-            let s = shard.lock();
+            let mut s = shard.lock();
+            if s.tally.names.generation < policies.names().generation {
+                s.tally.follow(policies.names());
+            }
             s.tally.add_to(&mut m);
             m.new_trace_id_received += s.stats.traces_received;
             m.spans_received += s.stats.spans_received;

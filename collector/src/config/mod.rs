@@ -7,8 +7,8 @@
 //! - There is one pipeline (traces, every receiver into every exporter), so `service.pipelines`
 //!   is not needed; `service` carries traceq's own settings instead.
 //! - Receivers take `auth.bearer_token` directly (the Collector needs an extension for it).
-//! - The `otlp` exporter speaks TLS (and mutual TLS) with the Collector's `tls` keys;
-//!   `otlphttp` speaks plain HTTP/1.1 only (a TLS setting is refused).
+//! - The `otlp` and `otlphttp` exporters speak TLS (and mutual TLS) with the Collector's `tls`
+//!   keys, but no CA roots are built in: verifying a server takes `tls.ca_file`.
 //! - `sending_queue.queue_size` counts spans, not batches: memory is what an operator sizes; and
 //!   `sending_queue.max_bytes` bounds the queue's encoded bytes too.
 //! - Each exporter has a `max_export_bytes` (default 4 MiB, the gRPC message limit): batches are

@@ -1,38 +1,58 @@
-//! OTLP/HTTP: protobuf `POST` of the encoded request to `…/v1/traces`.
+//! OTLP/HTTP: protobuf `POST` of the encoded request to `…/v1/traces`, over plain TCP or TLS.
 //!
 //! Retryable, per the OTLP specification: 429, 502, 503 and 504, and connection errors and
 //! timeouts; a `Retry-After`, in seconds or as an HTTP date, is honoured when longer than the
-//! backoff. TLS to an OTLP/HTTP downstream is not supported yet (refused at setup). Every other non-2xx status is permanent.
-//! Redirects are not followed (a `POST` turned into a `GET` would lose the body), so a 3xx is
-//! permanent too. Proxies from the environment are not used: a collector's downstream is
-//! configured, not discovered.
+//! backoff. Every other non-2xx status is permanent. Redirects are not followed (a `POST`
+//! turned into a `GET` would lose the body), so a 3xx is permanent too. Proxies from the
+//! environment are not used: a collector's downstream is configured, not discovered.
+//!
+//! Why hyper's pooled client with a connector of our own rather than reqwest: TLS then runs
+//! through the same rustls configuration and connector as the gRPC exporter (`insecure_skip_verify`,
+//! `server_name_override`, the `ring` provider chosen explicitly); reqwest's rustls either wants
+//! a process-wide crypto provider, which every other reqwest client in the program then needs
+//! too, or builds a second one (aws-lc-rs, a C build).
+
+mod connect;
 
 use std::fmt;
 use std::io::Write as _;
+use std::time::Duration;
 
 use bytes::Bytes;
 use flate2::write::GzEncoder;
+use http_body_util::{BodyExt as _, Full};
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, USER_AGENT as UA,
+};
+use hyper::{Method, Request, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
-use reqwest::{Client, Url};
+use url::Url;
 
 use super::error::{error_text, with_causes, Accepted, SendError, MAX_ERROR_BODY};
 use super::retry::retry_after;
-use super::tls::{self, Scheme};
+use super::tls::{self, Scheme, TlsConnector};
 use super::{ClientConfig, Compression, USER_AGENT};
 use crate::export::ExportSetupError;
+use connect::Connector;
 
 /// Largest response body read for a partial success; a longer one is ignored (the request
 /// still counts as delivered).
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
+/// How long an idle pooled connection is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
 /// Sends encoded requests to one OTLP/HTTP downstream.
 pub(crate) struct HttpTransport {
-    client: Client,
-    url: Url,
+    client: Client<Connector, Full<Bytes>>,
+    uri: Uri,
     headers: HeaderMap,
     gzip: bool,
+    tls: bool,
+    timeout: Duration,
 }
 
 impl fmt::Debug for HttpTransport {
@@ -40,29 +60,19 @@ impl fmt::Debug for HttpTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let names: Vec<_> = self.headers.keys().map(HeaderName::as_str).collect();
         f.debug_struct("HttpTransport")
-            .field("url", &self.url.as_str())
+            .field("uri", &self.uri)
             .field("headers", &names)
             .field("gzip", &self.gzip)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
 
 impl HttpTransport {
-    /// Validates the URL and headers and builds the client (no connection yet).
+    /// Validates the URL, headers and TLS settings and builds the client (no connection yet).
     pub(crate) fn new(name: &str, config: &ClientConfig) -> Result<Self, ExportSetupError> {
         let (endpoint, timeout) = (config.endpoint.as_str(), config.timeout);
-        let client = Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(USER_AGENT)
-            .build()
-            .map_err(|e| ExportSetupError::Client {
-                exporter: name.to_owned(),
-                source: Box::new(e),
-            })?;
-        let url = traces_url(name, &super::with_scheme(endpoint))?;
+        let mut url = traces_url(name, &super::with_scheme(endpoint))?;
         let scheme = if !endpoint.trim().contains("://") {
             Scheme::None
         } else if url.scheme() == "https" {
@@ -70,20 +80,51 @@ impl HttpTransport {
         } else {
             Scheme::Http
         };
-        if tls::wants_tls(name, endpoint, scheme, config.tls.as_ref())? {
-            return Err(ExportSetupError::Tls {
-                exporter: name.to_owned(),
-                reason: format!(
-                    "endpoint `{endpoint}`: TLS to an OTLP/HTTP downstream is not supported yet; \
-                     use the otlp (gRPC) exporter for TLS, or plain http://"
-                ),
-            });
+        let tls = match config.tls.as_ref() {
+            tls_config if tls::wants_tls(name, endpoint, scheme, tls_config)? => {
+                let tls_config = tls_config.cloned().unwrap_or_default();
+                Some(TlsConnector::new(
+                    tls::client_config(name, &tls_config, &[b"http/1.1"])?,
+                    tls::server_name_override(name, &tls_config)?,
+                ))
+            }
+            _ => None,
+        };
+        if tls.is_some() && url.scheme() != "https" {
+            // `host:port` with a tls block: the request line and `Host` say https.
+            let _ = url.set_scheme("https");
+        }
+        let uri: Uri = url
+            .as_str()
+            .parse()
+            .map_err(
+                |e: hyper::http::uri::InvalidUri| ExportSetupError::InvalidEndpoint {
+                    exporter: name.to_owned(),
+                    endpoint: endpoint.to_owned(),
+                    reason: e.to_string(),
+                },
+            )?;
+        let is_tls = tls.is_some();
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(Connector::new(tls, timeout));
+        let mut headers = header_map(name, &config.headers)?;
+        headers.insert(UA, HeaderValue::from_static(USER_AGENT));
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-protobuf"),
+        );
+        let gzip = config.compression == Compression::Gzip;
+        if gzip {
+            headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
         Ok(Self {
             client,
-            url,
-            headers: header_map(name, &config.headers)?,
-            gzip: config.compression == Compression::Gzip,
+            uri,
+            headers,
+            gzip,
+            tls: is_tls,
+            timeout,
         })
     }
 
@@ -103,35 +144,29 @@ impl HttpTransport {
             .map_err(|e| SendError::Request(format!("gzip: {e}")))
     }
 
-    /// One `POST`.
+    /// One `POST`, the response read within the timeout too.
     pub(crate) async fn send(&self, payload: &Bytes) -> Result<Accepted, SendError> {
-        let mut request = self
-            .client
-            .post(self.url.clone())
-            .headers(self.headers.clone())
-            .header(CONTENT_TYPE, "application/x-protobuf")
-            .body(payload.clone());
-        if self.gzip {
-            request = request.header(CONTENT_ENCODING, "gzip");
+        let mut request = Request::new(Full::new(payload.clone()));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        match tokio::time::timeout(self.timeout, self.exchange(request)).await {
+            Ok(result) => result,
+            Err(_) => Err(SendError::Transport(format!(
+                "no response within the timeout ({:?})",
+                self.timeout
+            ))),
         }
-        let mut response = request.send().await.map_err(|e| {
-            let message = with_causes(e.to_string(), std::error::Error::source(&e));
-            if e.is_builder() {
-                SendError::Request(message)
-            } else {
-                SendError::Transport(message)
-            }
+    }
+
+    async fn exchange(&self, request: Request<Full<Bytes>>) -> Result<Accepted, SendError> {
+        let response = self.client.request(request).await.map_err(|e| {
+            SendError::Transport(with_causes(e.to_string(), std::error::Error::source(&e)))
         })?;
         let status = response.status();
         if !status.is_success() {
             let retry_after = retry_after(response.headers());
-            let mut body = Vec::new();
-            while let Ok(Some(chunk)) = response.chunk().await {
-                body.extend_from_slice(&chunk);
-                if body.len() >= MAX_ERROR_BODY * 4 {
-                    break;
-                }
-            }
+            let (body, _) = read_body(response.into_body(), MAX_ERROR_BODY * 4).await;
             return Err(SendError::Http {
                 status: status.as_u16(),
                 body: error_text(&body),
@@ -145,15 +180,28 @@ impl HttpTransport {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.contains("json"));
-        let mut body = Vec::new();
-        while let Ok(Some(chunk)) = response.chunk().await {
-            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                return Ok(Accepted::default());
-            }
-            body.extend_from_slice(&chunk);
+        match read_body(response.into_body(), MAX_RESPONSE_BYTES).await {
+            (body, true) => Ok(decode_response(&body, json)),
+            (_, false) => Ok(Accepted::default()),
         }
-        Ok(decode_response(&body, json))
     }
+}
+
+/// Up to `limit` bytes of `body`, and whether that was all of it (a body that fails midway
+/// counts as whole up to there).
+async fn read_body(mut body: hyper::body::Incoming, limit: usize) -> (Vec<u8>, bool) {
+    let mut bytes = Vec::new();
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(data) = frame.into_data() {
+            if bytes.len() + data.len() > limit {
+                let room = limit - bytes.len();
+                bytes.extend_from_slice(&data[..room]);
+                return (bytes, false);
+            }
+            bytes.extend_from_slice(&data);
+        }
+    }
+    (bytes, true)
 }
 
 /// The partial success in a response body: protobuf, or OTLP/JSON when the server says so.

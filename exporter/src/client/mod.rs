@@ -6,7 +6,7 @@
 //!  encoded request ─▶ prepare (gzip once, HTTP) ─▶ attempt ─▶ backoff / Retry-After ─▶ attempt …
 //!                                                     │
 //!                                         OTLP/gRPC (tonic, pass-through codec)
-//!                                         OTLP/HTTP (reqwest, POST …/v1/traces)
+//!                                         OTLP/HTTP (hyper, POST …/v1/traces)
 //! ```
 //!
 //! Why requests are encoded once, before the first attempt: a retry then re-sends the same bytes
@@ -24,7 +24,7 @@ mod tls;
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::Url;
+use url::Url;
 
 pub use error::{Accepted, Rejection, SendError};
 pub(crate) use retry::{with_retries, RetryEvent};
@@ -156,6 +156,8 @@ pub struct OtlpClient {
     transport: Transport,
 }
 
+// One per client, made once and never moved about: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Transport {
     Grpc(GrpcTransport),
@@ -170,9 +172,8 @@ impl OtlpClient {
     /// # Errors
     ///
     /// [`ExportSetupError`] for an invalid endpoint or header, TLS settings that contradict the
-    /// endpoint or each other, a TLS file that cannot be read or parsed, TLS to an OTLP/HTTP
-    /// downstream (not supported yet), no tokio runtime (gRPC), or an HTTP client that cannot
-    /// be built.
+    /// endpoint or each other, a TLS file that cannot be read or parsed, or no tokio runtime
+    /// (gRPC).
     pub fn new(name: &str, config: &ClientConfig) -> Result<Self, ExportSetupError> {
         let transport = match config.protocol {
             Protocol::Grpc => {

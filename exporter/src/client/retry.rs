@@ -18,7 +18,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use hyper::header::{HeaderMap, RETRY_AFTER};
 use tokio::time::Instant;
 use tonic::Code;
 

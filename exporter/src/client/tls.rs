@@ -1,5 +1,5 @@
 //! TLS to the downstream: the rustls client configuration from PEM files, and the connector the
-//! gRPC channel dials through.
+//! gRPC channel and the OTLP/HTTP client dial through.
 //!
 //! Why a connector of our own rather than tonic's TLS: tonic's client TLS can neither skip
 //! verification (`insecure_skip_verify`) nor verify a name other than the one it dials without
@@ -366,20 +366,27 @@ impl tonic::codegen::Service<Uri> for TlsConnector {
         Box::pin(async move {
             let host = uri
                 .host()
-                .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
                 .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no host"))?;
-            let port = uri.port_u16().unwrap_or(443);
-            let tcp = TcpStream::connect((host.as_str(), port)).await?;
-            tcp.set_nodelay(true)?;
-            let server_name = match this.server_name {
-                Some(n) => n,
-                None => ServerName::try_from(host).map_err(|e| {
-                    io::Error::new(io::ErrorKind::InvalidInput, format!("tls server name: {e}"))
-                })?,
-            };
-            let tls = this.connector.connect(server_name, tcp).await?;
+            let tls = this.connect(host, uri.port_u16().unwrap_or(443)).await?;
             Ok(TokioIo::new(tls))
         })
+    }
+}
+
+impl TlsConnector {
+    /// Dials `host:port` (brackets around an IPv6 address are taken off) and runs the
+    /// handshake, verifying the override name if set, else `host`.
+    pub(crate) async fn connect(&self, host: &str, port: u16) -> io::Result<TlsStream<TcpStream>> {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let tcp = TcpStream::connect((host, port)).await?;
+        tcp.set_nodelay(true)?;
+        let server_name = match &self.server_name {
+            Some(n) => n.clone(),
+            None => ServerName::try_from(host.to_owned()).map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("tls server name: {e}"))
+            })?,
+        };
+        self.connector.connect(server_name, tcp).await
     }
 }
 

@@ -25,7 +25,7 @@ use super::span_count::SpanCountPolicy;
 use super::status::StatusCodePolicy;
 use crate::decision::KeptDecision;
 use crate::error::ConfigError;
-use crate::metrics::PolicyTally;
+use crate::metrics::{PolicyNames, PolicyTally};
 use crate::span::SpanView;
 
 /// Deepest nesting of `and` / `not` / `drop` accepted, so a hostile file cannot blow the stack.
@@ -306,6 +306,7 @@ struct Policy {
 pub(crate) struct PolicySet {
     policies: Vec<Policy>,
     sample_on_first_match: bool,
+    names: Arc<PolicyNames>,
 }
 
 impl PolicySet {
@@ -336,10 +337,19 @@ impl PolicySet {
                 drop: cfg.kind == PolicyType::Drop,
             });
         }
+        let names = Arc::new(PolicyNames::new(
+            policies.iter().map(|p| p.name.clone()).collect(),
+        ));
         Ok(Self {
             policies,
             sample_on_first_match,
+            names,
         })
+    }
+
+    /// The names, in order, with this set's generation.
+    pub(crate) fn names(&self) -> &Arc<PolicyNames> {
+        &self.names
     }
 
     pub(crate) fn len(&self) -> usize {

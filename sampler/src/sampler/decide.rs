@@ -17,7 +17,7 @@ use crate::buffer::{Shard, Taken};
 use crate::cache::fingerprint;
 use crate::decision::{KeptDecision, SEGMENT_ATTRIBUTE};
 use crate::metrics::{DecisionTally, Trigger};
-use crate::policy::{EvalContext, Outcome};
+use crate::policy::{EvalContext, Outcome, PolicySet};
 use crate::span::{AttrValue, SpanView, StatusKind};
 
 /// The working set of one round, reused from round to round by one caller.
@@ -30,15 +30,18 @@ pub(super) struct Round<S> {
     late: Vec<(Vec<S>, Option<Arc<KeptDecision>>)>,
     /// Votes and counts of this round, added to the shard's when recorded.
     tally: DecisionTally,
+    /// The policies this round decides by (taken when the round began).
+    policies: Arc<PolicySet>,
 }
 
 impl<S: SpanView> Round<S> {
-    pub(super) fn new(policies: usize) -> Self {
+    pub(super) fn new(policies: Arc<PolicySet>) -> Self {
         Self {
             taken: Vec::new(),
             verdicts: Vec::new(),
             late: Vec::new(),
-            tally: DecisionTally::new(policies),
+            tally: DecisionTally::new(Arc::clone(policies.names())),
+            policies,
         }
     }
 }
@@ -72,9 +75,10 @@ impl<S: SpanView> TailSampler<S> {
 
     /// Decides every taken trace. Holds no shard lock: it reads every span.
     fn judge(&self, round: &mut Round<S>, now: u64, resource: &[KeyValue], kept: &mut Vec<S>) {
+        let policies = &*round.policies;
         for taken in round.taken.drain(..) {
             let trace_id = taken.trace_id;
-            let decision = self.judge_one(taken, now, resource, &mut round.tally, kept);
+            let decision = self.judge_one(policies, taken, now, resource, &mut round.tally, kept);
             round.verdicts.push((trace_id, decision));
         }
     }
@@ -112,6 +116,7 @@ impl<S: SpanView> TailSampler<S> {
     /// Decides one trace: counts in `tally`, kept spans annotated into `kept`, the rest freed.
     fn judge_one(
         &self,
+        policies: &PolicySet,
         taken: Taken<S>,
         now: u64,
         resource: &[KeyValue],
@@ -129,16 +134,14 @@ impl<S: SpanView> TailSampler<S> {
             bytes: entry.bytes,
             now_nanos: now,
         };
-        let outcome = self
-            .policies
-            .evaluate(&entry.spans, &cx, &mut tally.policies);
+        let outcome = policies.evaluate(&entry.spans, &cx, &mut tally.policies);
         let mut credited = None;
         // Job ids are only looked up when they can matter: a kept error trace records its job,
         // and a trace no policy kept is kept if its job was.
         let decision = match outcome {
             Outcome::Keep { index } => {
                 credited = Some(index);
-                Some(self.policies.decision(index).clone())
+                Some(policies.decision(index).clone())
             }
             Outcome::Dropped { .. } => None,
             // Later segments follow an error segment; earlier ones, decided after it, do not.

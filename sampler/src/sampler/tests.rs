@@ -421,3 +421,71 @@ fn the_decision_hook_should_see_every_decision_of_a_round() {
         vec![(id(1), Some(Arc::from("errors"))), (id(2), None)]
     );
 }
+
+#[test]
+fn replaced_policies_should_decide_buffered_traces_and_keep_counters_by_name() {
+    let (s, clock) = sampler(errors_only());
+    let mut kept = Vec::new();
+    // decided by the first set: an error trace, kept
+    ingest(&s, TestSpan::new(1, 1).error().build(), &mut kept);
+    clock.advance(Duration::from_secs(3));
+    assert_eq!(s.poll(&mut kept), 1);
+    assert_eq!(kept.len(), 1);
+    // buffered before the swap, decided after: an ok trace, which only the new set keeps
+    ingest(&s, TestSpan::new(2, 1).build(), &mut kept);
+    let both = SamplerConfig::default().with_policies(vec![
+        PolicyConfig::status_code("errors", &["ERROR"]),
+        PolicyConfig::always_sample("everything"),
+    ]);
+    assert_eq!(s.set_policies(&both).unwrap(), 2);
+    clock.advance(Duration::from_secs(3));
+    assert_eq!(s.poll(&mut kept), 1);
+    assert_eq!(kept.len(), 2);
+    let m = s.metrics();
+    let names: Vec<_> = m.policies.iter().map(|p| p.policy.as_str()).collect();
+    assert_eq!(names, ["errors", "everything"]);
+    // `errors` voted twice across the two sets; `everything` once, since it came
+    assert_eq!(m.policies[0].traces_sampled, 1);
+    assert_eq!(m.policies[0].traces_not_sampled, 1);
+    assert_eq!(m.policies[0].traces_kept, 1);
+    assert_eq!(m.policies[1].traces_sampled, 1);
+    assert_eq!(m.global_count_traces_sampled, 2);
+
+    // an invalid set is refused and the running one stays
+    let invalid = SamplerConfig::default().with_policies(Vec::new());
+    assert!(s.set_policies(&invalid).is_err());
+    ingest(&s, TestSpan::new(3, 1).build(), &mut kept);
+    clock.advance(Duration::from_secs(3));
+    assert_eq!(s.poll(&mut kept), 1);
+    assert_eq!(kept.len(), 3, "kept by `everything`, still running");
+}
+
+#[test]
+fn a_round_on_the_old_policies_should_add_its_counts_by_name_after_a_swap() {
+    use crate::metrics::{DecisionTally, PolicyNames};
+    let old = Arc::new(PolicyNames::new(
+        vec![Arc::from("a"), Arc::from("b")].into(),
+    ));
+    let new = Arc::new(PolicyNames::new(
+        vec![Arc::from("b"), Arc::from("c")].into(),
+    ));
+    let mut shard = DecisionTally::new(Arc::clone(&new));
+    let mut round = DecisionTally::new(Arc::clone(&old));
+    round.policies[0].sampled = 5; // `a`: gone
+    round.policies[1].sampled = 7; // `b`: index 0 now
+    round.drain_into(&mut shard);
+    assert_eq!(shard.policies[0].sampled, 7);
+    assert_eq!(shard.policies[1].sampled, 0);
+    // and a shard still on the old set follows a round on the new one
+    let mut shard = DecisionTally::new(Arc::clone(&old));
+    shard.policies[1].sampled = 2;
+    let mut round = DecisionTally::new(new);
+    round.policies[1].sampled = 1;
+    round.drain_into(&mut shard);
+    assert_eq!(shard.names.names.len(), 2);
+    assert_eq!(&*shard.names.names[1], "c");
+    assert_eq!(
+        (shard.policies[0].sampled, shard.policies[1].sampled),
+        (2, 1)
+    );
+}

@@ -226,26 +226,6 @@ async fn http_client_errors_and_other_server_errors_should_be_permanent() {
     assert_eq!(get(&metrics.spans_sent), 0);
 }
 
-#[tokio::test]
-async fn http_setup_should_refuse_tls_with_a_clear_error() {
-    let mut config = http_config(
-        "127.0.0.1:1".parse().unwrap(),
-        Compression::None,
-        Vec::new(),
-        fast_retry(10),
-    );
-    config.target = ExportTarget::OtlpHttp {
-        endpoint: "https://collector:4318".into(),
-        compression: Compression::None,
-        timeout: Duration::from_secs(1),
-        headers: Vec::new(),
-    };
-    let err = ExporterQueue::start(&config, Arc::default()).unwrap_err();
-    assert!(matches!(err, ExportSetupError::Tls { .. }), "{err}");
-    assert!(err.to_string().contains("otlphttp/test"), "{err}");
-    assert!(err.to_string().contains("not supported yet"), "{err}");
-}
-
 #[test]
 fn traces_path_should_be_appended_only_when_the_url_has_no_path() {
     let url = |e: &str| traces_url("x", e).map(|u| u.to_string());
@@ -270,7 +250,7 @@ fn retry_after_should_read_seconds_and_dates_and_ignore_garbage() {
     let headers = |v: &str| {
         let mut h = HeaderMap::new();
         h.insert(
-            reqwest::header::RETRY_AFTER,
+            hyper::header::RETRY_AFTER,
             HeaderValue::from_str(v).unwrap(),
         );
         h

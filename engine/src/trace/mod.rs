@@ -53,6 +53,8 @@ pub mod attributes;
 mod item;
 mod items;
 pub mod propagation;
+#[cfg(feature = "stored-trace")]
+pub mod stored;
 mod tracer;
 
 pub(crate) use item::{interned, Item, Ranking, TraceConfig};

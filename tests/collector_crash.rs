@@ -404,14 +404,7 @@ async fn a_tiny_storage_bound_should_refuse_then_take_requests_once_exports_drai
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sender = tokio::spawn(send(addr, acked.clone(), stop.clone()));
     let admin = sampler.admin.unwrap();
-    let scrape = || async {
-        reqwest::get(format!("http://{admin}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    let scrape = || process::scrape(admin);
     let started = Instant::now();
     loop {
         let text = scrape().await;

@@ -16,7 +16,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
-use process::CollectorProcess;
+use process::{scrape, CollectorProcess};
 use prost::Message as _;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -99,15 +99,6 @@ async fn until(what: &str, collector: &CollectorProcess, mut done: impl FnMut() 
         assert!(started.elapsed() < LIMIT, "{what}: {}", collector.stderr());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-async fn scrape(admin: SocketAddr) -> String {
-    reqwest::get(format!("http://{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

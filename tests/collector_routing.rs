@@ -22,7 +22,7 @@ use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData, SpanExporter};
 use opentelemetry_sdk::Resource;
-use process::{metric, CollectorProcess};
+use process::{metric, scrape, CollectorProcess};
 
 const LIMIT: Duration = Duration::from_secs(60);
 const SERVICES: [&str; 3] = ["frontend", "orders", "payments"];
@@ -141,15 +141,6 @@ async fn send(router: SocketAddr, spans: [Vec<SpanData>; 3]) {
     for t in tasks {
         t.await.unwrap();
     }
-}
-
-async fn scrape(admin: SocketAddr) -> String {
-    reqwest::get(format!("http://{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }
 
 /// A metric's value for one label value.

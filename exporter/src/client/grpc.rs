@@ -25,7 +25,7 @@ use tonic::{Code, Status};
 
 use super::error::{with_causes, Accepted, SendError};
 use super::retry::grpc_retry_info;
-use super::tls::{self, Scheme, TlsConnector};
+use super::tls::{self, Scheme};
 use super::{ClientConfig, Compression, USER_AGENT};
 use crate::export::ExportSetupError;
 use crate::otlp::grpc::{EncodedRequestCodec, EXPORT_PATH};
@@ -66,16 +66,7 @@ impl GrpcTransport {
             endpoint: endpoint.to_owned(),
             reason,
         };
-        let connector = match config.tls.as_ref() {
-            tls_config if tls::wants_tls(name, endpoint, scheme, tls_config)? => {
-                let tls_config = tls_config.cloned().unwrap_or_default();
-                Some(TlsConnector::new(
-                    tls::client_config(name, &tls_config, &[b"h2"])?,
-                    tls::server_name_override(name, &tls_config)?,
-                ))
-            }
-            _ => None,
-        };
+        let connector = tls::connector(name, endpoint, scheme, config.tls.as_ref(), &[b"h2"])?;
         let endpoint = Endpoint::from(uri)
             .user_agent(USER_AGENT)
             .map_err(|e| invalid(e.to_string()))?

@@ -33,7 +33,7 @@ use url::Url;
 
 use super::error::{error_text, with_causes, Accepted, SendError, MAX_ERROR_BODY};
 use super::retry::retry_after;
-use super::tls::{self, Scheme, TlsConnector};
+use super::tls::{self, Scheme};
 use super::{ClientConfig, Compression, USER_AGENT};
 use crate::export::ExportSetupError;
 use connect::Connector;
@@ -80,16 +80,7 @@ impl HttpTransport {
         } else {
             Scheme::Http
         };
-        let tls = match config.tls.as_ref() {
-            tls_config if tls::wants_tls(name, endpoint, scheme, tls_config)? => {
-                let tls_config = tls_config.cloned().unwrap_or_default();
-                Some(TlsConnector::new(
-                    tls::client_config(name, &tls_config, &[b"http/1.1"])?,
-                    tls::server_name_override(name, &tls_config)?,
-                ))
-            }
-            _ => None,
-        };
+        let tls = tls::connector(name, endpoint, scheme, config.tls.as_ref(), &[b"http/1.1"])?;
         if tls.is_some() && url.scheme() != "https" {
             // `host:port` with a tls block: the request line and `Host` say https.
             let _ = url.set_scheme("https");

@@ -140,6 +140,25 @@ pub(crate) fn wants_tls(
     }
 }
 
+/// The connector of a client to `endpoint` (written with `scheme`) with `tls`, offering
+/// `alpn`; `None` when the client speaks plain text (see [`wants_tls`]).
+pub(crate) fn connector(
+    name: &str,
+    endpoint: &str,
+    scheme: Scheme,
+    tls: Option<&ClientTlsConfig>,
+    alpn: &[&[u8]],
+) -> Result<Option<TlsConnector>, ExportSetupError> {
+    if !wants_tls(name, endpoint, scheme, tls)? {
+        return Ok(None);
+    }
+    let tls = tls.cloned().unwrap_or_default();
+    Ok(Some(TlsConnector::new(
+        client_config(name, &tls, alpn)?,
+        server_name_override(name, &tls)?,
+    )))
+}
+
 /// The rustls client configuration of `tls`, offering `alpn` (e.g. `h2` for gRPC).
 pub(crate) fn client_config(
     name: &str,

@@ -57,9 +57,17 @@ impl TestSchema {
         &self.schema
     }
 
-    /// A configuration for queue `queue` in this schema, with the defaults otherwise.
+    /// A configuration for queue `queue` in this schema, with the defaults otherwise. Its
+    /// connections carry the schema's name as `application_name` (when `DATABASE_URL` is a
+    /// URL), so a test can find them in `pg_stat_activity`.
     pub fn config(&self, queue: &str) -> PgQueueConfig {
-        PgQueueConfig::new(self.url.clone())
+        let url = if self.url.starts_with("postgres://") || self.url.starts_with("postgresql://") {
+            let sep = if self.url.contains('?') { '&' } else { '?' };
+            format!("{}{sep}application_name={}", self.url, self.schema)
+        } else {
+            format!("{} application_name={}", self.url, self.schema)
+        };
+        PgQueueConfig::new(url)
             .with_schema(self.schema.clone())
             .with_queue(queue)
     }
@@ -70,6 +78,23 @@ impl TestSchema {
     /// As [`PgQueue::connect`].
     pub async fn queue(&self, config: PgQueueConfig) -> Result<PgQueue, PgError> {
         PgQueue::connect(config).await
+    }
+
+    /// Ends every connection of this test's queues (as a database restart would), from the
+    /// server side; how many were ended.
+    ///
+    /// # Errors
+    /// [`PgError::Connect`] / [`PgError::Query`] when the database cannot be reached.
+    pub async fn terminate_connections(&self) -> Result<u64, PgError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                &[&self.schema],
+            )
+            .await
+            .map_err(PgError::query("terminate connections"))?;
+        Ok(rows.len() as u64)
     }
 
     /// A plain client on the test database, for statements of the test's own.

@@ -545,3 +545,27 @@ async fn postgres_queue_should_never_run_a_key_on_two_workers_at_once() {
         w.await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_queue_should_give_prefetched_keys_back_at_shutdown() {
+    let db = db_or_skip!("postgres_queue_should_give_prefetched_keys_back_at_shutdown");
+    let a = queue(&db, db.config("q").with_prefetch(5)).await;
+    let b = queue(&db, db.config("q")).await;
+    let keys: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
+    let items: Vec<(&str, Option<&[u8]>)> = keys.iter().map(|k| (k.as_str(), None)).collect();
+    a.add_many(&items, AddOptions::new()).await.unwrap();
+    let first = a.claim().await.unwrap();
+    assert_eq!(first.key, "k0");
+    // One statement took the waiting worker's key and five more, held for the next claims.
+    assert_eq!(a.processing_len().await.unwrap(), 6);
+    assert_eq!(a.counters().claim_statements, 1);
+    let second = a.claim().await.unwrap();
+    assert_eq!(second.key, "k1", "served from the prefetched keys, in order");
+    assert_eq!(a.counters().claim_statements, 1, "without another statement");
+    a.shutdown().await.unwrap();
+    assert_eq!(b.processing_len().await.unwrap(), 0, "all given back");
+    let claims = b.try_claim_batch(20).await.unwrap();
+    assert_eq!(claims.len(), 10);
+    assert!(claims.iter().all(|c| c.attempt == 1), "given-back attempts are not counted");
+    b.shutdown().await.unwrap();
+}

@@ -201,6 +201,10 @@ pub(super) async fn claim_rows(
         .query(&st, &[&inner.config.queue, &limit, &inner.owner, &lease])
         .await
         .map_err(PgError::query("claim"))?;
+    inner
+        .counters
+        .claim_statements
+        .fetch_add(1, Ordering::Relaxed);
     let mut rows: Vec<(bool, i32, std::time::SystemTime, i64, Row)> = rows
         .into_iter()
         .map(|r| (r.get(5), r.get(1), r.get(7), r.get(8), r))
@@ -241,14 +245,52 @@ pub(super) async fn claim_rows(
     Ok(claims)
 }
 
-/// The claimer: gathers waiting workers, claims for all of them in one statement, and sleeps
-/// until a notification, the next ready time or the poll interval when it found too little.
+/// The claimer: gathers waiting workers, claims for all of them (plus the prefetch) in one
+/// statement, and sleeps until a notification, the next ready time or the poll interval when it
+/// found too little. Claims no worker took yet wait in `buffer` (their leases renewed); they are
+/// given back when the claimer stops.
 pub(super) async fn run_claimer(inner: Arc<Inner>, mut requests: mpsc::Receiver<ClaimRequest>) {
     let mut stop = inner.stop_claims.subscribe();
     let mut waiting: VecDeque<ClaimRequest> = VecDeque::new();
+    let mut buffer: VecDeque<PgClaim> = VecDeque::new();
     let mut conn: Option<Conn> = None;
+    claim_loop(
+        &inner,
+        &mut requests,
+        &mut stop,
+        &mut waiting,
+        &mut buffer,
+        &mut conn,
+    )
+    .await;
+    if !buffer.is_empty() {
+        let tokens: Vec<i64> = buffer.iter().map(|c| c.token).collect();
+        if let Err(error) = inner.release_tokens(&tokens).await {
+            tracing::warn!(queue = %inner.config.queue, error = %error_chain(&error),
+                "could not give back prefetched keys; they are reclaimed when their leases expire");
+        }
+    }
+}
+
+async fn claim_loop(
+    inner: &Arc<Inner>,
+    requests: &mut mpsc::Receiver<ClaimRequest>,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+    waiting: &mut VecDeque<ClaimRequest>,
+    buffer: &mut VecDeque<PgClaim>,
+    conn: &mut Option<Conn>,
+) {
     let mut backoff = inner.config.reconnect_base;
     loop {
+        while let Ok(r) = requests.try_recv() {
+            waiting.push_back(r);
+        }
+        while let Some(claim) = buffer.pop_front() {
+            if let Some(back) = hand_out(waiting, claim) {
+                buffer.push_front(back);
+                break;
+            }
+        }
         waiting.retain(|w| !w.is_closed());
         if waiting.is_empty() {
             tokio::select! {
@@ -258,31 +300,27 @@ pub(super) async fn run_claimer(inner: Arc<Inner>, mut requests: mpsc::Receiver<
                 },
                 _ = stop.changed() => return,
             }
-        }
-        while let Ok(r) = requests.try_recv() {
-            waiting.push_back(r);
+            continue;
         }
         if inner.claims_stopped() {
             return;
         }
         let c = match conn.take() {
             Some(c) if !c.is_closed() => c,
-            _ => match inner.db.connect_retrying("claimer", None, &mut stop).await {
+            _ => match inner.db.connect_retrying("claimer", None, stop).await {
                 Some(c) => c,
                 None => return,
             },
         };
-        let n = waiting.len().min(inner.config.claim_batch);
-        match claim_rows(&inner, &c, n).await {
+        let n = (waiting.len() + inner.config.prefetch).min(inner.config.claim_batch);
+        match claim_rows(inner, &c, n).await {
             Ok(claims) => {
                 backoff = inner.config.reconnect_base;
-                let short = claims.len() < n;
-                for claim in claims {
-                    hand_out(&mut waiting, claim);
-                }
-                if short {
-                    let next = next_ready(&inner, &c).await;
-                    conn = Some(c);
+                let short = claims.len() < waiting.len();
+                buffer.extend(claims);
+                if short && buffer.is_empty() {
+                    let next = next_ready(inner, &c).await;
+                    *conn = Some(c);
                     let pause = next.min(inner.config.poll_interval);
                     tokio::select! {
                         () = inner.wake.notified() => {}
@@ -290,13 +328,13 @@ pub(super) async fn run_claimer(inner: Arc<Inner>, mut requests: mpsc::Receiver<
                         _ = stop.changed() => return,
                     }
                 } else {
-                    conn = Some(c);
+                    *conn = Some(c);
                 }
             }
             Err(error) => {
                 tracing::warn!(queue = %inner.config.queue, error = %error_chain(&error), "claim failed; retrying");
                 if !error.is_connection() {
-                    conn = Some(c);
+                    *conn = Some(c);
                 }
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
@@ -308,18 +346,15 @@ pub(super) async fn run_claimer(inner: Arc<Inner>, mut requests: mpsc::Receiver<
     }
 }
 
-/// Gives `claim` to the first worker still waiting; with none left, drops it (its lease is no
-/// longer renewed and `give_back` returns it at once).
-fn hand_out(waiting: &mut VecDeque<ClaimRequest>, mut claim: PgClaim) {
+/// Gives `claim` to the first worker still waiting; hands it back when none is left.
+fn hand_out(waiting: &mut VecDeque<ClaimRequest>, mut claim: PgClaim) -> Option<PgClaim> {
     while let Some(worker) = waiting.pop_front() {
         match worker.send(claim) {
-            Ok(()) => return,
+            Ok(()) => return None,
             Err(back) => claim = back,
         }
     }
-    // Every worker gave up while the statement ran (cancelled mid-claim): dropping the claim
-    // stops its renewals, so the key is reclaimed after the lease timeout. Rare, and safe.
-    drop(claim);
+    Some(claim)
 }
 
 /// How long until a waiting key or an expiring lease may need a claim; the poll interval when

@@ -343,6 +343,10 @@ async fn run_batch(
         )
         .await
         .map_err(PgError::query("completion"))?;
+    inner
+        .counters
+        .completion_statements
+        .fetch_add(1, Ordering::Relaxed);
     let mut by_token = std::collections::HashMap::with_capacity(rows.len());
     for row in rows {
         let Some(token) = row.get::<_, Option<i64>>(0) else {

@@ -89,10 +89,12 @@ pub use complete::Settled;
 pub use config::{
     validate_identifier, PgQueueConfig, DEFAULT_CLAIM_BATCH, DEFAULT_COMPLETION_BATCH,
     DEFAULT_FAILED_RETENTION, DEFAULT_LEASE_TIMEOUT, DEFAULT_MAX_RETRIES, DEFAULT_POLL_INTERVAL,
-    DEFAULT_QUEUE, DEFAULT_RECONNECT_BASE, DEFAULT_RECONNECT_MAX, DEFAULT_SCHEMA,
+    DEFAULT_PREFETCH, DEFAULT_QUEUE, DEFAULT_RECONNECT_BASE, DEFAULT_RECONNECT_MAX, DEFAULT_SCHEMA,
     MAX_IDENTIFIER_LEN, MAX_QUEUE_NAME_LEN, MIN_LEASE_TIMEOUT,
 };
 pub use dead::FailedKey;
 pub use error::{ConfigError, PgError};
 pub use queue::{PgCounters, PgQueue, PgStats};
 pub use schema::SCHEMA_VERSION;
+/// The client this backend speaks, re-exported: [`PgQueue::add_in`] takes its transactions.
+pub use tokio_postgres;

@@ -85,6 +85,8 @@ pub(super) struct Counters {
     pub(super) claimed: AtomicU64,
     pub(super) notifications: AtomicU64,
     pub(super) listening: AtomicBool,
+    pub(super) claim_statements: AtomicU64,
+    pub(super) completion_statements: AtomicU64,
 }
 
 /// A snapshot of a [`PgQueue`]'s counters (this process's handle only).
@@ -103,6 +105,10 @@ pub struct PgCounters {
     pub notifications: u64,
     /// Whether the notification listener is connected and listening.
     pub listening: bool,
+    /// Claim statements run (each a round trip, for any number of keys).
+    pub claim_statements: u64,
+    /// Completion statements run (each a round trip, for any number of completions).
+    pub completion_statements: u64,
 }
 
 /// How many keys a queue has in each state, across every process.
@@ -151,6 +157,25 @@ impl Inner {
 
     pub(super) fn claims_stopped(&self) -> bool {
         *self.stop_claims.borrow()
+    }
+
+    /// Gives back the keys of `tokens` this handle holds: queued where they were, their attempt
+    /// not counted. Forgets the tokens.
+    pub(super) async fn release_tokens(&self, tokens: &[i64]) -> Result<(), PgError> {
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        let conn = self.shared.get().await?;
+        let st = conn.statement("release_all", &self.sql.release_all).await?;
+        let c = &self.config;
+        conn.client
+            .execute(&st, &[&c.queue, &self.owner, &tokens, &c.schema])
+            .await
+            .map_err(PgError::query("release"))?;
+        for token in tokens {
+            self.held.release(*token);
+        }
+        Ok(())
     }
 }
 
@@ -389,6 +414,8 @@ impl PgQueue {
             claimed: c.claimed.load(Ordering::Relaxed),
             notifications: c.notifications.load(Ordering::Relaxed),
             listening: c.listening.load(Ordering::Relaxed),
+            claim_statements: c.claim_statements.load(Ordering::Relaxed),
+            completion_statements: c.completion_statements.load(Ordering::Relaxed),
         }
     }
 
@@ -419,22 +446,7 @@ impl PgQueue {
             let _ = task.await;
         }
         let (tokens, _) = self.inner.held.snapshot();
-        if tokens.is_empty() {
-            return Ok(());
-        }
-        let conn = self.inner.shared.get().await?;
-        let st = conn
-            .statement("release_all", &self.inner.sql.release_all)
-            .await?;
-        let c = &self.inner.config;
-        conn.client
-            .execute(&st, &[&c.queue, &self.inner.owner, &tokens, &c.schema])
-            .await
-            .map_err(PgError::query("release at shutdown"))?;
-        for token in tokens {
-            self.inner.held.release(token);
-        }
-        Ok(())
+        self.inner.release_tokens(&tokens).await
     }
 
     /// Stops handing out keys and adding, waits until every key this handle holds is

@@ -560,12 +560,22 @@ async fn postgres_queue_should_give_prefetched_keys_back_at_shutdown() {
     assert_eq!(a.processing_len().await.unwrap(), 6);
     assert_eq!(a.counters().claim_statements, 1);
     let second = a.claim().await.unwrap();
-    assert_eq!(second.key, "k1", "served from the prefetched keys, in order");
-    assert_eq!(a.counters().claim_statements, 1, "without another statement");
+    assert_eq!(
+        second.key, "k1",
+        "served from the prefetched keys, in order"
+    );
+    assert_eq!(
+        a.counters().claim_statements,
+        1,
+        "without another statement"
+    );
     a.shutdown().await.unwrap();
     assert_eq!(b.processing_len().await.unwrap(), 0, "all given back");
     let claims = b.try_claim_batch(20).await.unwrap();
     assert_eq!(claims.len(), 10);
-    assert!(claims.iter().all(|c| c.attempt == 1), "given-back attempts are not counted");
+    assert!(
+        claims.iter().all(|c| c.attempt == 1),
+        "given-back attempts are not counted"
+    );
     b.shutdown().await.unwrap();
 }

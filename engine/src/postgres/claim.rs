@@ -112,10 +112,12 @@ pub(super) fn claim_sql(s: &str) -> String {
   SELECT key FROM {s}.items
   WHERE queue = $1 AND state = 'queued' AND ready_at <= now()
   ORDER BY priority DESC, ready_at, seq
-  LIMIT greatest($2 - (SELECT count(*) FROM expired), 0) FOR UPDATE SKIP LOCKED
+  LIMIT $2 FOR UPDATE SKIP LOCKED
 ), picked AS (
-  SELECT key, true AS reclaimed FROM expired UNION ALL SELECT key, false FROM ready
+  SELECT key FROM expired UNION ALL SELECT key FROM ready LIMIT $2
 )
+-- The keys as an array, so the planner looks them up by primary key whatever it guesses their
+-- number to be (a join on the CTE made it hash the whole queue).
 UPDATE {s}.items i SET
   state = 'processing',
   attempt = i.attempt + 1,
@@ -124,9 +126,9 @@ UPDATE {s}.items i SET
   lease_expires_at = now() + $4::int8 * interval '1 microsecond',
   -- a run that starts now covers every add made so far; a later ready time stays pending
   dirty_ready_at = CASE WHEN i.dirty_ready_at > now() THEN i.dirty_ready_at END
-FROM picked p
-WHERE i.queue = $1 AND i.key = p.key
-RETURNING i.key, i.priority, i.attempt, i.lease_token, i.payload, p.reclaimed,
+WHERE i.queue = $1 AND i.key = ANY(ARRAY(SELECT key FROM picked))
+RETURNING i.key, i.priority, i.attempt, i.lease_token, i.payload,
+  i.key = ANY(ARRAY(SELECT key FROM expired)),
   greatest(extract(epoch FROM now() - i.ready_at), 0)::float8, i.ready_at, i.seq"
     )
 }
@@ -249,8 +251,14 @@ pub(super) async fn claim_rows(
 /// statement, and sleeps until a notification, the next ready time or the poll interval when it
 /// found too little. Claims no worker took yet wait in `buffer` (their leases renewed); they are
 /// given back when the claimer stops.
-pub(super) async fn run_claimer(inner: Arc<Inner>, mut requests: mpsc::Receiver<ClaimRequest>) {
-    let mut stop = inner.stop_claims.subscribe();
+///
+/// `stop` is subscribed before the task is spawned, so a shutdown that comes before the task
+/// first runs is still seen.
+pub(super) async fn run_claimer(
+    inner: Arc<Inner>,
+    mut requests: mpsc::Receiver<ClaimRequest>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let mut waiting: VecDeque<ClaimRequest> = VecDeque::new();
     let mut buffer: VecDeque<PgClaim> = VecDeque::new();
     let mut conn: Option<Conn> = None;
@@ -300,6 +308,8 @@ async fn claim_loop(
                 },
                 _ = stop.changed() => return,
             }
+            // Let the workers that are asking now join this claim.
+            tokio::task::yield_now().await;
             continue;
         }
         if inner.claims_stopped() {
@@ -376,8 +386,7 @@ async fn next_ready(inner: &Inner, conn: &Conn) -> Duration {
 
 /// The renewer: every third of the lease, renews every lease this process holds in one
 /// statement, and purges dead letters past their retention.
-pub(super) async fn run_renewer(inner: Arc<Inner>) {
-    let mut stop = inner.stop.subscribe();
+pub(super) async fn run_renewer(inner: Arc<Inner>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let period = inner.config.lease_timeout / 3;
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -12,11 +12,10 @@ use super::conn::error_chain;
 use super::queue::Inner;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Listens until the queue stops, reconnecting with backoff.
-pub(super) async fn run_listener(inner: Arc<Inner>) {
-    let mut stop = inner.stop_claims.subscribe();
+pub(super) async fn run_listener(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
     let mut backoff = inner.config.reconnect_base;
     loop {
         let (tx, mut notices) = mpsc::unbounded_channel();

@@ -278,11 +278,20 @@ impl PgQueue {
             tasks: Mutex::new(Vec::new()),
             config,
         });
+        // Subscribed here, before any shutdown can be called: a task that subscribed itself
+        // would miss a shutdown that came before it first ran, and never stop.
+        let (claims_stop, listener_stop) =
+            (inner.stop_claims.subscribe(), inner.stop_claims.subscribe());
+        let (completer_stop, renewer_stop) = (inner.stop.subscribe(), inner.stop.subscribe());
         let tasks = vec![
-            tokio::spawn(claim::run_claimer(inner.clone(), claim_rx)),
-            tokio::spawn(complete::run_completer(inner.clone(), completion_rx)),
-            tokio::spawn(notify::run_listener(inner.clone())),
-            tokio::spawn(claim::run_renewer(inner.clone())),
+            tokio::spawn(claim::run_claimer(inner.clone(), claim_rx, claims_stop)),
+            tokio::spawn(complete::run_completer(
+                inner.clone(),
+                completion_rx,
+                completer_stop,
+            )),
+            tokio::spawn(notify::run_listener(inner.clone(), listener_stop)),
+            tokio::spawn(claim::run_renewer(inner.clone(), renewer_stop)),
         ];
         *inner.tasks.lock() = tasks;
         Ok(Self {

@@ -144,3 +144,16 @@ async fn connect_should_fail_with_an_error_value_when_nothing_listens() {
         PgError::Config(ConfigError::Schema(_))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_should_return_when_called_right_after_connect() {
+    let db = schema_or_skip!("shutdown_should_return_when_called_right_after_connect");
+    // Before the background tasks first run: they must still see the shutdown.
+    for _ in 0..20 {
+        let queue = db.queue(db.config("q")).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), queue.shutdown())
+            .await
+            .expect("shutdown returned")
+            .unwrap();
+    }
+}

@@ -18,6 +18,8 @@
 pub mod clock;
 mod engine;
 pub mod metrics;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod queue;
 pub mod rate_limit;
 pub mod trace;

@@ -18,9 +18,13 @@
 //! its priority unless the handler asked for another ([`Attempt::set_requeue_priority`]).
 
 mod attempt;
+#[cfg(feature = "postgres")]
+mod durable;
 mod handle;
 
 pub use attempt::{Attempt, AttemptError, Handler, Outcome, OutcomeKind};
+#[cfg(feature = "postgres")]
+pub use durable::{PgBuildError, PgEngine, PgEngineHandle};
 pub use handle::{EngineHandle, QueueView};
 
 use crate::clock::{Clock, TokioClock};

@@ -9,6 +9,8 @@ use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, SpanExporter as _};
 use opentelemetry_sdk::Resource;
 use std::sync::Arc;
 use std::time::Duration;
+use traceq::engine::postgres::{PgEngine, PgQueueConfig};
+use traceq::engine::trace::stored::StoredIdGenerator;
 use traceq::engine::Engine;
 use traceq::exporter::client::http_traces_url;
 use traceq::exporter::OtlpJsonFileExporter;
@@ -25,7 +27,16 @@ pub(super) fn processor(
     args: &DemoArgs,
     resource: &Resource,
 ) -> anyhow::Result<TailSamplingProcessor> {
-    let config = sampler_config(args.sample_percent)?;
+    // On the durable queue with a collector, an item's spans come from several processes: the
+    // collector decides, so this process forwards every trace.
+    let config = if args.postgres.is_some() && args.otlp_endpoint.is_some() {
+        SamplerConfig::from_yaml(
+            "decision_wait: 60s\ndecision_wait_after_root: 300ms\npolicies:\n  - {name: all, type: always_sample}\n",
+        )
+        .context("the forwarding sampler configuration")?
+    } else {
+        sampler_config(args.sample_percent)?
+    };
     Ok(match &args.otlp_endpoint {
         None => {
             let exporter = OtlpJsonFileExporter::create(&args.output)
@@ -66,12 +77,16 @@ policies:
 
 /// The tracer provider, sending every span to the tail sampler (whose counters the summary
 /// reads through the sampler's metrics handle after the provider is shut down).
+///
+/// Its id generator gives a durable item's root span the ids stored with the key (random ids
+/// otherwise, as the SDK's own).
 pub(super) fn tracer_provider(
     resource: Resource,
     processor: TailSamplingProcessor,
 ) -> SdkTracerProvider {
     SdkTracerProvider::builder()
         .with_resource(resource)
+        .with_id_generator(StoredIdGenerator::default())
         .with_span_processor(processor)
         .build()
 }
@@ -95,6 +110,55 @@ pub(super) fn build(
         .with_outcome_hook(move |outcome| tally.record(outcome))
         .build()
         .context("building the engine")
+}
+
+/// The demo's controller on the durable queue at `url`: as [`build`], sharing the queue with
+/// every demo process given the same database.
+pub(super) async fn build_postgres(
+    args: &DemoArgs,
+    url: &str,
+    tracer: SdkTracer,
+    long_job_len: Duration,
+    tally: Arc<Tally>,
+) -> anyhow::Result<PgEngine> {
+    let config = PgQueueConfig::new(url)
+        .with_schema(args.schema.clone())
+        .with_queue(args.queue.clone());
+    // Bounded: a database that does not answer is an error here, not a hang.
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        Engine::<String>::builder()
+            .with_workers(args.workers)
+            .with_max_retries(5)
+            .with_backoff(Duration::from_millis(5), Duration::from_millis(500))
+            .with_tracer(tracer)
+            .with_max_trace_age(long_job_len.div_f64(LONG_JOB_SEGMENTS - 0.5))
+            .with_job_id_of(|key: &String| key.strip_prefix("jobs/").map(str::to_owned))
+            .with_outcome_hook(move |outcome| tally.record(outcome))
+            .build_postgres(config),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("connecting to postgres: no answer within 30 s"))?
+    .with_context(|| format!("opening the durable queue at {}", redacted(url)))
+}
+
+/// `url` without its password.
+pub(super) fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// Flushes the tracer (the sampler decides every trace still pending) and shuts it down.

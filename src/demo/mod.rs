@@ -67,6 +67,18 @@ pub(crate) struct DemoArgs {
     /// appended). Plain http only.
     #[arg(long, value_name = "URL")]
     otlp_endpoint: Option<String>,
+    /// Run on the durable queue in this PostgreSQL database (e.g.
+    /// postgres://user@127.0.0.1:5432/db) instead of in memory. Several demo processes given
+    /// one database share the work; give them all `--otlp-endpoint` of one `traceq collector`,
+    /// which then sees every item's spans from every process and tail-samples whole traces.
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
+    /// The durable queue's schema (with `--postgres`).
+    #[arg(long, default_value = "traceq", requires = "postgres")]
+    schema: String,
+    /// The durable queue's name (with `--postgres`).
+    #[arg(long, default_value = "demo-controller", requires = "postgres")]
+    queue: String,
 }
 
 fn validate(args: &DemoArgs) -> anyhow::Result<()> {
@@ -104,6 +116,13 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
     // Built before entering the runtime: the OTLP exporter's blocking HTTP client must not be
     // created on an async thread.
     let processor = engine::processor(&args, &resource)?;
+    if args.postgres.is_some() && args.otlp_endpoint.is_none() {
+        eprintln!(
+            "traceq demo: --postgres without --otlp-endpoint samples in this process: run \
+             several demo processes with --otlp-endpoint of one traceq collector to keep \
+             traces whose attempts ran on several of them whole"
+        );
+    }
     runtime.block_on(demo(args, resource, processor))
 }
 
@@ -123,33 +142,48 @@ async fn demo(
     let long_job_len = Duration::from_secs_f64((args.duration * 0.8).clamp(0.5, 60.0));
     let progress = report::progress_bar(args.duration);
     let tally = Arc::new(Tally::new(progress.clone()));
-    let engine = engine::build(&args, tracer.clone(), long_job_len, Arc::clone(&tally))?;
-    let handle = engine.handle();
     report::quiet_caught_panics();
 
     // One generator, seeded once: it picks the misbehaving objects, then the watch events.
     let mut rng = StdRng::seed_from_u64(args.seed);
     let behaviours = handler::pick_behaviours(&mut rng, args.objects);
-    let reconciler = handler::Reconciler::new(tracer, behaviours, &args, long_job_len);
-    let run = tokio::spawn(async move { engine.run(reconciler).await });
+    let reconciler = handler::Reconciler::new(tracer.clone(), behaviours, &args, long_job_len);
+    let tally_hook = Arc::clone(&tally);
+    let (backend, run) = match &args.postgres {
+        None => {
+            let engine = engine::build(&args, tracer, long_job_len, tally_hook)?;
+            let handle = engine.handle();
+            let run = tokio::spawn(async move { engine.run(reconciler).await });
+            (producer::Backend::Memory(handle), run)
+        }
+        Some(url) => {
+            let engine =
+                engine::build_postgres(&args, url, tracer, long_job_len, tally_hook).await?;
+            let handle = engine.handle();
+            let run = tokio::spawn(async move { engine.run(reconciler).await });
+            (producer::Backend::Durable(handle), run)
+        }
+    };
 
     let started = Instant::now();
     let watch = Duration::from_secs_f64(args.duration);
     let adds =
-        producer::send_watch_events(&handle, rng, args.objects, watch, &progress, &tally).await;
+        producer::send_watch_events(&backend, rng, args.objects, watch, &progress, &tally).await?;
     progress.set_message("draining: retries in backoff, the long job");
-    // Let retries in backoff and the long job finish, then drain whatever is in flight.
+    // Let retries in backoff and the long job finish, then drain whatever is in flight. Past
+    // the deadline, whatever is still queued or waiting is left and counted below.
     let settle = long_job_len + Duration::from_secs(10);
-    // Past the deadline, whatever is still queued or waiting is left and counted below.
-    let _ = tokio::time::timeout(settle, handle.queue().wait_idle()).await;
-    handle.shutdown_with_drain().await;
+    let metrics = backend.drain(settle).await?;
     run.await.context("joining the workers")?;
     let ran_for = started.elapsed();
     progress.finish_and_clear();
 
     engine::shut_down_tracing(provider).await?;
     let sampled = sampler_metrics.snapshot();
-    report::print_summary(&args, ran_for, adds, &handle.metrics(), &sampled, &tally);
+    report::print_summary(&args, ran_for, adds, &metrics, &sampled, &tally);
+    if let producer::Backend::Durable(handle) = &backend {
+        report::print_durable(&args, handle.queue().counters());
+    }
     match &args.otlp_endpoint {
         Some(endpoint) => report::sent_over_otlp(endpoint, &sampled),
         None => report::show_kept(&args.output),

@@ -18,6 +18,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
+use traceq::engine::postgres::PgCounters;
 use traceq::engine::{AttemptError, Outcome, OutcomeKind, QueueMetrics};
 use traceq::exporter::{read_otlp_json_lines, traces, TraceRecord, Waterfall};
 use traceq::sampler::SamplerMetrics;
@@ -228,6 +229,22 @@ pub(super) fn print_summary(
 ///
 /// # Errors
 /// When exports to `endpoint` failed.
+/// What this process did on the durable queue it shared with any other demo processes.
+pub(super) fn print_durable(args: &DemoArgs, c: PgCounters) {
+    let row = |label: &str, value: String| println!("  {label:<48} {value:>10}");
+    println!(
+        "\n durable queue {}.{} (shared by every demo process on the database)",
+        args.schema, args.queue
+    );
+    row("keys claimed by this process", c.claimed.to_string());
+    row("reclaimed after a lost lease", c.reclaimed.to_string());
+    row("stale completions refused", c.stale_completions.to_string());
+    row(
+        "claim / completion statements",
+        format!("{} / {}", c.claim_statements, c.completion_statements),
+    );
+}
+
 pub(super) fn sent_over_otlp(endpoint: &str, s: &SamplerMetrics) -> anyhow::Result<()> {
     println!("\n kept traces sent to {}", traces_url(endpoint));
     if s.export_failures > 0 {

@@ -41,6 +41,8 @@ pub struct Attempt<K> {
     pub group: Option<Arc<str>>,
     job: JobContext,
     requeue: RequeueTicket,
+    /// The payload stored with a durable key; always `None` in memory.
+    payload: Option<Arc<Vec<u8>>>,
 }
 
 impl<K> Attempt<K> {
@@ -59,7 +61,21 @@ impl<K> Attempt<K> {
             group,
             job,
             requeue,
+            payload: None,
         }
+    }
+
+    /// The same attempt carrying the payload of a durable key.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn with_payload(mut self, payload: Option<Vec<u8>>) -> Self {
+        self.payload = payload.map(Arc::new);
+        self
+    }
+
+    /// The payload stored with the key, on the durable backend (the last one an add gave it);
+    /// `None` without one, and always in memory.
+    pub fn payload(&self) -> Option<&[u8]> {
+        self.payload.as_deref().map(Vec::as_slice)
     }
 
     /// Whether this attempt retries an earlier failure.
@@ -164,6 +180,17 @@ pub enum OutcomeKind {
         /// Why the attempt failed.
         error: AttemptError,
     },
+    /// Durable backend only: the queue did not take this attempt's result, so the key is
+    /// unchanged by it. Either the key's lease was lost (this worker stalled past the lease
+    /// timeout and another claimed the key: the newer attempt stands), or the database refused
+    /// the completion or went away at shutdown (the key is claimed again once its lease
+    /// expires).
+    Unsettled {
+        /// Why the attempt failed, if it did.
+        error: Option<AttemptError>,
+        /// Why the result was not taken.
+        cause: String,
+    },
 }
 
 impl OutcomeKind {
@@ -174,6 +201,7 @@ impl OutcomeKind {
             Self::Requeued { error, .. }
             | Self::Exhausted { error }
             | Self::DroppedAtShutdown { error } => Some(error),
+            Self::Unsettled { error, .. } => error.as_ref(),
         }
     }
 }

@@ -26,7 +26,8 @@ pub const MAX_KEY_LEN: usize = 1024;
 
 /// The add statement: `$1` queue, `$2` keys, `$3` payloads, `$4` priority, `$5` delay in µs
 /// (the cap of a rate-limited add, 0 for none), `$6` rate limited, `$7`/`$8` backoff base and
-/// max in µs, `$9` the notification channel.
+/// max in µs, `$9` the notification channel, `$10` the keys' trace identities (shorter than the
+/// keys, or empty: `unnest` pads it with nulls, for keys added untraced).
 pub(super) fn add_sql(s: &str) -> String {
     let f0 = "(CASE WHEN i.state = 'failed' THEN 0 ELSE i.failures END)";
     let r0 = "(CASE WHEN i.state = 'failed' THEN 0 ELSE i.requeues END)";
@@ -41,10 +42,10 @@ pub(super) fn add_sql(s: &str) -> String {
     let ready0 = format!("(now() + {} * interval '1 microsecond')", delay("0"));
     format!(
         "WITH up AS (
-  INSERT INTO {s}.items AS i (queue, key, state, priority, ready_at, seq, payload, failures, requeues)
+  INSERT INTO {s}.items AS i (queue, key, state, priority, ready_at, seq, payload, failures, requeues, trace)
   SELECT $1, u.k, 'queued', $4, {ready0}, nextval('{s}.seq'), u.p,
-         CASE WHEN $6 THEN 1 ELSE 0 END, CASE WHEN $6 THEN 1 ELSE 0 END
-  FROM unnest($2::text[], $3::bytea[]) AS u(k, p)
+         CASE WHEN $6 THEN 1 ELSE 0 END, CASE WHEN $6 THEN 1 ELSE 0 END, u.t
+  FROM unnest($2::text[], $3::bytea[], $10::bytea[]) AS u(k, p, t)
   ON CONFLICT (queue, key) DO UPDATE SET
     priority = CASE WHEN i.state IN ('queued', 'processing')
                     THEN greatest(i.priority, EXCLUDED.priority) ELSE EXCLUDED.priority END,
@@ -61,6 +62,8 @@ pub(super) fn add_sql(s: &str) -> String {
     failures = {f0} + CASE WHEN $6 AND i.state <> 'queued' THEN 1 ELSE 0 END,
     requeues = {r0} + CASE WHEN $6 AND i.state <> 'queued' THEN 1 ELSE 0 END,
     payload = coalesce(EXCLUDED.payload, i.payload),
+    -- a live key keeps its trace (the add joins it); a dead letter's ended with it
+    trace = CASE WHEN i.state = 'failed' THEN EXCLUDED.trace ELSE coalesce(i.trace, EXCLUDED.trace) END,
     last_error = CASE WHEN i.state = 'failed' THEN NULL ELSE i.last_error END,
     fail_reason = NULL,
     failed_at = NULL
@@ -83,12 +86,14 @@ pub(super) fn micros(delay: Duration) -> i64 {
 }
 
 /// Keys checked and deduplicated (the last payload given for a key wins), as the statement's
-/// arrays: one upsert cannot touch a row twice.
+/// arrays, with the index in `items` of each key's first entry: one upsert cannot touch a row
+/// twice.
 fn batch<'a>(items: &[(&'a str, Option<&'a [u8]>)]) -> Result<BatchArrays<'a>, PgError> {
     let mut index: HashMap<&str, usize> = HashMap::with_capacity(items.len());
     let mut keys = Vec::with_capacity(items.len());
     let mut payloads: Vec<Option<&[u8]>> = Vec::with_capacity(items.len());
-    for &(key, payload) in items {
+    let mut first = Vec::with_capacity(items.len());
+    for (i, &(key, payload)) in items.iter().enumerate() {
         if key.is_empty() || key.len() > MAX_KEY_LEN {
             return Err(PgError::Key { len: key.len() });
         }
@@ -102,13 +107,14 @@ fn batch<'a>(items: &[(&'a str, Option<&'a [u8]>)]) -> Result<BatchArrays<'a>, P
                 index.insert(key, keys.len());
                 keys.push(key);
                 payloads.push(payload);
+                first.push(i);
             }
         }
     }
-    Ok((keys, payloads))
+    Ok((keys, payloads, first))
 }
 
-type BatchArrays<'a> = (Vec<&'a str>, Vec<Option<&'a [u8]>>);
+type BatchArrays<'a> = (Vec<&'a str>, Vec<Option<&'a [u8]>>, Vec<usize>);
 
 impl PgQueue {
     /// Queues `key` now unless it is queued already; marks it dirty if a worker is processing
@@ -170,14 +176,34 @@ impl PgQueue {
         items: &[(&str, Option<&[u8]>)],
         options: AddOptions,
     ) -> Result<(), PgError> {
+        self.add_traced(items, &[], options).await
+    }
+
+    /// [`add_many`](Self::add_many) with the keys' trace identities (`traces[i]` for
+    /// `items[i]`; missing or `None`: untraced), stored with a key that has none.
+    pub(crate) async fn add_traced(
+        &self,
+        items: &[(&str, Option<&[u8]>)],
+        traces: &[Option<Vec<u8>>],
+        options: AddOptions,
+    ) -> Result<(), PgError> {
         self.check_running()?;
         if items.is_empty() {
             return Ok(());
         }
-        let (keys, payloads) = batch(items)?;
+        let (keys, payloads, first) = batch(items)?;
+        let traces: Vec<Option<&[u8]>> = if traces.is_empty() {
+            Vec::new()
+        } else {
+            first
+                .iter()
+                .map(|&i| traces.get(i).and_then(Option::as_deref))
+                .collect()
+        };
         let conn = self.inner.shared.get().await?;
         let st = conn.statement("add", &self.inner.sql.add).await?;
-        let params = self.add_params(&keys, &payloads, &options);
+        let mut params = self.add_params(&keys, &payloads, &options);
+        params.traces = &traces;
         conn.client
             .query(&st, &params.refs())
             .await
@@ -216,9 +242,24 @@ impl PgQueue {
         payload: Option<&[u8]>,
         options: AddOptions,
     ) -> Result<(), PgError> {
+        self.add_in_traced(client, key, payload, None, options)
+            .await
+    }
+
+    /// [`add_in`](Self::add_in) with the key's trace identity.
+    pub(crate) async fn add_in_traced<C: GenericClient + Sync>(
+        &self,
+        client: &C,
+        key: &str,
+        payload: Option<&[u8]>,
+        trace: Option<&[u8]>,
+        options: AddOptions,
+    ) -> Result<(), PgError> {
         self.check_running()?;
-        let (keys, payloads) = batch(&[(key, payload)])?;
-        let params = self.add_params(&keys, &payloads, &options);
+        let (keys, payloads, _) = batch(&[(key, payload)])?;
+        let traces = [trace];
+        let mut params = self.add_params(&keys, &payloads, &options);
+        params.traces = &traces;
         client
             .query(self.inner.sql.add.as_str(), &params.refs())
             .await
@@ -242,6 +283,7 @@ impl PgQueue {
             base: self.inner.backoff_us.0,
             max: self.inner.backoff_us.1,
             channel: &self.inner.config.schema,
+            traces: &[],
         }
     }
 }
@@ -257,10 +299,11 @@ struct AddParams<'a> {
     base: f64,
     max: f64,
     channel: &'a String,
+    traces: &'a [Option<&'a [u8]>],
 }
 
 impl AddParams<'_> {
-    fn refs(&self) -> [&(dyn ToSql + Sync); 9] {
+    fn refs(&self) -> [&(dyn ToSql + Sync); 10] {
         [
             self.queue,
             &self.keys,
@@ -271,6 +314,7 @@ impl AddParams<'_> {
             &self.base,
             &self.max,
             self.channel,
+            &self.traces,
         ]
     }
 }
@@ -281,7 +325,7 @@ mod tests {
 
     #[test]
     fn batch_should_keep_one_entry_per_key_with_the_last_payload() {
-        let (keys, payloads) = batch(&[
+        let (keys, payloads, first) = batch(&[
             ("a", Some(b"1".as_slice())),
             ("b", None),
             ("a", Some(b"2".as_slice())),
@@ -290,6 +334,11 @@ mod tests {
         .unwrap();
         assert_eq!(keys, ["a", "b"]);
         assert_eq!(payloads, [Some(b"2".as_slice()), None]);
+        assert_eq!(
+            first,
+            [0, 1],
+            "each key's first entry, for its trace identity"
+        );
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct PgClaim {
     /// How long the key was ready before this claim.
     pub waited: Duration,
     pub(super) token: i64,
+    /// The item's stored trace identity (`trace::stored`), if it has one yet.
+    pub(crate) trace: Option<Vec<u8>>,
     held: Arc<Held>,
 }
 
@@ -129,7 +131,7 @@ UPDATE {s}.items i SET
 WHERE i.queue = $1 AND i.key = ANY(ARRAY(SELECT key FROM picked))
 RETURNING i.key, i.priority, i.attempt, i.lease_token, i.payload,
   i.key = ANY(ARRAY(SELECT key FROM expired)),
-  greatest(extract(epoch FROM now() - i.ready_at), 0)::float8, i.ready_at, i.seq"
+  greatest(extract(epoch FROM now() - i.ready_at), 0)::float8, i.ready_at, i.seq, i.trace"
     )
 }
 
@@ -236,6 +238,7 @@ pub(super) async fn claim_rows(
             reclaimed,
             waited: Duration::from_secs_f64(row.get::<_, f64>(6).max(0.0)),
             token,
+            trace: row.get(9),
             held: inner.held.clone(),
         });
     }
@@ -290,6 +293,11 @@ async fn claim_loop(
 ) {
     let mut backoff = inner.config.reconnect_base;
     loop {
+        // Claims that came back after a shutdown began are given back (by the caller), not
+        // handed out: a drain must not start new work.
+        if inner.claims_stopped() {
+            return;
+        }
         while let Ok(r) = requests.try_recv() {
             waiting.push_back(r);
         }

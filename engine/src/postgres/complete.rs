@@ -62,19 +62,28 @@ pub(super) struct CompletionRequest {
     kind: Kind,
     error: Option<String>,
     reason: Option<String>,
+    /// A new trace identity for the key (the engine began or cut its trace), else `None`.
+    trace: Option<Vec<u8>>,
+    /// The least delay before a failed key's retry, in µs (a token bucket of the process).
+    min_delay: i64,
     reply: oneshot::Sender<Result<Settled, PgError>>,
 }
 
 /// The completion statement: `$1` queue, `$2`..`$6` keys, tokens, kinds, errors, reasons,
-/// `$7`/`$8` backoff base and max in µs, `$9` owner, `$10` max retries, `$11` channel.
+/// `$7`/`$8` backoff base and max in µs, `$9` owner, `$10` max retries, `$11` channel, `$12`
+/// new trace identities (null: keep the key's), `$13` least retry delays in µs.
+///
+/// A key that is forgotten (success, or retries exhausted) loses its trace identity, whose
+/// root the engine ends: a later add, or the dirty add that requeues it now, starts a new one.
 pub(super) fn complete_sql(s: &str) -> String {
     let backoff = super::add::backoff_sql("i.failures");
     format!(
         "WITH c AS (
-  SELECT * FROM unnest($2::text[], $3::int8[], $4::int2[], $5::text[], $6::text[])
-    AS c(key, token, kind, error, reason)
+  SELECT * FROM unnest($2::text[], $3::int8[], $4::int2[], $5::text[], $6::text[], $12::bytea[],
+                       $13::int8[])
+    AS c(key, token, kind, error, reason, trace, min_delay)
 ), m AS (
-  SELECT i.key, c.token, c.kind, c.error, c.reason,
+  SELECT i.key, c.token, c.kind, c.error, c.reason, c.trace, coalesce(c.min_delay, 0) AS min_delay,
          i.dirty_ready_at IS NOT NULL AS dirty,
          (c.kind = 3 OR (c.kind = 2 AND i.failures >= $10)) AS exhausted,
          (i.dirty_ready_at IS NULL
@@ -95,7 +104,7 @@ pub(super) fn complete_sql(s: &str) -> String {
     ready_at = CASE WHEN m.kind = 4 THEN least(i.ready_at, coalesce(i.dirty_ready_at, i.ready_at))
                     WHEN m.kind = 2 AND NOT m.exhausted
                       THEN least(coalesce(i.dirty_ready_at, 'infinity'),
-                                 now() + {backoff} * interval '1 microsecond')
+                                 now() + greatest({backoff}, m.min_delay) * interval '1 microsecond')
                     ELSE coalesce(i.dirty_ready_at, now()) END,
     seq = CASE WHEN m.kind = 4 THEN i.seq ELSE nextval('{s}.seq') END,
     attempt = CASE WHEN m.kind = 4 THEN greatest(i.attempt - 1, 0) ELSE i.attempt END,
@@ -109,6 +118,7 @@ pub(super) fn complete_sql(s: &str) -> String {
     fail_reason = CASE WHEN m.exhausted AND NOT m.dirty
                        THEN coalesce(m.reason, 'retries exhausted') END,
     failed_at = CASE WHEN m.exhausted AND NOT m.dirty THEN now() END,
+    trace = CASE WHEN m.kind = 1 OR m.exhausted THEN NULL ELSE coalesce(m.trace, i.trace) END,
     dirty_ready_at = NULL,
     lease_owner = NULL,
     lease_token = NULL,
@@ -133,7 +143,8 @@ impl PgQueue {
     /// [`PgError::ShutDown`] after shutdown; [`PgError::Query`] when the statement is refused.
     /// A lost connection is retried by the completer: an `Ok` means the database has it.
     pub async fn done(&self, claim: &PgClaim) -> Result<Settled, PgError> {
-        self.complete(claim, Kind::Done, None, None).await
+        self.complete(claim, Kind::Done, None, None, None, Duration::ZERO)
+            .await
     }
 
     /// The key's attempt succeeded: forgets its failure history, then [`done`](Self::done).
@@ -141,7 +152,8 @@ impl PgQueue {
     /// # Errors
     /// As [`done`](Self::done).
     pub async fn succeed(&self, claim: &PgClaim) -> Result<Settled, PgError> {
-        self.complete(claim, Kind::Succeed, None, None).await
+        self.complete(claim, Kind::Succeed, None, None, None, Duration::ZERO)
+            .await
     }
 
     /// The key's attempt failed with `error`: requeued after its backoff (a failure counted),
@@ -151,7 +163,8 @@ impl PgQueue {
     /// # Errors
     /// As [`done`](Self::done).
     pub async fn fail(&self, claim: &PgClaim, error: &str) -> Result<Settled, PgError> {
-        self.complete(claim, Kind::Fail, Some(error.to_owned()), None)
+        let error = Some(error.to_owned());
+        self.complete(claim, Kind::Fail, error, None, None, Duration::ZERO)
             .await
     }
 
@@ -167,7 +180,8 @@ impl PgQueue {
         error: &str,
     ) -> Result<Settled, PgError> {
         let (reason, error) = (Some(reason.to_owned()), Some(error.to_owned()));
-        self.complete(claim, Kind::DeadLetter, error, reason).await
+        self.complete(claim, Kind::DeadLetter, error, reason, None, Duration::ZERO)
+            .await
     }
 
     /// Gives the key back unrun: queued where it was, the attempt not counted.
@@ -175,7 +189,27 @@ impl PgQueue {
     /// # Errors
     /// As [`done`](Self::done).
     pub async fn release(&self, claim: &PgClaim) -> Result<Settled, PgError> {
-        self.complete(claim, Kind::Release, None, None).await
+        self.complete(claim, Kind::Release, None, None, None, Duration::ZERO)
+            .await
+    }
+
+    /// The engine's completions: `ok` as [`succeed`](Self::succeed), else as
+    /// [`fail`](Self::fail) with the retry no sooner than `min_delay`; `trace` is the key's new
+    /// trace identity, if the engine began or cut its trace in this attempt.
+    pub(crate) async fn settle_attempt(
+        &self,
+        claim: &PgClaim,
+        error: Option<String>,
+        trace: Option<Vec<u8>>,
+        min_delay: Duration,
+    ) -> Result<Settled, PgError> {
+        let kind = if error.is_some() {
+            Kind::Fail
+        } else {
+            Kind::Succeed
+        };
+        self.complete(claim, kind, error, None, trace, min_delay)
+            .await
     }
 
     async fn complete(
@@ -184,6 +218,8 @@ impl PgQueue {
         kind: Kind,
         error: Option<String>,
         reason: Option<String>,
+        trace: Option<Vec<u8>>,
+        min_delay: Duration,
     ) -> Result<Settled, PgError> {
         if self.inner.is_stopped() {
             return Err(PgError::ShutDown);
@@ -195,6 +231,8 @@ impl PgQueue {
             kind,
             error,
             reason,
+            trace,
+            min_delay: super::add::micros(min_delay),
             reply,
         };
         self.inner
@@ -324,6 +362,8 @@ async fn run_batch(
     let kinds: Vec<i16> = batch.iter().map(|r| r.kind as i16).collect();
     let errors: Vec<Option<&str>> = batch.iter().map(|r| r.error.as_deref()).collect();
     let reasons: Vec<Option<&str>> = batch.iter().map(|r| r.reason.as_deref()).collect();
+    let traces: Vec<Option<&[u8]>> = batch.iter().map(|r| r.trace.as_deref()).collect();
+    let min_delays: Vec<i64> = batch.iter().map(|r| r.min_delay).collect();
     let max_retries = i32::try_from(inner.config.max_retries).unwrap_or(i32::MAX);
     let rows = conn
         .client
@@ -341,6 +381,8 @@ async fn run_batch(
                 &inner.owner,
                 &max_retries,
                 &inner.config.schema,
+                &traces,
+                &min_delays,
             ],
         )
         .await

@@ -63,10 +63,12 @@
 //! dropped. Only the per-key exponential backoff limits rate-limited adds (no global bucket).
 //! Connections use no TLS yet.
 //!
-//! # Trace identity
-//! The `items` table has nullable columns for the item's trace (trace id, root span id, start
-//! time, baggage, job id, segment) beside the key, never in the payload; the engine fills them
-//! in a later stage.
+//! # The engine on it, and trace identity
+//! [`PgEngine`] (from [`EngineBuilder::build_postgres`](crate::EngineBuilder::build_postgres))
+//! runs handlers over this queue as the in-memory engine does. The `items` table keeps each
+//! key's trace identity ([`StoredTrace`](crate::trace::stored::StoredTrace), one `bytea`
+//! column) beside the key, never in the payload, so that an item's attempts on any process and
+//! its end land in one trace; see [`PgEngine`]'s module docs.
 
 mod add;
 mod claim;
@@ -83,6 +85,7 @@ pub mod testing;
 #[cfg(test)]
 mod tests;
 
+pub use crate::engine::{PgBuildError, PgEngine, PgEngineHandle};
 pub use add::MAX_KEY_LEN;
 pub use claim::PgClaim;
 pub use complete::Settled;

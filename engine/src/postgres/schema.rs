@@ -15,10 +15,12 @@ struct Migration {
 }
 
 /// Every migration, in order; the schema's version is the last one applied.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "items: one row per (queue, key) with state, lease, history and trace identity",
-    sql: r"
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description:
+            "items: one row per (queue, key) with state, lease, history and trace identity",
+        sql: r"
 CREATE SEQUENCE {s}.seq;
 CREATE TABLE {s}.items (
     queue            text        NOT NULL,
@@ -57,10 +59,27 @@ CREATE INDEX items_ready ON {s}.items (queue, priority DESC, ready_at, seq) WHER
 CREATE INDEX items_leases ON {s}.items (queue, lease_expires_at) WHERE state = 'processing';
 CREATE INDEX items_failed ON {s}.items (queue, failed_at) WHERE state = 'failed';
 ",
-}];
+    },
+    Migration {
+        version: 2,
+        description: "items: the trace identity as one encoded column (trace::stored's layout)",
+        // The identity is read and written whole, by the process that runs or ends the item,
+        // so one column of `StoredTrace::encode` bytes replaces the split ones (never filled).
+        sql: r"
+ALTER TABLE {s}.items
+    DROP COLUMN trace_id,
+    DROP COLUMN root_span_id,
+    DROP COLUMN trace_started_at,
+    DROP COLUMN baggage,
+    DROP COLUMN job_id,
+    DROP COLUMN segment,
+    ADD COLUMN trace bytea;
+",
+    },
+];
 
 /// The newest schema version this library knows.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Creates `schema` if needed and applies the migrations it lacks. Idempotent; safe to run from
 /// many processes at once (they queue on an advisory lock keyed by the schema name).

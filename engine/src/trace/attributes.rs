@@ -58,3 +58,7 @@ pub const OUTCOME_CONTINUED: &str = "continued";
 /// Attempt outcome: the attempt was cut short because the engine's `run` future was dropped;
 /// the key was queued again (or, while shutting down, dropped).
 pub const OUTCOME_CANCELLED: &str = "cancelled";
+/// Attempt outcome, durable backend: the queue did not take the attempt's result (its lease was
+/// lost and the key claimed again, or the database refused the completion); the item's trace
+/// goes on with the key's next attempt.
+pub const OUTCOME_UNSETTLED: &str = "unsettled";

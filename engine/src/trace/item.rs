@@ -125,7 +125,7 @@ fn push_baggage(attrs: &mut Vec<KeyValue>, baggage: &Baggage) {
 /// so the SDK's attribute vector is not reallocated then.
 const LATE_ATTRIBUTES: usize = 4;
 
-fn item_builder(cfg: &TraceConfig, segment: i64, baggage: &Baggage) -> SpanBuilder {
+pub(crate) fn item_builder(cfg: &TraceConfig, segment: i64, baggage: &Baggage) -> SpanBuilder {
     let mut all = Vec::with_capacity(3 + baggage.len() + LATE_ATTRIBUTES);
     all.push(KeyValue::new(attr::MESSAGING_SYSTEM, attr::SYSTEM));
     all.push(KeyValue::new(
@@ -139,7 +139,7 @@ fn item_builder(cfg: &TraceConfig, segment: i64, baggage: &Baggage) -> SpanBuild
     builder
 }
 
-fn attempt_builder(
+pub(crate) fn attempt_builder(
     cfg: &TraceConfig,
     number: u32,
     ranking: &Ranking,
@@ -168,7 +168,7 @@ fn attempt_builder(
     builder
 }
 
-fn link_to(span_context: SpanContext, kind: &'static str) -> Link {
+pub(crate) fn link_to(span_context: SpanContext, kind: &'static str) -> Link {
     Link::new(span_context, vec![KeyValue::new(attr::LINK_KIND, kind)], 0)
 }
 
@@ -286,6 +286,8 @@ impl Item {
                 Some("engine shutting down"),
                 Some(attr::OUTCOME_DROPPED),
             ),
+            // Durable attempts only; an in-memory attempt never ends so.
+            OutcomeKind::Unsettled { .. } => (attr::OUTCOME_UNSETTLED, None, None),
         };
         if let Some(running) = running {
             let span = running.cx.span();
@@ -487,13 +489,27 @@ impl State {
 /// ```
 #[derive(Clone, Default)]
 pub struct JobContext {
-    bound: Option<(Arc<TraceConfig>, Arc<Item>)>,
+    bound: Bound,
+}
+
+/// What a [`JobContext`] hands out.
+#[derive(Clone, Default)]
+enum Bound {
+    /// No tracer: `Context::current()`.
+    #[default]
+    Untraced,
+    /// An in-memory item: its running attempt, in its current segment.
+    Item(Arc<TraceConfig>, Arc<Item>),
+    /// A durable item's attempt: its span, fixed for the attempt (the segment is chosen when
+    /// the attempt starts).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    Attempt(Context),
 }
 
 impl fmt::Debug for JobContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JobContext")
-            .field("traced", &self.bound.is_some())
+            .field("traced", &self.is_traced())
             .finish()
     }
 }
@@ -501,7 +517,15 @@ impl fmt::Debug for JobContext {
 impl JobContext {
     pub(crate) fn bound(cfg: Arc<TraceConfig>, item: Arc<Item>) -> Self {
         Self {
-            bound: Some((cfg, item)),
+            bound: Bound::Item(cfg, item),
+        }
+    }
+
+    /// A durable attempt's: `attempt` holds its span.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn attempt(attempt: Context) -> Self {
+        Self {
+            bound: Bound::Attempt(attempt),
         }
     }
 
@@ -509,13 +533,14 @@ impl JobContext {
     /// with the item's baggage. `Context::current()` when the engine has no tracer.
     pub fn context(&self) -> Context {
         match &self.bound {
-            Some((cfg, item)) => item.context(cfg),
-            None => Context::current(),
+            Bound::Item(cfg, item) => item.context(cfg),
+            Bound::Attempt(cx) => cx.clone(),
+            Bound::Untraced => Context::current(),
         }
     }
 
     /// Whether the engine traces this item.
     pub fn is_traced(&self) -> bool {
-        self.bound.is_some()
+        !matches!(self.bound, Bound::Untraced)
     }
 }

@@ -158,7 +158,8 @@ impl fmt::Debug for StoredTrace {
 impl StoredTrace {
     /// A new item's identity at its first add, now: fresh ids, or the trace of `parent`'s
     /// span (whose baggage is kept) when it has one; `key` and `job_id` join the baggage as
-    /// `traceq.item.key` and `traceq.job.id`.
+    /// `traceq.item.key` and `traceq.job.id` (without `job_id`, a job id in the producer's
+    /// baggage is kept).
     #[must_use]
     pub fn begin(key: &str, job_id: Option<&str>, parent: Option<&Context>) -> Self {
         let random = RandomIdGenerator::default();
@@ -166,7 +167,12 @@ impl StoredTrace {
             .map(|p| {
                 p.baggage()
                     .iter()
-                    .filter(|(k, _)| k.as_str() != attr::ITEM_KEY && k.as_str() != attr::JOB_ID)
+                    // A job id given here replaces the producer's; without one, the producer's
+                    // stands, as in memory.
+                    .filter(|(k, _)| {
+                        k.as_str() != attr::ITEM_KEY
+                            && (job_id.is_none() || k.as_str() != attr::JOB_ID)
+                    })
                     .map(|(k, (v, _))| (k.to_string(), v.to_string()))
                     .collect()
             })
@@ -244,8 +250,43 @@ impl StoredTrace {
     /// and attributes (the baggage is added to them), and ends it now. Returns whether the span
     /// got the stored ids (`false`: the provider has another id generator, or the tracer does
     /// not record).
-    pub fn end_root<T: Tracer>(&self, tracer: &T, mut builder: SpanBuilder) -> bool {
+    pub fn end_root<T: Tracer>(&self, tracer: &T, builder: SpanBuilder) -> bool {
         use opentelemetry::trace::Span as _;
+        let (builder, parent) = self.root_builder(builder);
+        let mut span = with_ids(self.trace_id, self.root_span_id, || {
+            tracer.build_with_context(builder, &parent)
+        });
+        let honoured = span.span_context().trace_id() == self.trace_id
+            && span.span_context().span_id() == self.root_span_id;
+        span.end();
+        honoured
+    }
+
+    /// [`end_root`](Self::end_root) with the engine's type-erased tracer, and the root's
+    /// status (a span builder has none).
+    #[cfg(feature = "postgres")]
+    pub(crate) fn end_root_in(
+        &self,
+        tracer: &dyn super::ErasedTracer,
+        builder: SpanBuilder,
+        status: Option<opentelemetry::trace::Status>,
+    ) -> bool {
+        let (builder, parent) = self.root_builder(builder);
+        let cx = with_ids(self.trace_id, self.root_span_id, || {
+            tracer.start_in(builder, &parent, &parent)
+        });
+        let span = cx.span();
+        if let Some(status) = status {
+            span.set_status(status);
+        }
+        let honoured = span.span_context().trace_id() == self.trace_id
+            && span.span_context().span_id() == self.root_span_id;
+        span.end();
+        honoured
+    }
+
+    /// The root's builder (stored start time, baggage as attributes) and its parent context.
+    fn root_builder(&self, mut builder: SpanBuilder) -> (SpanBuilder, Context) {
         builder.start_time = Some(self.start);
         if builder.span_kind.is_none() {
             builder.span_kind = Some(SpanKind::Internal);
@@ -268,13 +309,7 @@ impl StoredTrace {
                 )),
             None => Context::new(),
         };
-        let mut span = with_ids(self.trace_id, self.root_span_id, || {
-            tracer.build_with_context(builder, &parent)
-        });
-        let honoured = span.span_context().trace_id() == self.trace_id
-            && span.span_context().span_id() == self.root_span_id;
-        span.end();
-        honoured
+        (builder, parent)
     }
 
     /// The identity as bytes, for one `bytea` column (see [`decode`](Self::decode)).

@@ -24,10 +24,23 @@ use tokio_postgres::GenericClient;
 /// The longest key accepted, in bytes (far below the 2704-byte limit of a B-tree index entry).
 pub const MAX_KEY_LEN: usize = 1024;
 
+/// Runs of an add statement the database aborted (deadlock or serialization conflict).
+const ADD_TRIES: u32 = 3;
+
+/// How far apart the `seq` values of two statements are: a bulk add numbers its keys within
+/// one block, in the caller's order, while it locks them in key order (see [`add_sql`]).
+pub(super) const SEQ_SCALE: i64 = 1 << 20;
+
 /// The add statement: `$1` queue, `$2` keys, `$3` payloads, `$4` priority, `$5` delay in µs
 /// (the cap of a rate-limited add, 0 for none), `$6` rate limited, `$7`/`$8` backoff base and
 /// max in µs, `$9` the notification channel, `$10` the keys' trace identities (shorter than the
 /// keys, or empty: `unnest` pads it with nulls, for keys added untraced).
+///
+/// Why rows are inserted in key order with `seq` from the caller's order: two statements that
+/// upsert overlapping keys in different orders would each lock a row the other waits for, and
+/// PostgreSQL would abort one (a deadlock). In key order they queue behind each other instead.
+/// FIFO within the batch is kept by numbering each key with its position in a block of
+/// [`SEQ_SCALE`] numbers drawn once per statement.
 pub(super) fn add_sql(s: &str) -> String {
     let f0 = "(CASE WHEN i.state = 'failed' THEN 0 ELSE i.failures END)";
     let r0 = "(CASE WHEN i.state = 'failed' THEN 0 ELSE i.requeues END)";
@@ -43,9 +56,12 @@ pub(super) fn add_sql(s: &str) -> String {
     format!(
         "WITH up AS (
   INSERT INTO {s}.items AS i (queue, key, state, priority, ready_at, seq, payload, failures, requeues, trace)
-  SELECT $1, u.k, 'queued', $4, {ready0}, nextval('{s}.seq'), u.p,
+  SELECT $1, u.k, 'queued', $4, {ready0}, b.base * {SEQ_SCALE} + least(u.n, {SEQ_SCALE} - 1), u.p,
          CASE WHEN $6 THEN 1 ELSE 0 END, CASE WHEN $6 THEN 1 ELSE 0 END, u.t
-  FROM unnest($2::text[], $3::bytea[], $10::bytea[]) AS u(k, p, t)
+  FROM unnest($2::text[], $3::bytea[], $10::bytea[]) WITH ORDINALITY AS u(k, p, t, n),
+       (SELECT nextval('{s}.seq') AS base) AS b
+  -- rows are locked in key order, so concurrent adds of overlapping keys cannot deadlock
+  ORDER BY u.k
   ON CONFLICT (queue, key) DO UPDATE SET
     priority = CASE WHEN i.state IN ('queued', 'processing')
                     THEN greatest(i.priority, EXCLUDED.priority) ELSE EXCLUDED.priority END,
@@ -200,14 +216,25 @@ impl PgQueue {
                 .map(|&i| traces.get(i).and_then(Option::as_deref))
                 .collect()
         };
-        let conn = self.inner.shared.get().await?;
-        let st = conn.statement("add", &self.inner.sql.add).await?;
         let mut params = self.add_params(&keys, &payloads, &options);
         params.traces = &traces;
-        conn.client
-            .query(&st, &params.refs())
-            .await
-            .map_err(PgError::query("add"))?;
+        // An add is idempotent: one the database aborted (a deadlock with a writer that locks
+        // in another order, a serialization conflict) is run again, a few times.
+        let mut tries = 0;
+        loop {
+            let conn = self.inner.shared.get().await?;
+            let st = conn.statement("add", &self.inner.sql.add).await?;
+            match conn.client.query(&st, &params.refs()).await {
+                Ok(_) => break,
+                Err(e) => {
+                    let error = PgError::query("add")(e);
+                    tries += 1;
+                    if tries >= ADD_TRIES || error.is_connection() || !error.is_transient() {
+                        return Err(error);
+                    }
+                }
+            }
+        }
         if !options.rate_limited && options.delay.is_zero() {
             // Our own claimer need not wait for the notification's round trip.
             self.inner.wake.notify_one();

@@ -146,12 +146,21 @@ pub(super) fn next_sql(s: &str) -> String {
     )
 }
 
-/// Renews leases: `$1` queue, `$2` owner, `$3` tokens, `$4` lease in µs.
+/// Renews leases: `$1` queue, `$2` owner, `$3` tokens, `$4` lease in µs. The rows are locked
+/// in key order first, as adds and completions lock them, so a renewal never deadlocks with
+/// them.
 pub(super) fn renew_sql(s: &str) -> String {
     format!(
-        "UPDATE {s}.items SET lease_expires_at = now() + $4::int8 * interval '1 microsecond'
-WHERE queue = $1 AND state = 'processing' AND lease_owner = $2 AND lease_token = ANY($3::int8[])
-RETURNING lease_token"
+        "WITH l AS (
+  SELECT key FROM {s}.items
+  WHERE queue = $1 AND state = 'processing' AND lease_owner = $2 AND lease_token = ANY($3::int8[])
+  ORDER BY key FOR UPDATE
+)
+UPDATE {s}.items i SET lease_expires_at = now() + $4::int8 * interval '1 microsecond'
+FROM l
+WHERE i.queue = $1 AND i.key = l.key AND i.state = 'processing' AND i.lease_owner = $2
+  AND i.lease_token = ANY($3::int8[])
+RETURNING i.lease_token"
     )
 }
 

@@ -77,6 +77,7 @@ pub(super) struct CompletionRequest {
 /// root the engine ends: a later add, or the dirty add that requeues it now, starts a new one.
 pub(super) fn complete_sql(s: &str) -> String {
     let backoff = super::add::backoff_sql("i.failures");
+    let scale = super::add::SEQ_SCALE;
     format!(
         "WITH c AS (
   SELECT * FROM unnest($2::text[], $3::int8[], $4::int2[], $5::text[], $6::text[], $12::bytea[],
@@ -90,6 +91,8 @@ pub(super) fn complete_sql(s: &str) -> String {
           AND (c.kind = 1 OR (c.kind = 0 AND i.failures = 0 AND i.requeues = 0))) AS finish
   FROM {s}.items i JOIN c ON i.key = c.key
   WHERE i.queue = $1 AND i.state = 'processing' AND i.lease_token = c.token AND i.lease_owner = $9
+  -- locked in key order, as adds lock them: no deadlock with a concurrent add
+  ORDER BY i.key
   FOR UPDATE OF i
 ), gone AS (
   DELETE FROM {s}.items i USING m
@@ -106,7 +109,7 @@ pub(super) fn complete_sql(s: &str) -> String {
                       THEN least(coalesce(i.dirty_ready_at, 'infinity'),
                                  now() + greatest({backoff}, m.min_delay) * interval '1 microsecond')
                     ELSE coalesce(i.dirty_ready_at, now()) END,
-    seq = CASE WHEN m.kind = 4 THEN i.seq ELSE nextval('{s}.seq') END,
+    seq = CASE WHEN m.kind = 4 THEN i.seq ELSE nextval('{s}.seq') * {scale} END,
     attempt = CASE WHEN m.kind = 4 THEN greatest(i.attempt - 1, 0) ELSE i.attempt END,
     failures = CASE WHEN m.kind = 1 OR (m.exhausted AND m.dirty) THEN 0
                     WHEN m.kind = 2 AND NOT m.exhausted THEN i.failures + 1
@@ -332,8 +335,8 @@ async fn apply(
                 }
                 return;
             }
-            Err(error) if error.is_connection() => {
-                tracing::warn!(queue = %inner.config.queue, error = %error_chain(&error), "completion batch lost its connection; retrying");
+            Err(error) if error.is_transient() => {
+                tracing::warn!(queue = %inner.config.queue, error = %error_chain(&error), "completion batch lost its connection or was aborted; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(inner.config.reconnect_max);
             }

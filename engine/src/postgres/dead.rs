@@ -34,9 +34,10 @@ WHERE queue = $1 AND state = 'failed' ORDER BY failed_at DESC, key LIMIT $2"
 }
 
 pub(super) fn requeue_failed_sql(s: &str) -> String {
+    let scale = super::add::SEQ_SCALE;
     format!(
         "WITH r AS (
-  UPDATE {s}.items SET state = 'queued', ready_at = now(), seq = nextval('{s}.seq'),
+  UPDATE {s}.items SET state = 'queued', ready_at = now(), seq = nextval('{s}.seq') * {scale},
     failures = 0, requeues = 0, attempt = 0, fail_reason = NULL, failed_at = NULL
   WHERE queue = $1 AND key = $2 AND state = 'failed'
   RETURNING key

@@ -99,4 +99,20 @@ impl PgError {
             _ => false,
         }
     }
+
+    /// Whether the statement may succeed if run again as it is: a lost connection, or the
+    /// database aborted it to break a deadlock or a serialization conflict.
+    pub fn is_transient(&self) -> bool {
+        use tokio_postgres::error::SqlState;
+        match self {
+            Self::Query { source, .. } => {
+                self.is_connection()
+                    || source.code().is_some_and(|c| {
+                        *c == SqlState::T_R_DEADLOCK_DETECTED
+                            || *c == SqlState::T_R_SERIALIZATION_FAILURE
+                    })
+            }
+            _ => self.is_connection(),
+        }
+    }
 }

@@ -10,7 +10,9 @@
 //! Why a connect timeout: the library's first connect is one attempt, but an address that drops
 //! packets leaves it waiting on the operating system's TCP timeout (minutes); an operator gets
 //! an answer within `--connect-timeout` instead. The connection string is never printed (it may
-//! hold a password): errors name the hosts and ports only.
+//! hold a password): errors name the hosts and ports only. A schema that does not exist is
+//! refused rather than created (as opening a queue would), so a mistyped `--schema` changes
+//! nothing.
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand, ValueEnum};
@@ -18,8 +20,8 @@ use serde_json::json;
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use traceq::engine::postgres::{
-    tokio_postgres, KeyState, ListFilter, ListedKey, PgError, PgQueue, PgQueueConfig, PgStats,
-    DEFAULT_QUEUE, DEFAULT_SCHEMA,
+    tokio_postgres, ConfigError, KeyState, ListFilter, ListedKey, PgError, PgQueue, PgQueueConfig,
+    PgStats, DEFAULT_QUEUE, DEFAULT_SCHEMA,
 };
 
 /// The longest a last error is shown in a table, in characters (`--json` shows it whole).
@@ -204,20 +206,64 @@ async fn open(target: &Target) -> anyhow::Result<PgQueue> {
     // The library's own words for a bad flag, before any connection is tried.
     config.validate()?;
     let at = describe_hosts(&target.postgres);
-    match tokio::time::timeout(target.connect_timeout, PgQueue::connect(config)).await {
-        Ok(Ok(queue)) => Ok(queue),
-        Ok(Err(PgError::Connect(cause))) => {
-            Err(anyhow::Error::new(cause).context(format!("cannot connect to postgres at {at}")))
+    let opened = async {
+        // `PgQueue::connect` creates a schema it does not find: an operator's typo must not.
+        if !schema_exists(&config.url, &target.schema, &at).await? {
+            return Ok(None);
         }
-        Ok(Err(error)) => Err(anyhow::Error::new(error).context(format!(
-            "cannot open queue {:?} (schema {}) at {at}",
-            target.queue, target.schema
-        ))),
+        match PgQueue::connect(config).await {
+            Ok(queue) => Ok(Some(queue)),
+            Err(error) => Err(connect_error(error, &at).context(format!(
+                "cannot open queue {:?} (schema {})",
+                target.queue, target.schema
+            ))),
+        }
+    };
+    match tokio::time::timeout(target.connect_timeout, opened).await {
+        Ok(Ok(Some(queue))) => Ok(queue),
+        Ok(Ok(None)) => bail!(
+            "no schema {} at {at}: no queue was ever opened there (check --schema)",
+            target.schema
+        ),
+        Ok(Err(error)) => Err(error),
         Err(_) => bail!(
             "cannot connect to postgres at {at}: no answer within {:?} (--connect-timeout)",
             target.connect_timeout
         ),
     }
+}
+
+/// A connection refused says where it was refused; other errors keep the library's words.
+fn connect_error(error: PgError, at: &str) -> anyhow::Error {
+    match error {
+        PgError::Connect(cause) => {
+            anyhow::Error::new(cause).context(format!("cannot connect to postgres at {at}"))
+        }
+        other => other.into(),
+    }
+}
+
+/// Whether `schema` exists, on a connection of its own (closed on return).
+async fn schema_exists(url: &str, schema: &str, at: &str) -> anyhow::Result<bool> {
+    let config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| ConfigError::Url(e.to_string()))?;
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| connect_error(PgError::Connect(e), at))?;
+    let driver = tokio::spawn(connection);
+    let exists = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+            &[&schema],
+        )
+        .await
+        .with_context(|| format!("cannot look up schema {schema} at {at}"))?
+        .get(0);
+    drop(client);
+    let _ = driver.await;
+    Ok(exists)
 }
 
 /// `host:port` for each host of a connection string, for messages.

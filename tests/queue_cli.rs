@@ -341,6 +341,31 @@ async fn queue_should_show_zeros_for_an_unknown_queue_and_read_database_url() {
     q.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_should_refuse_a_schema_that_does_not_exist_and_not_create_it() {
+    let db = db_or_skip!("queue_should_refuse_a_schema_that_does_not_exist");
+    let absent = format!("{}_absent", db.schema());
+    let (url, schema) = (db.url().to_owned(), absent.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        traceq_queue(&["stats", "--postgres", &url, "--schema", &schema])
+    })
+    .await
+    .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("no schema {absent} at ")), "{err}");
+    let client = db.client().await.unwrap();
+    let found: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+            &[&absent],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!found, "traceq queue created schema {absent}");
+}
+
 #[test]
 fn queue_should_say_it_cannot_connect_without_printing_the_password() {
     let started = Instant::now();

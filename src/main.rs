@@ -3,6 +3,7 @@
 mod collector;
 mod demo;
 mod loadgen;
+mod queue;
 mod show;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,8 @@ enum Command {
     Show(show::ShowArgs),
     /// Send synthetic traces over OTLP/gRPC or OTLP/HTTP at a target rate and report on them.
     Loadgen(loadgen::LoadgenArgs),
+    /// Inspect and repair a durable queue on PostgreSQL: stats, list, retry and purge keys.
+    Queue(queue::QueueArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Show(args) => show::run(args),
         Command::Loadgen(args) => loadgen::run(args),
+        Command::Queue(args) => queue::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -93,9 +93,22 @@ impl PgError {
     /// Whether the error is a lost or refused connection, which a retry after reconnecting may
     /// cure (rather than a statement the database refused).
     pub fn is_connection(&self) -> bool {
+        use tokio_postgres::error::Severity;
         match self {
             Self::Connect(_) => true,
-            Self::Query { source, .. } => source.is_closed() || source.as_db_error().is_none(),
+            // A FATAL (or PANIC) error ends the session: a server shutting down or restarting
+            // (57P01 admin_shutdown), a terminated backend, a crash. The statement it cut was
+            // not applied, and the server says so before it closes the connection, so the
+            // client sees a database error rather than a closed connection.
+            Self::Query { source, .. } => {
+                source.is_closed()
+                    || source.as_db_error().is_none_or(|db| {
+                        matches!(
+                            db.parsed_severity(),
+                            Some(Severity::Fatal | Severity::Panic)
+                        ) || db.code().code().starts_with("08")
+                    })
+            }
             _ => false,
         }
     }

@@ -77,6 +77,7 @@ mod config;
 mod conn;
 mod dead;
 mod error;
+mod list;
 mod notify;
 mod queue;
 mod schema;
@@ -97,6 +98,7 @@ pub use config::{
 };
 pub use dead::FailedKey;
 pub use error::{ConfigError, PgError};
+pub use list::{KeyState, ListFilter, ListedKey};
 pub use queue::{PgCounters, PgQueue, PgStats};
 pub use schema::SCHEMA_VERSION;
 /// The client this backend speaks, re-exported: [`PgQueue::add_in`] takes its transactions.

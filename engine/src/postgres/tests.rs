@@ -157,3 +157,30 @@ async fn shutdown_should_return_when_called_right_after_connect() {
             .unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_cut_by_a_server_shutdown_should_count_as_a_lost_connection() {
+    let db = schema_or_skip!("a_statement_cut_by_a_server_shutdown");
+    let victim = db.client().await.unwrap();
+    let pid: i32 = victim
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let running = tokio::spawn(async move { victim.query("SELECT pg_sleep(30)", &[]).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // What `pg_ctl stop -m fast` (and a restart) does to every backend: SIGTERM, so the running
+    // statement fails with 57P01 (admin_shutdown) before the connection closes.
+    let admin = db.client().await.unwrap();
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let error = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the statement ends")
+        .unwrap()
+        .expect_err("the statement was cut");
+    let error = PgError::query("sleep")(error);
+    assert!(error.is_connection(), "{error:?}");
+}

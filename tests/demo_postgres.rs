@@ -118,9 +118,24 @@ fn demo_postgres_should_share_the_work_and_keep_whole_traces() {
     assert!(read.errors.is_empty(), "{:?}", read.errors);
     let kept = traces(read.spans);
     assert!(!kept.is_empty());
+    let job_of = |t: &traceq::exporter::TraceRecord| {
+        t.spans
+            .iter()
+            .find_map(|s| s.attribute("traceq.job.id").map(str::to_owned))
+    };
+    // A kept trace has an error, or is a segment of a job with a kept error trace (the
+    // collector keeps a job's segments together).
+    let error_jobs: HashSet<String> = kept
+        .iter()
+        .filter(|t| t.has_error())
+        .filter_map(job_of)
+        .collect();
     let mut by_kind: HashMap<&str, usize> = HashMap::new();
     for t in &kept {
-        assert!(t.has_error(), "only error traces are kept");
+        assert!(
+            t.has_error() || job_of(t).is_some_and(|j| error_jobs.contains(&j)),
+            "only error traces (and their jobs' segments) are kept: {t:#?}"
+        );
         let roots: Vec<_> = t.roots().collect();
         assert_eq!(roots.len(), 1, "one root per kept trace: {t:?}");
         assert!(roots[0].name.starts_with("item "), "{:?}", roots[0].name);

@@ -164,12 +164,17 @@ ORDER BY {order} LIMIT $2"
 /// with a NULL key when a notification was sent).
 pub(super) fn requeue_all_failed_sql(s: &str) -> String {
     // The same update as `requeue_failed`, for every dead letter of the queue.
+    // Locked in key order first, as every other writer locks them (see `add`).
+    let scale = super::add::SEQ_SCALE;
     format!(
-        "WITH r AS (
-  UPDATE {s}.items SET state = 'queued', ready_at = now(), seq = nextval('{s}.seq'),
+        "WITH l AS (
+  SELECT key FROM {s}.items WHERE queue = $1 AND state = 'failed' ORDER BY key FOR UPDATE
+), r AS (
+  UPDATE {s}.items i SET state = 'queued', ready_at = now(), seq = nextval('{s}.seq') * {scale},
     failures = 0, requeues = 0, attempt = 0, fail_reason = NULL, failed_at = NULL
-  WHERE queue = $1 AND state = 'failed'
-  RETURNING key
+  FROM l
+  WHERE i.queue = $1 AND i.key = l.key AND i.state = 'failed'
+  RETURNING i.key
 )
 SELECT key FROM r
 UNION ALL SELECT NULL FROM (SELECT pg_notify($2, $1) FROM r LIMIT 1) AS n"

@@ -614,17 +614,26 @@ where
                 duration: started.elapsed(),
                 kind,
             };
-            // User code: a panic is counted and reported, the key's outcome stands.
-            if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| hook(&outcome))) {
-                if inner.hook_panics.fetch_add(1, Ordering::Relaxed) == 0 {
-                    eprintln!(
-                        "traceq: engine {}: outcome hook panicked: {}; later panics are counted \
-                         and their total reported when run returns",
-                        inner.queue.name(),
-                        panic_message(&*panic)
-                    );
-                }
-            }
+            call_hook(hook, &outcome, &inner.hook_panics, inner.queue.name());
+        }
+    }
+}
+
+/// Calls the outcome hook. User code: a panic is counted (the first reported on stderr) and
+/// the key's outcome stands.
+pub(crate) fn call_hook<K>(
+    hook: &OutcomeHook<K>,
+    outcome: &Outcome<K>,
+    panics: &AtomicU64,
+    engine: &str,
+) {
+    if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| hook(outcome))) {
+        if panics.fetch_add(1, Ordering::Relaxed) == 0 {
+            eprintln!(
+                "traceq: engine {engine}: outcome hook panicked: {}; later panics are counted \
+                 and their total reported when run returns",
+                panic_message(&*panic)
+            );
         }
     }
 }

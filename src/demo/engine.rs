@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use traceq::engine::postgres::{PgEngine, PgQueueConfig};
 use traceq::engine::trace::stored::StoredIdGenerator;
-use traceq::engine::Engine;
+use traceq::engine::{Engine, EngineBuilder};
 use traceq::exporter::client::http_traces_url;
 use traceq::exporter::OtlpJsonFileExporter;
 use traceq::sampler::{SamplerConfig, TailSamplingProcessor};
@@ -91,15 +91,15 @@ pub(super) fn tracer_provider(
         .build()
 }
 
-/// The demo's controller: traced with `tracer`, every outcome counted in `tally`.
-pub(super) fn build(
+/// The demo's controller, as both backends build it: traced with `tracer`, every outcome
+/// counted in `tally`.
+fn controller(
     args: &DemoArgs,
     tracer: SdkTracer,
     long_job_len: Duration,
     tally: Arc<Tally>,
-) -> anyhow::Result<Engine<String>> {
+) -> EngineBuilder<String> {
     Engine::<String>::builder()
-        .with_name("demo-controller")
         .with_workers(args.workers)
         .with_max_retries(5)
         .with_backoff(Duration::from_millis(5), Duration::from_millis(500))
@@ -108,12 +108,23 @@ pub(super) fn build(
         .with_max_trace_age(long_job_len.div_f64(LONG_JOB_SEGMENTS - 0.5))
         .with_job_id_of(|key: &String| key.strip_prefix("jobs/").map(str::to_owned))
         .with_outcome_hook(move |outcome| tally.record(outcome))
+}
+
+/// The demo's controller in memory.
+pub(super) fn build(
+    args: &DemoArgs,
+    tracer: SdkTracer,
+    long_job_len: Duration,
+    tally: Arc<Tally>,
+) -> anyhow::Result<Engine<String>> {
+    controller(args, tracer, long_job_len, tally)
+        .with_name("demo-controller")
         .build()
         .context("building the engine")
 }
 
-/// The demo's controller on the durable queue at `url`: as [`build`], sharing the queue with
-/// every demo process given the same database.
+/// The demo's controller on the durable queue at `url` (named after the queue), sharing it
+/// with every demo process given the same database.
 pub(super) async fn build_postgres(
     args: &DemoArgs,
     url: &str,
@@ -127,15 +138,7 @@ pub(super) async fn build_postgres(
     // Bounded: a database that does not answer is an error here, not a hang.
     tokio::time::timeout(
         Duration::from_secs(30),
-        Engine::<String>::builder()
-            .with_workers(args.workers)
-            .with_max_retries(5)
-            .with_backoff(Duration::from_millis(5), Duration::from_millis(500))
-            .with_tracer(tracer)
-            .with_max_trace_age(long_job_len.div_f64(LONG_JOB_SEGMENTS - 0.5))
-            .with_job_id_of(|key: &String| key.strip_prefix("jobs/").map(str::to_owned))
-            .with_outcome_hook(move |outcome| tally.record(outcome))
-            .build_postgres(config),
+        controller(args, tracer, long_job_len, tally).build_postgres(config),
     )
     .await
     .map_err(|_| anyhow::anyhow!("connecting to postgres: no answer within 30 s"))?

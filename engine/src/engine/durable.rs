@@ -55,7 +55,7 @@
 
 use super::attempt::{run_attempt, RequeueCell};
 use super::{
-    panic_message, Attempt, AttemptError, BuildError, EngineBuilder, Handler, JobIdOf,
+    call_hook, panic_message, Attempt, AttemptError, BuildError, EngineBuilder, Handler, JobIdOf,
     LimiterChoice, Outcome, OutcomeHook, OutcomeKind,
 };
 use crate::metrics::{Histogram, QueueMetrics};
@@ -65,7 +65,8 @@ use crate::rate_limit::{self, RateLimiter, TokenBucket};
 use crate::trace::attributes as attr;
 use crate::trace::stored::StoredTrace;
 use crate::trace::{
-    attempt_builder, interned, item_builder, link_to, JobContext, KeyFormat, Ranking, TraceConfig,
+    attempt_builder, end_attempt_span, interned, item_builder, item_outcome, link_to, JobContext,
+    KeyFormat, Ranking, TraceConfig,
 };
 use opentelemetry::baggage::{Baggage, BaggageExt as _};
 use opentelemetry::trace::{
@@ -491,16 +492,7 @@ async fn worker<H: Handler<String>>(inner: Arc<Durable>, handler: Arc<H>, slot: 
                 duration: started.elapsed(),
                 kind,
             };
-            if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| hook(&outcome))) {
-                if inner.hook_panics.fetch_add(1, Ordering::Relaxed) == 0 {
-                    eprintln!(
-                        "traceq: engine {}: outcome hook panicked: {}; later panics are counted \
-                         and their total reported when run returns",
-                        inner.name,
-                        panic_message(&*panic)
-                    );
-                }
-            }
+            call_hook(hook, &outcome, &inner.hook_panics, &inner.name);
         }
     }
 }
@@ -691,43 +683,8 @@ impl DurableTracing {
     /// Ends the attempt span with what became of the key; ends the item (its root) if the key
     /// was forgotten.
     fn end(&self, traced: Traced, kind: &OutcomeKind, attempts: u32) {
-        let (outcome, reason, item_outcome) = match kind {
-            OutcomeKind::Succeeded => {
-                (attr::OUTCOME_SUCCEEDED, None, Some(attr::OUTCOME_SUCCEEDED))
-            }
-            OutcomeKind::Requeued { .. } => (attr::OUTCOME_REQUEUED, None, None),
-            OutcomeKind::Exhausted { .. } => (
-                attr::OUTCOME_EXHAUSTED,
-                Some("max retries reached"),
-                Some(attr::OUTCOME_EXHAUSTED),
-            ),
-            OutcomeKind::DroppedAtShutdown { .. } => (attr::OUTCOME_DROPPED, None, None),
-            OutcomeKind::Unsettled { .. } => (attr::OUTCOME_UNSETTLED, None, None),
-        };
-        let span = traced.cx.span();
-        span.set_attribute(KeyValue::new(attr::OUTCOME, outcome));
-        match kind {
-            OutcomeKind::Requeued { delay, .. } => span.add_event(
-                attr::EVENT_REQUEUE,
-                vec![KeyValue::new(attr::BACKOFF_MS, delay.as_secs_f64() * 1e3)],
-            ),
-            OutcomeKind::Unsettled { cause, .. } => span.add_event(
-                attr::OUTCOME_UNSETTLED,
-                vec![KeyValue::new(attr::REASON, cause.clone())],
-            ),
-            _ => {}
-        }
-        if let Some(reason) = reason {
-            span.add_event(
-                attr::EVENT_FORGET,
-                vec![KeyValue::new(attr::REASON, reason)],
-            );
-        }
-        if let Some(error) = kind.error() {
-            span.set_status(Status::error(error.to_string()));
-        }
-        span.end();
-        let Some(item_outcome) = item_outcome else {
+        end_attempt_span(&traced.cx.span(), kind);
+        let Some(item_outcome) = item_outcome(kind) else {
             return;
         };
         let mut builder = item_builder(&self.cfg, traced.stored.segment, &Baggage::new());

@@ -7,7 +7,7 @@ use crate::clock::Clock;
 use crate::engine::OutcomeKind;
 use opentelemetry::baggage::{Baggage, BaggageExt, KeyValueMetadata};
 use opentelemetry::trace::{
-    Link, SpanBuilder, SpanContext, SpanKind, Status, TraceContextExt, TraceId,
+    Link, SpanBuilder, SpanContext, SpanKind, SpanRef, Status, TraceContextExt, TraceId,
 };
 use opentelemetry::{Context, KeyValue, StringValue, Value};
 use parking_lot::Mutex;
@@ -172,6 +172,61 @@ pub(crate) fn link_to(span_context: SpanContext, kind: &'static str) -> Link {
     Link::new(span_context, vec![KeyValue::new(attr::LINK_KIND, kind)], 0)
 }
 
+/// Why the key was forgotten after an attempt that ended so, if it was.
+pub(crate) fn forget_reason(kind: &OutcomeKind) -> Option<&'static str> {
+    match kind {
+        OutcomeKind::Exhausted { .. } => Some("max retries reached"),
+        OutcomeKind::DroppedAtShutdown { .. } => Some("engine shutting down"),
+        _ => None,
+    }
+}
+
+/// The item's outcome when an attempt that ended so forgot its key; `None` if the key lives on.
+pub(crate) fn item_outcome(kind: &OutcomeKind) -> Option<&'static str> {
+    match kind {
+        OutcomeKind::Succeeded => Some(attr::OUTCOME_SUCCEEDED),
+        OutcomeKind::Exhausted { .. } => Some(attr::OUTCOME_EXHAUSTED),
+        OutcomeKind::DroppedAtShutdown { .. } => Some(attr::OUTCOME_DROPPED),
+        _ => None,
+    }
+}
+
+/// Ends an attempt's span with what became of its key: the outcome attribute, the requeue,
+/// forget or unsettled event, and the error status of a failed attempt. Shared by the in-memory
+/// and the durable engine.
+pub(crate) fn end_attempt_span(span: &SpanRef<'_>, kind: &OutcomeKind) {
+    let outcome = match kind {
+        OutcomeKind::Succeeded => attr::OUTCOME_SUCCEEDED,
+        OutcomeKind::Requeued { .. } => attr::OUTCOME_REQUEUED,
+        OutcomeKind::Exhausted { .. } => attr::OUTCOME_EXHAUSTED,
+        OutcomeKind::DroppedAtShutdown { .. } => attr::OUTCOME_DROPPED,
+        // Durable attempts only; an in-memory attempt never ends so.
+        OutcomeKind::Unsettled { .. } => attr::OUTCOME_UNSETTLED,
+    };
+    span.set_attribute(KeyValue::new(attr::OUTCOME, outcome));
+    match kind {
+        OutcomeKind::Requeued { delay, .. } => span.add_event(
+            attr::EVENT_REQUEUE,
+            vec![KeyValue::new(attr::BACKOFF_MS, delay.as_secs_f64() * 1e3)],
+        ),
+        OutcomeKind::Unsettled { cause, .. } => span.add_event(
+            attr::OUTCOME_UNSETTLED,
+            vec![KeyValue::new(attr::REASON, cause.clone())],
+        ),
+        _ => {}
+    }
+    if let Some(reason) = forget_reason(kind) {
+        span.add_event(
+            attr::EVENT_FORGET,
+            vec![KeyValue::new(attr::REASON, reason)],
+        );
+    }
+    if let Some(error) = kind.error() {
+        span.set_status(Status::error(error.to_string()));
+    }
+    span.end();
+}
+
 impl Item {
     /// Starts the key's trace: a new root, or a child of `parent`'s span when it has one. The
     /// parent's baggage is kept; the item key and job id are added to it.
@@ -271,44 +326,9 @@ impl Item {
     /// Ends the attempt's span with what became of the key; ends the item span if the key was
     /// forgotten.
     pub(crate) fn close(&self, running: AttemptEnd, kind: &OutcomeKind) {
-        let (outcome, reason, item_outcome) = match kind {
-            OutcomeKind::Succeeded => {
-                (attr::OUTCOME_SUCCEEDED, None, Some(attr::OUTCOME_SUCCEEDED))
-            }
-            OutcomeKind::Requeued { .. } => (attr::OUTCOME_REQUEUED, None, None),
-            OutcomeKind::Exhausted { .. } => (
-                attr::OUTCOME_EXHAUSTED,
-                Some("max retries reached"),
-                Some(attr::OUTCOME_EXHAUSTED),
-            ),
-            OutcomeKind::DroppedAtShutdown { .. } => (
-                attr::OUTCOME_DROPPED,
-                Some("engine shutting down"),
-                Some(attr::OUTCOME_DROPPED),
-            ),
-            // Durable attempts only; an in-memory attempt never ends so.
-            OutcomeKind::Unsettled { .. } => (attr::OUTCOME_UNSETTLED, None, None),
-        };
+        let (reason, item_outcome) = (forget_reason(kind), item_outcome(kind));
         if let Some(running) = running {
-            let span = running.cx.span();
-            span.set_attribute(KeyValue::new(attr::OUTCOME, outcome));
-            if let OutcomeKind::Requeued { delay, .. } = kind {
-                let ms = delay.as_secs_f64() * 1e3;
-                span.add_event(
-                    attr::EVENT_REQUEUE,
-                    vec![KeyValue::new(attr::BACKOFF_MS, ms)],
-                );
-            }
-            if let Some(reason) = reason {
-                span.add_event(
-                    attr::EVENT_FORGET,
-                    vec![KeyValue::new(attr::REASON, reason)],
-                );
-            }
-            if let Some(error) = kind.error() {
-                span.set_status(Status::error(error.to_string()));
-            }
-            span.end();
+            end_attempt_span(&running.cx.span(), kind);
         }
         if let Some(item_outcome) = item_outcome {
             let error = match kind {

@@ -58,7 +58,7 @@ pub mod stored;
 mod tracer;
 
 #[cfg(feature = "postgres")]
-pub(crate) use item::{attempt_builder, item_builder, link_to};
+pub(crate) use item::{attempt_builder, end_attempt_span, item_builder, item_outcome, link_to};
 pub(crate) use item::{interned, Item, Ranking, TraceConfig};
 pub use item::{JobContext, DEFAULT_MAX_SPANS_PER_SEGMENT, DEFAULT_MAX_TRACE_AGE};
 pub(crate) use items::{ItemTraces, KeyFormat};

@@ -147,6 +147,9 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
 fn parse_age(text: &str) -> Result<Duration, String> {
     let bad = || format!("`{text}` is not an age like `7d`, `12h`, `30m` or `0s`");
     let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(bad());
+    }
     // No Go unit has a `d`, so a `d` can only end a count of days.
     let (days, rest) = match trimmed.split_once('d') {
         Some((days, rest)) => {

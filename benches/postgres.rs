@@ -16,17 +16,20 @@
 //! and gives keys per second, statements (round trips) per key and WAL bytes per key
 //! (`pg_current_wal_lsn()` before and after).
 //!
-//! Last measured 2026-12-02, 2-vCPU x86_64 VM, PostgreSQL 15.18 on loopback (its data on the
-//! VM's disk: `pg_test_fsync` gives 3.6 ms per fdatasync), release build, another build
-//! sharing the two cores at times; `--warm-up-time 1 --measurement-time 5`:
-//! the report (20,000 keys per run, median of 3 runs):
-//!   bulk enqueue, 10,000 per statement   129–163 K keys/s   0.0001 statements/key   410 WAL B/key
-//!   10 workers, no prefetch                3.6 K jobs/s      0.48                    550
-//!   100 workers, no prefetch              21.7 K jobs/s      0.057                   581
-//!   10 workers, prefetch 256               8.5 K jobs/s      0.13                    607
-//!   100 workers, prefetch 256             24.3 K jobs/s      0.026                   601
-//!   criterion: bulk enqueue 163 K keys/s beside one statement per key 4.8 K keys/s; the
-//!   2,000-job process runs are noisy (one at 2.8 K/s): quote the report's figures.
+//! Last measured 2026-12-02 (second session), 2-vCPU x86_64 VM, PostgreSQL 15.18 on loopback
+//! (its data on the VM's disk: `pg_test_fsync` gives 3.6 ms per fdatasync), release build,
+//! nothing else running. The report (20,000 keys per run, median of 3 runs; the range is the
+//! medians of three report runs in the same hour):
+//!   bulk enqueue, 10,000 per statement   162–178 K keys/s   0.0001 statements/key   396 WAL B/key
+//!   10 workers, no prefetch               6.7–7.1 K jobs/s  0.49                    550
+//!   100 workers, no prefetch             27.1–27.7 K jobs/s 0.052                   578
+//!   10 workers, prefetch 256             10.7–11.0 K jobs/s 0.124                   611
+//!   100 workers, prefetch 256            14.9–15.6 K jobs/s 0.025                   599
+//!   criterion (`--warm-up-time 1 --measurement-time 5`): bulk enqueue 157 K keys/s beside one
+//!   statement per key 4.46 K keys/s (35×); the 2,000-job process runs are short and noisy:
+//!   quote the report's figures. On the commit before adds and completions locked rows in key
+//!   order, the same report gave 19.9 K jobs/s at 100 workers with prefetch 256 and 12.3 K at
+//!   10, the rest unchanged.
 
 use criterion::{Criterion, Throughput};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -250,9 +253,10 @@ fn report(b: &Bench) {
     }
     runs.sort_by(|a, b| a.0.total_cmp(&b.0));
     let (rate, wal) = runs[1];
+    let (slowest, fastest) = (runs[0].0, runs[2].0);
     let statements = REPORT_JOBS.div_ceil(BULK) as f64 / REPORT_JOBS as f64;
     println!(
-        "  bulk enqueue (add_many, {BULK} per statement): {rate:>9.0} keys/s, {statements:.4} statements/key, {wal:.0} WAL bytes/key"
+        "  bulk enqueue (add_many, {BULK} per statement): {rate:>9.0} keys/s ({slowest:.0}–{fastest:.0}), {statements:.4} statements/key, {wal:.0} WAL bytes/key"
     );
     b.rt.block_on(q.shutdown()).expect("shutdown");
     for (workers, prefetch) in [(10, 0), (100, 0), (10, 256), (100, 256)] {
@@ -276,8 +280,9 @@ fn report(b: &Bench) {
         }
         runs.sort_by(|a, b| a.0.total_cmp(&b.0));
         let (rate, statements, wal) = runs[1];
+        let (slowest, fastest) = (runs[0].0, runs[2].0);
         println!(
-            "  no-op processing, {workers:>3} workers, prefetch {prefetch:>3}: {rate:>9.0} keys/s, {statements:.4} statements/key, {wal:.0} WAL bytes/key"
+            "  no-op processing, {workers:>3} workers, prefetch {prefetch:>3}: {rate:>9.0} keys/s ({slowest:.0}–{fastest:.0}), {statements:.4} statements/key, {wal:.0} WAL bytes/key"
         );
         b.rt.block_on(q.shutdown()).expect("shutdown");
     }

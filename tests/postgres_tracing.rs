@@ -226,15 +226,7 @@ fn postgres_tracing_should_keep_one_whole_trace_across_processes() {
     };
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("kept.jsonl");
-    let yaml = format!(
-        "receivers: {{otlp: {{protocols: {{http: {{endpoint: '127.0.0.1:0'}}}}}}}}\n\
-         processors:\n  tail_sampling:\n    decision_wait: 30s\n    \
-         decision_wait_after_root: 500ms\n    policies: [{{name: errors, type: status_code, \
-         status_code: {{status_codes: [ERROR]}}}}]\n\
-         exporters: {{file: {{path: '{}', fsync_interval: 10ms}}}}\n\
-         service: {{telemetry: {{metrics: {{address: none}}}}}}\n",
-        file.display()
-    );
+    let yaml = process::errors_to_file_config(&file);
     let collector = CollectorProcess::start(dir.path(), &yaml, &[]);
     let endpoint = collector.http.expect("the http receiver").to_string();
     run_worker("a", &db, &endpoint);

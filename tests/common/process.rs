@@ -37,6 +37,21 @@ pub(crate) struct Exit {
     pub(crate) took: Duration,
 }
 
+/// A collector configuration that receives OTLP/HTTP on a free loopback port, keeps the traces
+/// with an error (decided 500 ms after their root ends) and writes them to the JSON-lines file
+/// `file`, flushed every 10 ms.
+pub(crate) fn errors_to_file_config(file: &Path) -> String {
+    format!(
+        "receivers: {{otlp: {{protocols: {{http: {{endpoint: '127.0.0.1:0'}}}}}}}}\n\
+         processors:\n  tail_sampling:\n    decision_wait: 30s\n    \
+         decision_wait_after_root: 500ms\n    policies: [{{name: errors, type: status_code, \
+         status_code: {{status_codes: [ERROR]}}}}]\n\
+         exporters: {{file: {{path: '{}', fsync_interval: 10ms}}}}\n\
+         service: {{telemetry: {{metrics: {{address: none}}}}}}\n",
+        file.display()
+    )
+}
+
 fn addr_of(line: &str, key: &str) -> Option<SocketAddr> {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(key))

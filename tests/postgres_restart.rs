@@ -260,6 +260,7 @@ async fn run(db: &TestSchema, restart: String) {
     }
     watch.await.unwrap();
     let counters = workers_q.counters();
+    let producer_counters = producer.counters();
     tokio::time::timeout(Duration::from_secs(10), async {
         workers_q.shutdown().await.expect("workers' shutdown");
         producer.shutdown().await.expect("producer's shutdown");
@@ -319,4 +320,14 @@ async fn run(db: &TestSchema, restart: String) {
         "the restart cut the listener's connection"
     );
     assert!(counters.listening, "listening again after the restart");
+    // The workers' handle had its claimer, completer, listener and shared connections open
+    // when the server went down: each loss is counted.
+    assert!(
+        counters.connections_lost >= 3,
+        "the restart cut the workers' connections: {counters:?}"
+    );
+    assert!(
+        producer_counters.connections_lost >= 1,
+        "the restart cut the producer's connections: {producer_counters:?}"
+    );
 }

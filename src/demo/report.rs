@@ -239,6 +239,7 @@ pub(super) fn print_durable(args: &DemoArgs, c: PgCounters) {
     row("keys claimed by this process", c.claimed.to_string());
     row("reclaimed after a lost lease", c.reclaimed.to_string());
     row("stale completions refused", c.stale_completions.to_string());
+    row("database connections lost", c.connections_lost.to_string());
     row(
         "claim / completion statements",
         format!("{} / {}", c.claim_statements, c.completion_statements),

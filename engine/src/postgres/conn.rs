@@ -11,17 +11,19 @@ use super::error::PgError;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_postgres::{AsyncMessage, Client, NoTls, Notification, Statement};
 
-/// How to reach the database, and how patiently.
+/// How to reach the database, and how patiently. Clones share one count of lost connections.
 #[derive(Clone)]
 pub(crate) struct Db {
     config: tokio_postgres::Config,
     base: Duration,
     max: Duration,
+    lost: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for Db {
@@ -34,7 +36,19 @@ impl fmt::Debug for Db {
 
 impl Db {
     pub(crate) fn new(config: tokio_postgres::Config, base: Duration, max: Duration) -> Self {
-        Self { config, base, max }
+        Self {
+            config,
+            base,
+            max,
+            lost: Arc::default(),
+        }
+    }
+
+    /// Connections of this handle (any role) that ended with an error: the server went away,
+    /// the network failed, or the server ended the session. A connection closed because its
+    /// handle dropped it is not counted.
+    pub(crate) fn connections_lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
     }
 
     /// One connection; its socket is driven by a task of its own until it closes. Notifications
@@ -45,6 +59,7 @@ impl Db {
     ) -> Result<Conn, PgError> {
         let (client, mut connection) =
             self.config.connect(NoTls).await.map_err(PgError::Connect)?;
+        let lost = self.lost.clone();
         tokio::spawn(async move {
             loop {
                 match futures::future::poll_fn(|cx| connection.poll_message(cx)).await {
@@ -55,6 +70,7 @@ impl Db {
                     }
                     Some(Ok(_)) => {}
                     Some(Err(error)) => {
+                        lost.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(%error, "postgres connection lost");
                         break;
                     }

@@ -109,6 +109,10 @@ pub struct PgCounters {
     pub claim_statements: u64,
     /// Completion statements run (each a round trip, for any number of completions).
     pub completion_statements: u64,
+    /// Connections of this handle (producers', claimer's, completer's, listener's) that ended
+    /// with an error: the database restarted or went away, or the network failed. Each is
+    /// reopened with backoff; a rising count with a healthy database points at the network.
+    pub connections_lost: u64,
 }
 
 /// How many keys a queue has in each state, across every process.
@@ -425,6 +429,7 @@ impl PgQueue {
             listening: c.listening.load(Ordering::Relaxed),
             claim_statements: c.claim_statements.load(Ordering::Relaxed),
             completion_statements: c.completion_statements.load(Ordering::Relaxed),
+            connections_lost: self.inner.db.connections_lost(),
         }
     }
 

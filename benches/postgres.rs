@@ -28,8 +28,10 @@
 //!   criterion (`--warm-up-time 1 --measurement-time 5`): bulk enqueue 157 K keys/s beside one
 //!   statement per key 4.46 K keys/s (35×); the 2,000-job process runs are short and noisy:
 //!   quote the report's figures. On the commit before adds and completions locked rows in key
-//!   order, the same report gave 19.9 K jobs/s at 100 workers with prefetch 256 and 12.3 K at
-//!   10, the rest unchanged.
+//!   order, the same report gave 18.8–19.9 K jobs/s at 100 workers with prefetch 256 and
+//!   11.2–12.3 K at 10, the rest unchanged; reverting the completions' or the adds' ordering
+//!   alone did not bring those back (15.0–17.6 K), so the cause is still open. Single runs on
+//!   this VM range from a quarter to 1.5 times these medians (fsync latency varies).
 
 use criterion::{Criterion, Throughput};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -20,8 +20,8 @@ use serde_json::json;
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use traceq::engine::postgres::{
-    tokio_postgres, ConfigError, KeyState, ListFilter, ListedKey, PgError, PgQueue, PgQueueConfig,
-    PgStats, DEFAULT_QUEUE, DEFAULT_SCHEMA,
+    tokio_postgres, KeyState, ListFilter, ListedKey, PgError, PgQueue, PgQueueConfig, PgStats,
+    DEFAULT_QUEUE, DEFAULT_SCHEMA,
 };
 
 /// The longest a last error is shown in a table, in characters (`--json` shows it whole).
@@ -86,7 +86,8 @@ enum QueueCommand {
 /// Which queue, on which database.
 #[derive(Debug, Args)]
 struct Target {
-    /// Connection string: postgres://user:password@host:port/db, or key=value pairs.
+    /// Connection string: postgres://user:password@host:port/db, or key=value pairs. TLS:
+    /// ?sslmode=verify-full&sslrootcert=CA.pem (or verify-ca, require, prefer, disable).
     #[arg(long, value_name = "URL", env = "DATABASE_URL", hide_env_values = true)]
     postgres: String,
     /// The queue's name.
@@ -208,10 +209,13 @@ async fn open(target: &Target) -> anyhow::Result<PgQueue> {
         .with_failed_retention(traceq::engine::MAX_DELAY);
     // The library's own words for a bad flag, before any connection is tried.
     config.validate()?;
-    let at = describe_hosts(&target.postgres);
+    let at = describe_hosts(&config);
     let opened = async {
         // `PgQueue::connect` creates a schema it does not find: an operator's typo must not.
-        if !schema_exists(&config.url, &target.schema, &at).await? {
+        let exists = PgQueue::schema_exists(&config)
+            .await
+            .map_err(|error| connect_error(error, &at))?;
+        if !exists {
             return Ok(None);
         }
         match PgQueue::connect(config).await {
@@ -246,32 +250,9 @@ fn connect_error(error: PgError, at: &str) -> anyhow::Error {
     }
 }
 
-/// Whether `schema` exists, on a connection of its own (closed on return).
-async fn schema_exists(url: &str, schema: &str, at: &str) -> anyhow::Result<bool> {
-    let config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e: tokio_postgres::Error| ConfigError::Url(e.to_string()))?;
-    let (client, connection) = config
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| connect_error(PgError::Connect(e), at))?;
-    let driver = tokio::spawn(connection);
-    let exists = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
-            &[&schema],
-        )
-        .await
-        .with_context(|| format!("cannot look up schema {schema} at {at}"))?
-        .get(0);
-    drop(client);
-    let _ = driver.await;
-    Ok(exists)
-}
-
 /// `host:port` for each host of a connection string, for messages.
-fn describe_hosts(url: &str) -> String {
-    let Ok(config) = url.parse::<tokio_postgres::Config>() else {
+fn describe_hosts(config: &PgQueueConfig) -> String {
+    let Ok(config) = config.connection_config() else {
         return "an unparsable address".to_owned();
     };
     let ports = config.get_ports();
@@ -614,13 +595,19 @@ mod tests {
 
     #[test]
     fn hosts_should_be_described_without_credentials() {
-        let text = describe_hosts("postgres://u:secret@127.0.0.1:1/db");
+        let text = describe_hosts(&PgQueueConfig::new("postgres://u:secret@127.0.0.1:1/db"));
         assert_eq!(text, "127.0.0.1:1");
         assert_eq!(
-            describe_hosts("host=a,b port=1,2 password=secret"),
+            describe_hosts(&PgQueueConfig::new("host=a,b port=1,2 password=secret")),
             "a:1, b:2"
         );
-        assert_eq!(describe_hosts("postgres://[::1]/db"), "[::1]:5432");
+        assert_eq!(
+            describe_hosts(&PgQueueConfig::new("postgres://[::1]/db")),
+            "[::1]:5432"
+        );
+        // The TLS keys of the URL are the library's, not tokio-postgres': they do not hide the host.
+        let tls = "postgres://u@db:6432/x?sslmode=disable&sslrootcert=/etc/ca.pem";
+        assert_eq!(describe_hosts(&PgQueueConfig::new(tls)), "db:6432");
     }
 
     #[test]

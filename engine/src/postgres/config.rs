@@ -58,6 +58,8 @@ pub const MAX_QUEUE_NAME_LEN: usize = 200;
 #[derive(Clone)]
 pub struct PgQueueConfig {
     /// Connection string, as libpq takes it (`postgres://user@host:port/db` or `host=... port=...`).
+    /// TLS is asked for with `sslmode` and `sslrootcert` in the URL form
+    /// (`?sslmode=verify-full&sslrootcert=/etc/ssl/db-ca.pem`): see [TLS](super#tls).
     pub url: String,
     /// Schema holding the queue's tables, created and migrated by the library. A lower-case SQL
     /// identifier: letters, digits and `_`, not starting with a digit or `pg_`. Default
@@ -224,16 +226,24 @@ impl PgQueueConfig {
         self
     }
 
+    /// The connection settings as `tokio-postgres` reads them, with `sslmode` and `sslrootcert`
+    /// taken out of the URL and applied (see [TLS](super#tls)): its hosts and ports, say.
+    ///
+    /// # Errors
+    /// As [`validate`](Self::validate) for the URL and its TLS settings.
+    pub fn connection_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
+        super::tls::parse(&self.url).map(|(config, _)| config)
+    }
+
     /// Checks every field.
     ///
     /// # Errors
-    /// The first [`ConfigError`] found: an unparsable URL, a schema that is no plain identifier,
-    /// an empty or overlong queue name, a lease under [`MIN_LEASE_TIMEOUT`], a zero poll interval
-    /// or batch, or inverted backoff bounds.
+    /// The first [`ConfigError`] found: an unparsable URL, TLS settings that cannot be honoured
+    /// (an `sslmode` that verifies without `sslrootcert`, an unreadable CA file), a schema that
+    /// is no plain identifier, an empty or overlong queue name, a lease under
+    /// [`MIN_LEASE_TIMEOUT`], a zero poll interval or batch, or inverted backoff bounds.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.url
-            .parse::<tokio_postgres::Config>()
-            .map_err(|e| ConfigError::Url(e.to_string()))?;
+        super::tls::parse(&self.url)?;
         validate_identifier(&self.schema)?;
         if self.queue.is_empty() || self.queue.len() > MAX_QUEUE_NAME_LEN {
             return Err(ConfigError::QueueName {

@@ -14,13 +14,17 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
-use tokio_postgres::{AsyncMessage, Client, NoTls, Notification, Statement};
+use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Notification, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// How to reach the database, and how patiently. Clones share one count of lost connections.
 #[derive(Clone)]
 pub(crate) struct Db {
     config: tokio_postgres::Config,
+    /// The TLS connector when the URL asked for TLS; plain text otherwise.
+    tls: Option<MakeRustlsConnect>,
     base: Duration,
     max: Duration,
     lost: Arc<AtomicU64>,
@@ -30,14 +34,21 @@ impl fmt::Debug for Db {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Db")
             .field("hosts", &self.config.get_hosts().len())
+            .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl Db {
-    pub(crate) fn new(config: tokio_postgres::Config, base: Duration, max: Duration) -> Self {
+    pub(crate) fn new(
+        config: tokio_postgres::Config,
+        tls: Option<MakeRustlsConnect>,
+        base: Duration,
+        max: Duration,
+    ) -> Self {
         Self {
             config,
+            tls,
             base,
             max,
             lost: Arc::default(),
@@ -57,27 +68,23 @@ impl Db {
         &self,
         notices: Option<tokio::sync::mpsc::UnboundedSender<Notification>>,
     ) -> Result<Conn, PgError> {
-        let (client, mut connection) =
-            self.config.connect(NoTls).await.map_err(PgError::Connect)?;
-        let lost = self.lost.clone();
-        tokio::spawn(async move {
-            loop {
-                match futures::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                    Some(Ok(AsyncMessage::Notification(n))) => {
-                        if let Some(tx) = &notices {
-                            let _ = tx.send(n);
-                        }
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(error)) => {
-                        lost.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(%error, "postgres connection lost");
-                        break;
-                    }
-                    None => break,
-                }
+        let client = match &self.tls {
+            None => {
+                let (client, connection) =
+                    self.config.connect(NoTls).await.map_err(PgError::Connect)?;
+                tokio::spawn(drive(connection, notices, self.lost.clone()));
+                client
             }
-        });
+            Some(tls) => {
+                let (client, connection) = self
+                    .config
+                    .connect(tls.clone())
+                    .await
+                    .map_err(PgError::Connect)?;
+                tokio::spawn(drive(connection, notices, self.lost.clone()));
+                client
+            }
+        };
         Ok(Conn {
             client,
             statements: Mutex::new(HashMap::new()),
@@ -107,6 +114,34 @@ impl Db {
                 _ = stop.changed() => return None,
             }
             wait = (wait * 2).min(self.max);
+        }
+    }
+}
+
+/// Drives a connection's socket until it closes, passing notifications to `notices` and
+/// counting an end in error in `lost`.
+async fn drive<S, T>(
+    mut connection: Connection<S, T>,
+    notices: Option<tokio::sync::mpsc::UnboundedSender<Notification>>,
+    lost: Arc<AtomicU64>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        match futures::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(AsyncMessage::Notification(n))) => {
+                if let Some(tx) = &notices {
+                    let _ = tx.send(n);
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(error)) => {
+                lost.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, "postgres connection lost");
+                break;
+            }
+            None => break,
         }
     }
 }

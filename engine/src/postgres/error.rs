@@ -39,6 +39,9 @@ pub enum ConfigError {
     /// The reconnection backoff starts at zero or above its cap.
     #[error("reconnect backoff must start above zero and not above its max")]
     Reconnect,
+    /// The connection URL's `sslmode` or `sslrootcert` cannot be honoured.
+    #[error("TLS to the database: {0}")]
+    Tls(String),
 }
 
 /// An operation of the PostgreSQL queue that did not complete.

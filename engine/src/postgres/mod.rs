@@ -61,7 +61,29 @@
 //! place by ready time within its new priority. A claimed key with a pending add is counted in
 //! `processing_len` only. Adds after shutdown are refused with [`PgError::ShutDown`] rather than
 //! dropped. Only the per-key exponential backoff limits rate-limited adds (no global bucket).
-//! Connections use no TLS yet.
+//!
+//! # TLS
+//! Asked for as libpq users already ask: `sslmode` and `sslrootcert` in the connection URL,
+//! `postgres://app@db.example.com/app?sslmode=verify-full&sslrootcert=/etc/ssl/db-ca.pem`.
+//!
+//! | `sslmode` | here |
+//! |---|---|
+//! | `disable` | plain text |
+//! | `prefer` (the default), `allow` | plain text; with `sslrootcert`, TLS when the server offers it, verified as `verify-full` |
+//! | `require` | TLS or no connection, verified as `verify-full`: needs `sslrootcert` |
+//! | `verify-ca` | TLS; the server's certificate must chain to `sslrootcert` (its name is not checked) |
+//! | `verify-full` | TLS; it must chain to `sslrootcert` and name the host dialled |
+//!
+//! Why `require` verifies where libpq's does not: a connection that accepts any certificate
+//! is open to anyone on the path posing as the database, and the queue's rows (payloads, errors,
+//! trace identities) would go to them. Why `sslrootcert` is a file: no crate of CA roots is
+//! among the dependencies, so `sslrootcert=system` is refused; the system bundle's path (e.g.
+//! `/etc/ssl/certs/ca-certificates.crt`) works, as does a managed database's CA bundle. Both
+//! keys are read from the URL form (`postgres://…?…`) and taken out before the rest goes to
+//! `tokio-postgres`; in the `key=value` form `tokio-postgres` reads `sslmode` itself and refuses
+//! `sslrootcert`, so TLS takes the URL form. The handshake is rustls with the `ring` provider,
+//! as in the collector, and offers channel binding (SCRAM-SHA-256-PLUS). Client certificates
+//! (`sslcert`, `sslkey`) are not supported yet.
 //!
 //! # The engine on it, and trace identity
 //! [`PgEngine`] (from [`EngineBuilder::build_postgres`](crate::EngineBuilder::build_postgres))
@@ -85,6 +107,7 @@ mod schema;
 pub mod testing;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 pub use crate::engine::{PgBuildError, PgEngine, PgEngineHandle};
 pub use add::MAX_KEY_LEN;

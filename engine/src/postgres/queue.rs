@@ -5,7 +5,7 @@ use super::claim::{self, ClaimRequest, Held};
 use super::complete::{self, CompletionRequest};
 use super::config::PgQueueConfig;
 use super::conn::{Db, SharedConn};
-use super::error::{ConfigError, PgError};
+use super::error::PgError;
 use super::{add, dead, notify, schema};
 use parking_lot::Mutex;
 use std::fmt;
@@ -315,6 +315,27 @@ impl PgQueue {
         schema::migrate(&mut conn, &config.schema).await
     }
 
+    /// Whether `config`'s schema exists, on a connection of its own (closed on return), without
+    /// creating or migrating anything: for tools that must not create a schema an operator
+    /// mistyped.
+    ///
+    /// # Errors
+    /// [`PgError::Config`] for a configuration [`validate`](PgQueueConfig::validate) refuses;
+    /// [`PgError::Connect`] / [`PgError::Query`] when the database cannot be reached.
+    pub async fn schema_exists(config: &PgQueueConfig) -> Result<bool, PgError> {
+        config.validate()?;
+        let conn = db_of(config)?.connect(None).await?;
+        let row = conn
+            .client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+                &[&config.schema],
+            )
+            .await
+            .map_err(PgError::query("schema lookup"))?;
+        Ok(row.get(0))
+    }
+
     /// The configuration the queue runs with.
     pub fn config(&self) -> &PgQueueConfig {
         &self.inner.config
@@ -508,9 +529,11 @@ impl PgQueue {
 }
 
 fn db_of(config: &PgQueueConfig) -> Result<Db, PgError> {
-    let pg = config
-        .url
-        .parse::<tokio_postgres::Config>()
-        .map_err(|e| ConfigError::Url(e.to_string()))?;
-    Ok(Db::new(pg, config.reconnect_base, config.reconnect_max))
+    let (pg, tls) = super::tls::parse(&config.url)?;
+    Ok(Db::new(
+        pg,
+        tls,
+        config.reconnect_base,
+        config.reconnect_max,
+    ))
 }

@@ -12,7 +12,8 @@
 //! an answer within `--connect-timeout` instead. The connection string is never printed (it may
 //! hold a password): errors name the hosts and ports only. A schema that does not exist is
 //! refused rather than created (as opening a queue would), so a mistyped `--schema` changes
-//! nothing.
+//! nothing; so is a schema an older library made (opening the queue would migrate it): the
+//! workers of the new version migrate it when they start.
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand, ValueEnum};
@@ -21,7 +22,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use traceq::engine::postgres::{
     tokio_postgres, KeyState, ListFilter, ListedKey, PgError, PgQueue, PgQueueConfig, PgStats,
-    DEFAULT_QUEUE, DEFAULT_SCHEMA,
+    DEFAULT_QUEUE, DEFAULT_SCHEMA, SCHEMA_VERSION,
 };
 
 /// The longest a last error is shown in a table, in characters (`--json` shows it whole).
@@ -212,11 +213,23 @@ async fn open(target: &Target) -> anyhow::Result<PgQueue> {
     let at = describe_hosts(&config);
     let opened = async {
         // `PgQueue::connect` creates a schema it does not find: an operator's typo must not.
-        let exists = PgQueue::schema_exists(&config)
+        let version = PgQueue::schema_version(&config)
             .await
             .map_err(|error| connect_error(error, &at))?;
-        if !exists {
-            return Ok(None);
+        match version {
+            None => return Ok(None),
+            Some(0) => bail!(
+                "schema {} at {at} holds no traceq queue (check --schema)",
+                target.schema
+            ),
+            // Opening the queue would migrate it: a worker of this version does that.
+            Some(v) if v < SCHEMA_VERSION => bail!(
+                "schema {} at {at} is at version {v}; this traceq reads version {SCHEMA_VERSION} \
+                 and `traceq queue` never changes a schema: a worker of this version migrates \
+                 it when it starts",
+                target.schema
+            ),
+            Some(_) => {}
         }
         match PgQueue::connect(config).await {
             Ok(queue) => Ok(Some(queue)),

@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 use traceq_engine::postgres::testing::TestSchema;
-use traceq_engine::postgres::{KeyState, ListFilter, PgClaim, PgQueue};
+use traceq_engine::postgres::{KeyState, ListFilter, PgClaim, PgQueue, SCHEMA_VERSION};
 use traceq_engine::AddOptions;
 
 macro_rules! db_or_skip {
@@ -364,6 +364,50 @@ async fn queue_should_refuse_a_schema_that_does_not_exist_and_not_create_it() {
         .unwrap()
         .get(0);
     assert!(!found, "traceq queue created schema {absent}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_should_refuse_an_older_schema_and_not_migrate_it() {
+    let db = db_or_skip!("queue_should_refuse_an_older_schema_and_not_migrate_it");
+    let q = db.queue(db.config("q")).await.unwrap();
+    q.shutdown().await.unwrap();
+    // As an older library left it: its last migration not applied.
+    let client = db.client().await.unwrap();
+    let schema = db.schema().to_owned();
+    client
+        .execute(
+            &format!("DELETE FROM {schema}.migrations WHERE version = $1"),
+            &[&SCHEMA_VERSION],
+        )
+        .await
+        .unwrap();
+    let url = db.url().to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        traceq_queue(&[
+            "stats",
+            "--postgres",
+            &url,
+            "--schema",
+            &schema,
+            "--queue",
+            "q",
+        ])
+    })
+    .await
+    .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let older = SCHEMA_VERSION - 1;
+    assert!(err.contains(&format!("is at version {older}")), "{err}");
+    let version: i32 = client
+        .query_one(
+            &format!("SELECT max(version) FROM {}.migrations", db.schema()),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, older, "traceq queue migrated the schema");
 }
 
 #[test]

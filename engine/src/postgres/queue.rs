@@ -315,25 +315,46 @@ impl PgQueue {
         schema::migrate(&mut conn, &config.schema).await
     }
 
-    /// Whether `config`'s schema exists, on a connection of its own (closed on return), without
-    /// creating or migrating anything: for tools that must not create a schema an operator
-    /// mistyped.
+    /// The version of `config`'s schema, read on a connection of its own (closed on return)
+    /// without creating or migrating anything: `None` when the schema does not exist, `Some(0)`
+    /// when it holds no traceq tables. For tools that must not change a schema an operator
+    /// points them at (a mistyped name, or one a newer or older library migrated).
     ///
     /// # Errors
     /// [`PgError::Config`] for a configuration [`validate`](PgQueueConfig::validate) refuses;
     /// [`PgError::Connect`] / [`PgError::Query`] when the database cannot be reached.
-    pub async fn schema_exists(config: &PgQueueConfig) -> Result<bool, PgError> {
+    pub async fn schema_version(config: &PgQueueConfig) -> Result<Option<i32>, PgError> {
         config.validate()?;
         let conn = db_of(config)?.connect(None).await?;
         let row = conn
             .client
             .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1),
+                        to_regclass(format('%I.migrations', $1::text)) IS NOT NULL",
                 &[&config.schema],
             )
             .await
             .map_err(PgError::query("schema lookup"))?;
-        Ok(row.get(0))
+        let (schema, migrations): (bool, bool) = (row.get(0), row.get(1));
+        if !schema {
+            return Ok(None);
+        }
+        if !migrations {
+            return Ok(Some(0));
+        }
+        // The name is a checked identifier (`validate`), so it can stand in the statement.
+        let row = conn
+            .client
+            .query_one(
+                &format!(
+                    "SELECT coalesce(max(version), 0) FROM {}.migrations",
+                    config.schema
+                ),
+                &[],
+            )
+            .await
+            .map_err(PgError::query("schema version"))?;
+        Ok(Some(row.get(0)))
     }
 
     /// The configuration the queue runs with.

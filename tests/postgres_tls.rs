@@ -8,10 +8,12 @@
 //! connection of the handle is encrypted (`pg_stat_ssl`); a CA that did not sign the server's
 //! certificate is refused at connect; a certificate that does not name the host dialled is
 //! refused by `verify-full` and accepted by `verify-ca`; `prefer` with `sslrootcert` uses TLS;
-//! `traceq queue stats` reads a queue over TLS.
+//! `traceq queue stats` reads a queue over TLS; a role that `pg_hba.conf` lets in by `cert`
+//! authentication only (a line the test puts first and takes out again) logs in with its client
+//! certificate and runs keys, and is refused without it.
 
 use futures::FutureExt as _;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -20,9 +22,15 @@ use std::time::{Duration, Instant};
 use traceq_engine::postgres::testing::TestSchema;
 use traceq_engine::postgres::{tokio_postgres, PgError, PgQueue, PgQueueConfig, Settled};
 
-/// A CA and the PEM files of a server certificate it signed.
+/// The role that logs in with a client certificate (`cert` authentication, from loopback only,
+/// for the test's length).
+const CLIENT_ROLE: &str = "traceq_tls_test_client";
+
+/// A CA, the PEM of a server certificate it signed, and a client certificate it signed (as
+/// `client.pem` and `client.key`).
 struct Pki {
     dir: tempfile::TempDir,
+    ca_cert: String,
     server_cert: String,
     server_key: String,
 }
@@ -40,8 +48,18 @@ impl Pki {
         let cert = params.signed_by(&key, &ca).unwrap();
         // Another CA, which signed nothing the server has.
         std::fs::write(dir.path().join("other-ca.pem"), self::ca().pem()).unwrap();
+        // The client's certificate: `cert` authentication takes the role from its common name.
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, CLIENT_ROLE);
+        let client_key = KeyPair::generate().unwrap();
+        let client = params.signed_by(&client_key, &ca).unwrap();
+        std::fs::write(dir.path().join("client.pem"), client.pem()).unwrap();
+        std::fs::write(dir.path().join("client.key"), client_key.serialize_pem()).unwrap();
         Self {
             dir,
+            ca_cert: ca.pem(),
             server_cert: cert.pem(),
             server_key: key.serialize_pem(),
         }
@@ -104,15 +122,20 @@ impl Target {
 
     /// A URL dialling this target's address under the name `host`, with `params`.
     fn url(&self, host: &str, params: &str) -> String {
+        self.url_as(&self.user, host, params)
+    }
+
+    /// [`url`](Self::url) logging in as `user`.
+    fn url_as(&self, user: &str, host: &str, params: &str) -> String {
         let mut url = format!(
             "postgres://{}@{}:{}/{}?hostaddr={}&{params}",
-            encode(&self.user),
+            encode(user),
             host,
             self.port,
             encode(&self.dbname),
             self.address()
         );
-        if let Some(password) = &self.password {
+        if let (Some(password), true) = (&self.password, user == self.user) {
             url.push_str(&format!("&password={}", encode(password)));
         }
         url
@@ -132,7 +155,7 @@ impl Target {
 /// machine, as in CI), owned by the directory's owner with mode 0600 as the server demands of a
 /// key, and turns TLS on; `None` (the test skipped) when that cannot be done, outside CI. The
 /// paths written.
-async fn enable_tls(client: &tokio_postgres::Client, pki: &Pki) -> Option<[PathBuf; 2]> {
+async fn enable_tls(client: &tokio_postgres::Client, pki: &Pki) -> Option<[PathBuf; 3]> {
     let skip = |why: String| {
         if std::env::var_os("CI").is_some() {
             panic!("postgres_tls needs a local database and a superuser DATABASE_URL in CI: {why}");
@@ -156,8 +179,12 @@ async fn enable_tls(client: &tokio_postgres::Client, pki: &Pki) -> Option<[PathB
     let files = [
         dir.join("traceq-test-server.crt"),
         dir.join("traceq-test-server.key"),
+        dir.join("traceq-test-ca.crt"),
     ];
-    for (path, pem) in files.iter().zip([&pki.server_cert, &pki.server_key]) {
+    for (path, pem) in files
+        .iter()
+        .zip([&pki.server_cert, &pki.server_key, &pki.ca_cert])
+    {
         let written = std::fs::write(path, pem)
             .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)))
             .and_then(|()| std::os::unix::fs::chown(path, Some(owner), None));
@@ -174,6 +201,11 @@ async fn enable_tls(client: &tokio_postgres::Client, pki: &Pki) -> Option<[PathB
             "ALTER SYSTEM SET ssl_key_file = {}",
             literal(&files[1].display().to_string())
         ),
+        // The CA the server checks client certificates against.
+        format!(
+            "ALTER SYSTEM SET ssl_ca_file = {}",
+            literal(&files[2].display().to_string())
+        ),
         "ALTER SYSTEM SET ssl = on".to_owned(),
         "SELECT pg_reload_conf()".to_owned(),
     ] {
@@ -185,11 +217,74 @@ async fn enable_tls(client: &tokio_postgres::Client, pki: &Pki) -> Option<[PathB
     Some(files)
 }
 
+/// Lets [`CLIENT_ROLE`] log in from loopback over TLS with a client certificate (`cert`
+/// authentication, in front of the file's other lines) and use this test's schema; the
+/// original `pg_hba.conf` and its path, to put back.
+async fn allow_client_certificates(
+    client: &tokio_postgres::Client,
+    db: &TestSchema,
+) -> (PathBuf, String) {
+    let hba: String = client.query_one("SHOW hba_file", &[]).await.unwrap().get(0);
+    let hba = PathBuf::from(hba);
+    let original = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+    let ours = format!(
+        "hostssl all {CLIENT_ROLE} 127.0.0.1/32 cert\nhostssl all {CLIENT_ROLE} ::1/128 cert\n"
+    );
+    std::fs::write(&hba, format!("{ours}{original}")).expect("write pg_hba.conf");
+    drop_client_role(client).await;
+    let database: String = client
+        .query_one("SELECT current_database()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    PgQueue::migrate(&db.config("tls"))
+        .await
+        .expect("the schema");
+    let schema = db.schema();
+    for statement in [
+        format!("CREATE ROLE {CLIENT_ROLE} LOGIN"),
+        format!("GRANT CREATE ON DATABASE \"{database}\" TO {CLIENT_ROLE}"),
+        format!("GRANT USAGE, CREATE ON SCHEMA {schema} TO {CLIENT_ROLE}"),
+        format!("GRANT ALL ON ALL TABLES IN SCHEMA {schema} TO {CLIENT_ROLE}"),
+        format!("GRANT ALL ON ALL SEQUENCES IN SCHEMA {schema} TO {CLIENT_ROLE}"),
+        "SELECT pg_reload_conf()".to_owned(),
+    ] {
+        client
+            .batch_execute(&statement)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+    (hba, original)
+}
+
+/// The role and its grants gone (also one an interrupted run left).
+async fn drop_client_role(client: &tokio_postgres::Client) {
+    let exists: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)",
+            &[&CLIENT_ROLE],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    if exists {
+        client
+            .batch_execute(&format!("DROP OWNED BY {CLIENT_ROLE}"))
+            .await
+            .unwrap();
+        client
+            .batch_execute(&format!("DROP ROLE {CLIENT_ROLE}"))
+            .await
+            .unwrap();
+    }
+}
+
 async fn disable_tls(client: &tokio_postgres::Client) {
     for statement in [
         "ALTER SYSTEM RESET ssl",
         "ALTER SYSTEM RESET ssl_cert_file",
         "ALTER SYSTEM RESET ssl_key_file",
+        "ALTER SYSTEM RESET ssl_ca_file",
         "SELECT pg_reload_conf()",
     ] {
         client.batch_execute(statement).await.unwrap();
@@ -245,10 +340,13 @@ async fn postgres_queue_should_verify_the_server_over_tls() {
     let Some(files) = enable_tls(&admin, &pki).await else {
         return;
     };
+    let (hba, original_hba) = allow_client_certificates(&admin, &db).await;
     let outcome = AssertUnwindSafe(checks(&db, &admin, &pki))
         .catch_unwind()
         .await;
+    std::fs::write(&hba, original_hba).expect("put pg_hba.conf back");
     disable_tls(&admin).await;
+    drop_client_role(&admin).await;
     for file in files {
         let _ = std::fs::remove_file(file);
     }
@@ -350,4 +448,44 @@ async fn checks(db: &TestSchema, admin: &tokio_postgres::Client, pki: &Pki) {
     );
     let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(json["ready"], 1, "{json}");
+
+    // A client certificate: the role whose only way in is `cert` authentication logs in with
+    // it and runs a key, and is turned away without it.
+    let as_client = |params: String| {
+        PgQueueConfig::new(target.url_as(
+            CLIENT_ROLE,
+            "localhost",
+            &format!("application_name={app}_client&{params}"),
+        ))
+        .with_schema(db.schema().to_owned())
+        .with_queue("tls")
+    };
+    let verified = format!("sslmode=verify-full&{}", root(&ca));
+    let certificate = format!(
+        "sslcert={}&sslkey={}",
+        encode(&pki.path("client.pem").display().to_string()),
+        encode(&pki.path("client.key").display().to_string())
+    );
+    let q = PgQueue::connect(as_client(format!("{verified}&{certificate}")))
+        .await
+        .unwrap_or_else(|e| panic!("a client certificate logs in: {}", chain(&e)));
+    q.add("c").await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let claim = tokio::time::timeout(Duration::from_secs(10), q.claim())
+            .await
+            .expect("a claim with a client certificate")
+            .expect("a key");
+        seen.push(claim.key.clone());
+        q.succeed(&claim).await.unwrap();
+    }
+    seen.sort();
+    assert_eq!(seen, ["c", "p"]);
+    q.shutdown().await.unwrap();
+    let refused = PgQueue::connect(as_client(verified))
+        .await
+        .expect_err("no client certificate, no login");
+    assert!(matches!(refused, PgError::Connect(_)), "{refused:?}");
+    let why = chain(&refused);
+    assert!(why.contains("certificate"), "{why}");
 }

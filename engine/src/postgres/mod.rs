@@ -78,12 +78,13 @@
 //! is open to anyone on the path posing as the database, and the queue's rows (payloads, errors,
 //! trace identities) would go to them. Why `sslrootcert` is a file: no crate of CA roots is
 //! among the dependencies, so `sslrootcert=system` is refused; the system bundle's path (e.g.
-//! `/etc/ssl/certs/ca-certificates.crt`) works, as does a managed database's CA bundle. Both
-//! keys are read from the URL form (`postgres://…?…`) and taken out before the rest goes to
+//! `/etc/ssl/certs/ca-certificates.crt`) works, as does a managed database's CA bundle. The
+//! TLS keys are read from the URL form (`postgres://…?…`) and taken out before the rest goes to
 //! `tokio-postgres`; in the `key=value` form `tokio-postgres` reads `sslmode` itself and refuses
 //! `sslrootcert`, so TLS takes the URL form. The handshake is rustls with the `ring` provider,
-//! as in the collector, and offers channel binding (SCRAM-SHA-256-PLUS). Client certificates
-//! (`sslcert`, `sslkey`) are not supported yet.
+//! as in the collector, and offers channel binding (SCRAM-SHA-256-PLUS). A client certificate
+//! (for `cert` authentication) is `sslcert=PATH&sslkey=PATH`, PEM files; it needs TLS, so a
+//! verified `sslmode` and `sslrootcert` with it.
 //!
 //! # The engine on it, and trace identity
 //! [`PgEngine`] (from [`EngineBuilder::build_postgres`](crate::EngineBuilder::build_postgres))

@@ -14,7 +14,7 @@ use tokio_rustls::rustls::client::danger::{
 use tokio_rustls::rustls::client::WebPkiServerVerifier;
 use tokio_rustls::rustls::crypto;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio_rustls::rustls::{
     self, CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
@@ -32,16 +32,25 @@ enum Mode {
     VerifyFull,
 }
 
+/// The TLS keys of a URL.
+#[derive(Debug, Default)]
+struct Params {
+    mode: Option<Mode>,
+    root: Option<PathBuf>,
+    /// `sslcert` and `sslkey`: the client's certificate chain and key.
+    client: Option<(PathBuf, PathBuf)>,
+}
+
 /// The connection string's settings for `tokio-postgres`, and the TLS connector when TLS may be
 /// used (`None`: plain text only).
 pub(crate) fn parse(
     url: &str,
 ) -> Result<(tokio_postgres::Config, Option<MakeRustlsConnect>), ConfigError> {
-    let (rest, mode, root) = split_tls_params(url)?;
+    let (rest, params) = split_tls_params(url)?;
     let mut config: tokio_postgres::Config = rest
         .parse()
         .map_err(|e: tokio_postgres::Error| ConfigError::Url(e.to_string()))?;
-    let mode = match mode {
+    let mode = match params.mode {
         Some(mode) => mode,
         None => match config.get_ssl_mode() {
             SslMode::Disable => Mode::Disable,
@@ -50,7 +59,13 @@ pub(crate) fn parse(
         },
     };
     let tls = |reason: String| ConfigError::Tls(reason);
-    let connector = match (mode, root) {
+    let connector = match (mode, params.root) {
+        (Mode::Disable, _) | (Mode::Prefer, None) if params.client.is_some() => {
+            return Err(tls(format!(
+                "sslcert and sslkey need TLS, and sslmode={} gives plain text",
+                mode.name()
+            )))
+        }
         (Mode::Disable, _) | (Mode::Prefer, None) => {
             config.ssl_mode(SslMode::Disable);
             return Ok((config, None));
@@ -70,7 +85,7 @@ pub(crate) fn parse(
             } else {
                 SslMode::Require
             });
-            connector(&root, mode == Mode::VerifyCa)?
+            connector(&root, mode == Mode::VerifyCa, params.client.as_ref())?
         }
     };
     Ok((config, Some(connector)))
@@ -88,20 +103,28 @@ impl Mode {
     }
 }
 
-/// The URL without `sslmode` and `sslrootcert`, and their values. A `key=value` string is
-/// returned whole.
-fn split_tls_params(url: &str) -> Result<(String, Option<Mode>, Option<PathBuf>), ConfigError> {
+/// The URL without its TLS keys (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`), and their
+/// values. A `key=value` string is returned whole.
+fn split_tls_params(url: &str) -> Result<(String, Params), ConfigError> {
     let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
     let Some((base, query)) = url.split_once('?').filter(|_| is_url) else {
-        return Ok((url.to_owned(), None, None));
+        return Ok((url.to_owned(), Params::default()));
     };
-    let (mut mode, mut root) = (None, None);
+    let mut params = Params::default();
+    let (mut cert, mut key) = (None, None);
     let mut kept = Vec::new();
+    let path = |key: &str, value: &str| -> Result<PathBuf, ConfigError> {
+        let path = percent_decode(value)?;
+        if path.is_empty() {
+            return Err(ConfigError::Tls(format!("{key} is empty")));
+        }
+        Ok(PathBuf::from(path))
+    };
     for param in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = param.split_once('=').unwrap_or((param, ""));
-        match key {
+        let (name, value) = param.split_once('=').unwrap_or((param, ""));
+        match name {
             "sslmode" => {
-                mode = Some(match percent_decode(value)?.as_str() {
+                params.mode = Some(match percent_decode(value)?.as_str() {
                     "disable" => Mode::Disable,
                     "prefer" | "allow" => Mode::Prefer,
                     "require" => Mode::Require,
@@ -116,28 +139,36 @@ fn split_tls_params(url: &str) -> Result<(String, Option<Mode>, Option<PathBuf>)
                 });
             }
             "sslrootcert" => {
-                let path = percent_decode(value)?;
-                if path == "system" {
+                let root = path(name, value)?;
+                if root.as_os_str() == "system" {
                     return Err(ConfigError::Tls(
                         "sslrootcert=system: no CA roots are built in; give the path of a CA \
                          bundle (the system's is often /etc/ssl/certs/ca-certificates.crt)"
                             .into(),
                     ));
                 }
-                if path.is_empty() {
-                    return Err(ConfigError::Tls("sslrootcert is empty".into()));
-                }
-                root = Some(PathBuf::from(path));
+                params.root = Some(root);
             }
+            "sslcert" => cert = Some(path(name, value)?),
+            "sslkey" => key = Some(path(name, value)?),
             _ => kept.push(param),
         }
     }
+    params.client = match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => {
+            return Err(ConfigError::Tls(
+                "sslcert and sslkey go together: the client's certificate and its key".into(),
+            ))
+        }
+    };
     let rest = if kept.is_empty() {
         base.to_owned()
     } else {
         format!("{base}?{}", kept.join("&"))
     };
-    Ok((rest, mode, root))
+    Ok((rest, params))
 }
 
 /// `%XX` escapes decoded (a path with spaces, say); anything else as it is.
@@ -159,42 +190,73 @@ fn percent_decode(text: &str) -> Result<String, ConfigError> {
     String::from_utf8(out).map_err(|_| bad())
 }
 
-/// The rustls connector verifying against the certificates in `root`; the host's name is not
-/// checked when `chain_only` (`verify-ca`).
-fn connector(root: &Path, chain_only: bool) -> Result<MakeRustlsConnect, ConfigError> {
-    let bad =
-        |reason: String| ConfigError::Tls(format!("sslrootcert {}: {reason}", root.display()));
+/// A PEM file's bytes, `what` naming it in errors (`sslrootcert /etc/ca.pem: …`).
+fn read_pem(what: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let bad = |reason: String| ConfigError::Tls(format!("{what} {}: {reason}", path.display()));
     let mut pem = Vec::new();
-    File::open(root)
+    File::open(path)
         .and_then(|f| f.take(MAX_PEM_BYTES + 1).read_to_end(&mut pem))
         .map_err(|e| bad(e.to_string()))?;
     if pem.len() as u64 > MAX_PEM_BYTES {
         return Err(bad(format!("larger than {MAX_PEM_BYTES} bytes")));
     }
+    Ok(pem)
+}
+
+/// The rustls connector verifying against the certificates in `root` (the host's name not
+/// checked when `chain_only`: `verify-ca`), presenting `client`'s certificate when given.
+fn connector(
+    root: &Path,
+    chain_only: bool,
+    client: Option<&(PathBuf, PathBuf)>,
+) -> Result<MakeRustlsConnect, ConfigError> {
+    let bad = |what: &str, path: &Path, reason: String| {
+        ConfigError::Tls(format!("{what} {}: {reason}", path.display()))
+    };
+    let pem = read_pem("sslrootcert", root)?;
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| bad(e.to_string()))?;
-        roots.add(cert).map_err(|e| bad(e.to_string()))?;
+        let cert = cert.map_err(|e| bad("sslrootcert", root, e.to_string()))?;
+        roots
+            .add(cert)
+            .map_err(|e| bad("sslrootcert", root, e.to_string()))?;
     }
     if roots.is_empty() {
-        return Err(bad("no CERTIFICATE section".into()));
+        return Err(bad("sslrootcert", root, "no CERTIFICATE section".into()));
     }
     // An explicit provider: the process-wide default is ambiguous when several are linked in.
     let provider = Arc::new(crypto::ring::default_provider());
     let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
-        .map_err(|e| bad(e.to_string()))?;
+        .map_err(|e| bad("sslrootcert", root, e.to_string()))?;
     let verifier: Arc<dyn ServerCertVerifier> = if chain_only {
         Arc::new(ChainOnly(webpki))
     } else {
         webpki
     };
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| bad(e.to_string()))?
+        .map_err(|e| bad("sslrootcert", root, e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(verifier);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert_path, key_path)) => {
+            let pem = read_pem("sslcert", cert_path)?;
+            let chain = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad("sslcert", cert_path, e.to_string()))?;
+            if chain.is_empty() {
+                return Err(bad("sslcert", cert_path, "no CERTIFICATE section".into()));
+            }
+            let pem = read_pem("sslkey", key_path)?;
+            let key = PrivateKeyDer::from_pem_slice(&pem)
+                .map_err(|e| bad("sslkey", key_path, e.to_string()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| bad("sslkey", key_path, e.to_string()))?
+        }
+    };
     Ok(MakeRustlsConnect::new(config))
 }
 
@@ -312,6 +374,11 @@ mod tests {
             empty.display()
         ));
         assert!(why.contains("no CERTIFICATE section"), "{why}");
+        let half =
+            reason("postgres://u@h/db?sslmode=verify-full&sslrootcert=/ca.pem&sslcert=/c.pem");
+        assert!(half.contains("sslcert and sslkey go together"), "{half}");
+        let plain = reason("postgres://u@h/db?sslmode=disable&sslcert=/c.pem&sslkey=/k.pem");
+        assert!(plain.contains("need TLS"), "{plain}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -291,7 +291,7 @@ async fn disable_tls(client: &tokio_postgres::Client) {
     }
 }
 
-/// Connects with `url` until the reload has taken effect (a few milliseconds; at most 10 s).
+/// Connects with `config` until the reload has taken effect (a few milliseconds; at most 10 s).
 async fn connect_when_ready(config: PgQueueConfig) -> PgQueue {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -466,9 +466,8 @@ async fn checks(db: &TestSchema, admin: &tokio_postgres::Client, pki: &Pki) {
         encode(&pki.path("client.pem").display().to_string()),
         encode(&pki.path("client.key").display().to_string())
     );
-    let q = PgQueue::connect(as_client(format!("{verified}&{certificate}")))
-        .await
-        .unwrap_or_else(|e| panic!("a client certificate logs in: {}", chain(&e)));
+    // (Retried a moment: the reload that added the `cert` line applies to new sessions soon.)
+    let q = connect_when_ready(as_client(format!("{verified}&{certificate}"))).await;
     q.add("c").await.unwrap();
     let mut seen = Vec::new();
     while seen.len() < 2 {

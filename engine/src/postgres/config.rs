@@ -227,12 +227,13 @@ impl PgQueueConfig {
     }
 
     /// The connection settings as `tokio-postgres` reads them, with `sslmode` and `sslrootcert`
-    /// taken out of the URL and applied (see [TLS](super#tls)): its hosts and ports, say.
+    /// taken out of the URL and applied (see [TLS](super#tls)): its hosts and ports, say. Reads
+    /// no file (the certificates are read when connecting, and by [`validate`](Self::validate)).
     ///
     /// # Errors
-    /// As [`validate`](Self::validate) for the URL and its TLS settings.
+    /// As [`validate`](Self::validate) for the URL and its TLS keys.
     pub fn connection_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
-        super::tls::parse(&self.url).map(|(config, _)| config)
+        super::tls::settings(&self.url).map(|(config, _)| config)
     }
 
     /// Checks every field.

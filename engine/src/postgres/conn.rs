@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
-use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Notification, Statement};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Notification, Socket, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// How to reach the database, and how patiently. Clones share one count of lost connections.
@@ -69,26 +70,28 @@ impl Db {
         notices: Option<tokio::sync::mpsc::UnboundedSender<Notification>>,
     ) -> Result<Conn, PgError> {
         let client = match &self.tls {
-            None => {
-                let (client, connection) =
-                    self.config.connect(NoTls).await.map_err(PgError::Connect)?;
-                tokio::spawn(drive(connection, notices, self.lost.clone()));
-                client
-            }
-            Some(tls) => {
-                let (client, connection) = self
-                    .config
-                    .connect(tls.clone())
-                    .await
-                    .map_err(PgError::Connect)?;
-                tokio::spawn(drive(connection, notices, self.lost.clone()));
-                client
-            }
+            None => self.open(NoTls, notices).await?,
+            Some(tls) => self.open(tls.clone(), notices).await?,
         };
         Ok(Conn {
             client,
             statements: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Opens a connection through `tls` and spawns the task driving it.
+    async fn open<T>(
+        &self,
+        tls: T,
+        notices: Option<tokio::sync::mpsc::UnboundedSender<Notification>>,
+    ) -> Result<Client, PgError>
+    where
+        T: MakeTlsConnect<Socket>,
+        T::Stream: Send + 'static,
+    {
+        let (client, connection) = self.config.connect(tls).await.map_err(PgError::Connect)?;
+        tokio::spawn(drive(connection, notices, self.lost.clone()));
+        Ok(client)
     }
 
     /// Connects, retrying with backoff until it succeeds or `stop` turns true; `None` then.

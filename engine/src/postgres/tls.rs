@@ -41,11 +41,30 @@ struct Params {
     client: Option<(PathBuf, PathBuf)>,
 }
 
+/// What a TLS connection is to verify against and present, as the URL named it (no file read
+/// yet).
+#[derive(Debug)]
+pub(crate) struct Plan {
+    root: PathBuf,
+    /// `verify-ca`: the host's name is not checked.
+    chain_only: bool,
+    client: Option<(PathBuf, PathBuf)>,
+}
+
 /// The connection string's settings for `tokio-postgres`, and the TLS connector when TLS may be
-/// used (`None`: plain text only).
+/// used (`None`: plain text only), its PEM files read.
 pub(crate) fn parse(
     url: &str,
 ) -> Result<(tokio_postgres::Config, Option<MakeRustlsConnect>), ConfigError> {
+    let (config, plan) = settings(url)?;
+    let connector = plan
+        .map(|p| connector(&p.root, p.chain_only, p.client.as_ref()))
+        .transpose()?;
+    Ok((config, connector))
+}
+
+/// [`parse`] without reading any file: the settings, and the TLS plan if TLS may be used.
+pub(crate) fn settings(url: &str) -> Result<(tokio_postgres::Config, Option<Plan>), ConfigError> {
     let (rest, params) = split_tls_params(url)?;
     let mut config: tokio_postgres::Config = rest
         .parse()
@@ -58,20 +77,19 @@ pub(crate) fn parse(
             _ => Mode::Prefer,
         },
     };
-    let tls = |reason: String| ConfigError::Tls(reason);
-    let connector = match (mode, params.root) {
+    match (mode, params.root) {
         (Mode::Disable, _) | (Mode::Prefer, None) if params.client.is_some() => {
-            return Err(tls(format!(
+            Err(ConfigError::Tls(format!(
                 "sslcert and sslkey need TLS, and sslmode={} gives plain text",
                 mode.name()
             )))
         }
         (Mode::Disable, _) | (Mode::Prefer, None) => {
             config.ssl_mode(SslMode::Disable);
-            return Ok((config, None));
+            Ok((config, None))
         }
         (Mode::Require | Mode::VerifyCa | Mode::VerifyFull, None) => {
-            return Err(tls(format!(
+            Err(ConfigError::Tls(format!(
                 "sslmode={} needs sslrootcert=PATH, the CA certificates the server's must chain \
                  to (a managed database's CA bundle, or the system bundle such as \
                  /etc/ssl/certs/ca-certificates.crt); a server that is not verified is never \
@@ -85,10 +103,14 @@ pub(crate) fn parse(
             } else {
                 SslMode::Require
             });
-            connector(&root, mode == Mode::VerifyCa, params.client.as_ref())?
+            let plan = Plan {
+                root,
+                chain_only: mode == Mode::VerifyCa,
+                client: params.client,
+            };
+            Ok((config, Some(plan)))
         }
-    };
-    Ok((config, Some(connector)))
+    }
 }
 
 impl Mode {
